@@ -1,0 +1,57 @@
+"""nnxlike: eager, mutable PyTorch-style neural networks over JAX.
+
+The public surface mirrors flax.nnx, so ``import nnxlike as nnx`` runs code written
+for it. Everything is re-exported here as ``Name as Name`` from private modules.
+"""
+
+from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
+from nnxlike import filterlib as filterlib
+from nnxlike._containers import Dict as Dict
+from nnxlike._containers import List as List
+from nnxlike._containers import Sequential as Sequential
+from nnxlike._display import display as display
+from nnxlike._errors import NnxError as NnxError
+from nnxlike._errors import StructureError as StructureError
+from nnxlike._errors import TraceContextError as TraceContextError
+from nnxlike._filters import All as All
+from nnxlike._filters import Any as Any
+from nnxlike._filters import Everything as Everything
+from nnxlike._filters import Not as Not
+from nnxlike._filters import Nothing as Nothing
+from nnxlike._filters import OfType as OfType
+from nnxlike._filters import PathContains as PathContains
+from nnxlike._graph import GraphDef as GraphDef
+from nnxlike._graph import clone as clone
+from nnxlike._graph import graphdef as graphdef
+from nnxlike._graph import iter_graph as iter_graph
+from nnxlike._graph import merge as merge
+from nnxlike._graph import pop as pop
+from nnxlike._graph import split as split
+from nnxlike._graph import state as state
+from nnxlike._graph import update as update
+from nnxlike._graph import variables as variables
+from nnxlike._module import Module as Module
+from nnxlike._module import iter_children as iter_children
+from nnxlike._module import iter_modules as iter_modules
+from nnxlike._module import view as view
+from nnxlike._object import Object as Object
+from nnxlike._rngs import Rngs as Rngs
+from nnxlike._rngs import RngStream as RngStream
+from nnxlike._rngs import reseed as reseed
+from nnxlike._state import FlatState as FlatState
+from nnxlike._state import State as State
+from nnxlike._variables import BatchStat as BatchStat
+from nnxlike._variables import Cache as Cache
+from nnxlike._variables import Intermediate as Intermediate
+from nnxlike._variables import OptState as OptState
+from nnxlike._variables import Param as Param
+from nnxlike._variables import Perturbation as Perturbation
+from nnxlike._variables import RngCount as RngCount
+from nnxlike._variables import RngKey as RngKey
+from nnxlike._variables import RngState as RngState
+from nnxlike._variables import Variable as Variable
+from nnxlike._variables import VariableState as VariableState
+from nnxlike.nn import *  # noqa: F403
+from nnxlike.nn import initializers as initializers
+
+__version__ = "0.1.0"

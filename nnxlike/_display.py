@@ -1,0 +1,231 @@
+"""Display: treescope renderings of Modules, Variables, State and GraphDef.
+
+Design note: treescope is the single source of display truth. Every class's
+``__treescope_repr__`` delegates here and ``__repr__`` is the text rendering
+(``render_text``). The first line of an Object or State carries parameter counts
+and bytes per Variable kind; an object reached a second time is shown as a
+reference (``<shared Linear #1>``) instead of being expanded again. Nothing here
+defines ``_repr_html_`` (treescope calling back into it would recurse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any
+
+import numpy as np
+import treescope
+from treescope import formatting_util
+from treescope import rendering_parts as rp
+
+_SEEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "nnx_display_seen", default=None
+)
+
+
+def render_text(obj: Any) -> str:
+    return treescope.render_to_text(obj, ignore_exceptions=True)
+
+
+def display(*objs: Any) -> None:
+    """Show objects with treescope's rich view in a notebook; print elsewhere."""
+    try:
+        from IPython import get_ipython  # type: ignore[import-not-found]
+
+        in_notebook = get_ipython() is not None and hasattr(get_ipython(), "kernel")
+    except ImportError:
+        in_notebook = False
+    for obj in objs:
+        if in_notebook:
+            treescope.display(obj)
+        else:
+            print(render_text(obj))
+
+
+def _color(cls: type) -> str:
+    return formatting_util.color_from_string(cls.__qualname__)
+
+
+def _nbytes(value: Any) -> int:
+    size = getattr(value, "size", None)
+    dtype = getattr(value, "dtype", None)
+    if size is None or dtype is None:
+        return 0
+    try:
+        return int(size) * np.dtype(dtype).itemsize
+    except TypeError:  # typed PRNG keys
+        return int(size) * 8
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
+    """``{kind name: (number of elements, bytes)}`` over the distinct Variables."""
+    from nnxlike import _graph
+    from nnxlike._variables import Variable, VariableState
+
+    out: dict[str, list[int]] = {}
+    if hasattr(node, "flat_state"):
+        leaves = [v for _, v in node.flat_state()]
+    else:
+        leaves = _graph.flatten(node).leaves
+    for leaf in leaves:
+        if isinstance(leaf, (Variable, VariableState)):
+            name = (type(leaf) if isinstance(leaf, Variable) else leaf.type).__name__
+            value = leaf.value
+        else:
+            name, value = "array", leaf
+        size = getattr(value, "size", None)
+        if size is None:
+            continue
+        acc = out.setdefault(name, [0, 0])
+        acc[0] += int(size)
+        acc[1] += _nbytes(value)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _summary_comment(node: Any) -> str:
+    try:
+        counts = count_by_kind(node)
+    except Exception:
+        return ""
+    if not counts:
+        return ""
+    parts = [f"{k}: {n:,} ({_human(b)})" for k, (n, b) in counts.items()]
+    return "# " + ", ".join(parts)
+
+
+@contextlib.contextmanager
+def _seen_scope():
+    seen = _SEEN.get()
+    if seen is None:
+        token = _SEEN.set({})
+        try:
+            yield _SEEN.get()
+        finally:
+            _SEEN.reset(token)
+    else:
+        yield seen
+
+
+def _constructor(
+    cls: type,
+    items: list[tuple[str, Any]],
+    path: Any,
+    subtree_renderer: Any,
+    comment: str = "",
+    color: str | None = None,
+):
+    prefix = [rp.maybe_qualified_type_name(cls), "("]
+    if comment:
+        prefix.append(rp.comment_color(rp.text(" " + comment)))
+    children = []
+    for i, (name, value) in enumerate(items):
+        child_path = None if path is None else f"{path}.{name}"
+        comma = (
+            rp.siblings(",", rp.fold_condition(collapsed=rp.text(" ")))
+            if i < len(items) - 1
+            else rp.fold_condition(expanded=rp.text(","))
+        )
+        children.append(
+            rp.build_full_line_with_annotations(
+                rp.siblings_with_annotations(
+                    f"{name}=", subtree_renderer(value, path=child_path)
+                ),
+                comma,
+            )
+        )
+    return rp.build_foldable_tree_node_from_children(
+        prefix=rp.siblings(*prefix),
+        children=children,
+        suffix=rp.text(")"),
+        path=path,
+        background_color=color,
+    )
+
+
+def render_object(obj: Any, path: Any, subtree_renderer: Any):
+    with _seen_scope() as seen:
+        ref = seen.get(id(obj))
+        if ref is not None:
+            return rp.build_one_line_tree_node(
+                rp.comment_color(rp.text(f"<shared {type(obj).__name__} #{ref}>")),
+                path,
+            )
+        seen[id(obj)] = len(seen) + 1
+        is_root = len(seen) == 1
+        items = [(str(k), v) for k, v in obj._nnx_children()]
+        comment = _summary_comment(obj) if is_root else ""
+        return _constructor(
+            type(obj), items, path, subtree_renderer, comment, _color(type(obj))
+        )
+
+
+def render_variable(var: Any, path: Any, subtree_renderer: Any):
+    from nnxlike._variables import Variable
+
+    with _seen_scope() as seen:
+        if isinstance(var, Variable):
+            ref = seen.get(id(var))
+            if ref is not None:
+                return rp.build_one_line_tree_node(
+                    rp.comment_color(rp.text(f"<shared {type(var).__name__} #{ref}>")),
+                    path,
+                )
+            seen[id(var)] = len(seen) + 1
+            cls = type(var)
+            items = [("value", var._raw_value), *var._metadata.items()]
+        else:
+            cls = var.type
+            items = [("value", var.value), *var._metadata.items()]
+        return _constructor(cls, items, path, subtree_renderer, color=_color(cls))
+
+
+def render_state(state: Any, path: Any, subtree_renderer: Any):
+    from nnxlike._state import State
+
+    with _seen_scope():
+        items = [
+            (repr(k) if not isinstance(k, str) else k, v) for k, v in state.items()
+        ]
+        comment = _summary_comment(state) if path in (None, "") else ""
+        return _constructor(State, items, path, subtree_renderer, comment)
+
+
+def render_graphdef(gd: Any, path: Any, subtree_renderer: Any):
+    lines = _graphdef_lines(gd.tree, 0)
+    text = "GraphDef(\n" + "\n".join(lines) + "\n)"
+    return rp.build_one_line_tree_node(rp.text(text), path)
+
+
+def _graphdef_lines(d: tuple, depth: int, name: str = "") -> list[str]:
+    from nnxlike import _graph
+
+    pad = "  " * (depth + 1)
+    label = f"{name}: " if name != "" else ""
+    kind = d[0]
+    if kind == _graph.REF:
+        return [f"{pad}{label}<shared #{d[1]}>"]
+    if kind == _graph.STATIC:
+        return [f"{pad}{label}{d[2]!r}"]
+    if kind == _graph.LEAF:
+        return [f"{pad}{label}<array>"]
+    if kind == _graph.VAR:
+        meta = f" {dict(d[3])}" if d[3] else ""
+        return [f"{pad}{label}{d[1].__name__} #{d[2]}{meta}"]
+    cls, index, children = d[1], d[2], d[3]
+    head = f"{pad}{label}{cls.__name__}" + (f" #{index}" if index >= 0 else "")
+    out = [head]
+    for i, c in enumerate(children):
+        if cls in (list, tuple):
+            out += _graphdef_lines(c, depth + 1, str(i))
+        else:
+            out += _graphdef_lines(c[1], depth + 1, str(c[0]))
+    return out

@@ -1,0 +1,191 @@
+"""Filters: which Variables an operation (split, state, grad, Optimizer) acts on.
+
+Design note: every filter form is turned once into a predicate
+``(path, value) -> bool`` by ``to_predicate``; ``value`` is a Variable or a
+``VariableState`` (both answer ``variable_type``). Forms:
+
+- a Variable type (``nnx.Param``): ``isinstance`` on the kind;
+- a string: a path component equal to it (``"kernel"``), or a ``/``-joined glob
+  when it contains ``/`` or ``*`` (``"layers/*/kernel"``);
+- ``...``/``True`` everything, ``None``/``False`` nothing;
+- a callable ``(path, value) -> bool``; a tuple or list (any of);
+- the combinators ``All``, ``Any``, ``Not``, ``PathContains``, ``OfType``,
+  ``Everything``, ``Nothing``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+from typing import Any as _AnyType
+
+from nnxlike._variables import variable_type
+
+Filter = _AnyType
+Predicate = Callable[[tuple, _AnyType], bool]
+
+
+def to_predicate(filter: Filter) -> Predicate:
+    """Turn any filter form into a ``(path, value) -> bool`` predicate.
+
+    >>> import nnxlike as nnx
+    >>> p = nnx.filterlib.to_predicate((nnx.BatchStat, "bias"))
+    >>> p(("bn", "mean"), nnx.BatchStat(0.0)), p(("linear", "bias"), nnx.Param(0.0))
+    (True, True)
+    >>> p(("linear", "kernel"), nnx.Param(0.0))
+    False
+    """
+    if isinstance(filter, _FilterBase):
+        return filter
+    if filter is Ellipsis or filter is True:
+        return Everything()
+    if filter is None or filter is False:
+        return Nothing()
+    if isinstance(filter, type):
+        return OfType(filter)
+    if isinstance(filter, str):
+        if "/" in filter or "*" in filter:
+            return PathGlob(filter)
+        return PathContains(filter)
+    if isinstance(filter, (tuple, list)):
+        return Any(*filter)
+    if callable(filter):
+        return filter
+    raise TypeError(
+        f"Invalid filter {filter!r} of type {type(filter).__name__}. A filter is a "
+        "Variable type (nnx.Param), a path string ('kernel' or 'layers/*/kernel'), "
+        "..., True, None, False, a callable (path, value) -> bool, a tuple of "
+        "filters, or nnx.All/Any/Not/PathContains/OfType/Everything/Nothing."
+    )
+
+
+class _FilterBase:
+    def __call__(self, path: tuple, value: _AnyType) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class OfType(_FilterBase):
+    """Matches Variables whose kind is ``type`` or a subclass of it."""
+
+    type: type
+
+    def __call__(self, path, value):
+        t = variable_type(value)
+        return (t is not None and issubclass(t, self.type)) or isinstance(
+            value, self.type
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PathContains(_FilterBase):
+    """Matches when some component of the path equals ``key``."""
+
+    key: _AnyType
+
+    def __call__(self, path, value):
+        return self.key in path
+
+
+@dataclasses.dataclass(frozen=True)
+class PathGlob(_FilterBase):
+    """Matches the ``/``-joined path against a glob (``"layers/*/kernel"``)."""
+
+    pattern: str
+
+    def __call__(self, path, value):
+        return fnmatch.fnmatchcase("/".join(map(str, path)), self.pattern)
+
+
+class Any(_FilterBase):
+    """Matches when any of the filters matches."""
+
+    def __init__(self, *filters: Filter):
+        self.filters = filters
+        self.predicates = tuple(to_predicate(f) for f in filters)
+
+    def __call__(self, path, value):
+        return builtins.any(p(path, value) for p in self.predicates)
+
+    def __repr__(self):
+        return f"Any({', '.join(map(repr, self.filters))})"
+
+    def __eq__(self, other):
+        return isinstance(other, Any) and self.filters == other.filters
+
+    def __hash__(self):
+        return hash(("Any", self.filters))
+
+
+class All(_FilterBase):
+    """Matches when every filter matches."""
+
+    def __init__(self, *filters: Filter):
+        self.filters = filters
+        self.predicates = tuple(to_predicate(f) for f in filters)
+
+    def __call__(self, path, value):
+        return builtins.all(p(path, value) for p in self.predicates)
+
+    def __repr__(self):
+        return f"All({', '.join(map(repr, self.filters))})"
+
+    def __eq__(self, other):
+        return isinstance(other, All) and self.filters == other.filters
+
+    def __hash__(self):
+        return hash(("All", self.filters))
+
+
+class Not(_FilterBase):
+    """Matches when the filter does not."""
+
+    def __init__(self, filter: Filter):
+        self.filter = filter
+        self.predicate = to_predicate(filter)
+
+    def __call__(self, path, value):
+        return not self.predicate(path, value)
+
+    def __repr__(self):
+        return f"Not({self.filter!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Not) and self.filter == other.filter
+
+    def __hash__(self):
+        return hash(("Not", self.filter))
+
+
+class Everything(_FilterBase):
+    """Matches everything."""
+
+    def __call__(self, path, value):
+        return True
+
+    def __repr__(self):
+        return "Everything()"
+
+    def __eq__(self, other):
+        return isinstance(other, Everything)
+
+    def __hash__(self):
+        return hash("Everything")
+
+
+class Nothing(_FilterBase):
+    """Matches nothing."""
+
+    def __call__(self, path, value):
+        return False
+
+    def __repr__(self):
+        return "Nothing()"
+
+    def __eq__(self, other):
+        return isinstance(other, Nothing)
+
+    def __hash__(self):
+        return hash("Nothing")

@@ -1,0 +1,564 @@
+"""Object graphs <-> (GraphDef, State): split, merge, update and friends.
+
+Design note: one depth-first walk (``flatten``) turns any mix of Objects, Variables,
+lists, tuples and dicts into
+
+- a ``GraphDef``: nested tuples describing node types, attribute names, static
+  values and which nodes are the same object (a node seen again becomes a
+  reference to its index), hashed once and cached, so it is a cheap jit cache key;
+- the Variables (and raw array leaves of plain containers) in walk order, with
+  their paths.
+
+``unflatten`` walks a GraphDef and rebuilds objects, creating each node *before*
+its children so cycles close. Given a table of existing objects it updates them in
+place instead of creating new ones: the same routine serves ``merge``, ``update``
+with structural changes, and the write-back of every transform.
+
+Order is insertion order (definition order of attributes), so a State reads like a
+PyTorch ``state_dict``. Tuples are values (never shared by identity); lists and
+dicts are shared by identity like Objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from nnxlike import _errors, _tracking
+from nnxlike._filters import Filter, to_predicate
+from nnxlike._object import Object
+from nnxlike._state import State
+from nnxlike._variables import Variable, VariableState
+
+# GraphDef node kinds (first element of every node tuple).
+NODE, VAR, REF, STATIC, LEAF = 0, 1, 2, 3, 4
+_ARRAY_TYPES = (jax.Array, np.ndarray)
+
+
+class GraphDef:
+    """The static structure of an object graph: hashable, comparable, printable.
+
+    Two graphs built the same way (same types, attribute names, static values,
+    sharing pattern) have equal GraphDefs, so compiled functions are reused
+    across instances:
+
+    >>> import nnxlike as nnx
+    >>> a = nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> b = nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(1)))
+    >>> a == b, hash(a) == hash(b)
+    (True, True)
+    """
+
+    __slots__ = ("tree", "paths", "num_leaves", "_hash")
+
+    def __init__(self, tree: tuple, paths: tuple):
+        self.tree = tree
+        self.paths = paths
+        self.num_leaves = len(paths)
+        self._hash = None
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash(self.tree)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, GraphDef):
+            return NotImplemented
+        return hash(self) == hash(other) and self.tree == other.tree
+
+    @property
+    def root_type(self) -> type:
+        return self.tree[1] if self.tree[0] in (NODE, VAR) else type(None)
+
+    def __repr__(self) -> str:
+        from nnxlike import _display
+
+        return _display.render_text(self)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        from nnxlike import _display
+
+        return _display.render_graphdef(self, path, subtree_renderer)
+
+
+def is_graph_node(x: Any) -> bool:
+    """True for the things ``split`` treats as part of a graph (not static values)."""
+    return isinstance(x, (Object, Variable))
+
+
+def _static_key(x: Any, path: tuple) -> tuple:
+    try:
+        hash(x)
+    except TypeError:
+        raise TypeError(
+            _errors.UNHASHABLE_STATIC.format(
+                where=_errors.path_str(path), type=type(x).__name__
+            )
+        ) from None
+    return (STATIC, type(x), x)
+
+
+class Flat:
+    """The result of ``flatten``: structure, leaves, paths and objects by index."""
+
+    __slots__ = ("graphdef", "leaves", "objects")
+
+    def __init__(self, graphdef: GraphDef, leaves: list, objects: list):
+        self.graphdef = graphdef
+        self.leaves = leaves  # Variables and raw arrays, in walk order
+        self.objects = objects  # every node with an index, by index
+
+
+def flatten(node: Any, *, track: bool = False, origin: dict | None = None) -> Flat:
+    """Walk ``node`` once; see the module note.
+
+    ``track`` marks Objects so that later structural edits bump the structure
+    version. ``origin`` maps ``id(obj)`` to an index in another GraphDef; when
+    given, each indexed node's origin is recorded in ``Flat.objects`` as the pair
+    ``(obj, origin_index or -1)``.
+    """
+    index_of: dict[int, int] = {}
+    objects: list = []
+    leaves: list = []
+    paths: list = []
+
+    def register(x) -> int:
+        i = len(objects)
+        index_of[id(x)] = i
+        objects.append(x if origin is None else (x, origin.get(id(x), -1)))
+        return i
+
+    def visit(x: Any, path: tuple):
+        i = index_of.get(id(x))
+        if i is not None:
+            return (REF, i)
+        if isinstance(x, Variable):
+            i = register(x)
+            leaves.append(x)
+            paths.append(path)
+            meta = x._metadata
+            return (VAR, type(x), i, tuple(meta.items()) if meta else ())
+        if isinstance(x, Object):
+            i = register(x)
+            d = x.__dict__
+            if track and "_nnx_tracked" not in d:
+                d["_nnx_tracked"] = True
+            return (
+                NODE,
+                type(x),
+                i,
+                tuple((k, visit(v, (*path, k))) for k, v in x._nnx_children()),
+            )
+        t = type(x)
+        if t is list:
+            i = register(x)
+            return (NODE, list, i, tuple(visit(v, (*path, k)) for k, v in enumerate(x)))
+        if t is dict:
+            i = register(x)
+            return (
+                NODE,
+                dict,
+                i,
+                tuple((k, visit(v, (*path, k))) for k, v in x.items()),
+            )
+        if t is tuple:
+            return (
+                NODE,
+                tuple,
+                -1,
+                tuple(visit(v, (*path, k)) for k, v in enumerate(x)),
+            )
+        if isinstance(x, _ARRAY_TYPES):
+            leaves.append(x)
+            paths.append(path)
+            return (LEAF,)
+        return _static_key(x, path)
+
+    tree = visit(node, ())
+    # Metadata may hold unhashable values; check once here with a clear message.
+    gd = GraphDef(tree, tuple(paths))
+    try:
+        hash(gd)
+    except TypeError:
+        for v, p in zip(leaves, paths):
+            if isinstance(v, Variable):
+                for k, m in v._metadata.items():
+                    _static_key(m, (*p, f"<metadata {k}>"))
+        raise
+    return Flat(gd, leaves, objects)
+
+
+def _new_variable(cls: type, value: Any, meta: tuple, trace_state: Any) -> Variable:
+    var = object.__new__(cls)
+    object.__setattr__(var, "_raw_value", value)
+    object.__setattr__(var, "_metadata", dict(meta))
+    object.__setattr__(var, "_trace_state", trace_state)
+    return var
+
+
+def unflatten(
+    graphdef: GraphDef,
+    values: list,
+    *,
+    reuse: Callable[[int], Any] | None = None,
+) -> Any:
+    """Rebuild the graph from ``graphdef`` and leaf ``values`` (walk order).
+
+    ``values`` are raw values or ``VariableState``s. ``reuse(index)`` may return an
+    existing object to update in place for the node with that index (or None).
+    """
+    trace_state = _tracking.get_trace_state()
+    built: dict[int, Any] = {}
+    pos = 0
+
+    def build(d: tuple):
+        nonlocal pos
+        kind = d[0]
+        if kind == REF:
+            return built[d[1]]
+        if kind == STATIC:
+            return d[2]
+        if kind == VAR:
+            value = values[pos]
+            pos += 1
+            if isinstance(value, VariableState):
+                value = value.value
+            old = reuse(d[2]) if reuse is not None else None
+            if old is not None:
+                object.__setattr__(old, "_raw_value", value)
+                meta = dict(d[3])
+                if old._metadata != meta:
+                    object.__setattr__(old, "_metadata", meta)
+                built[d[2]] = old
+                return old
+            var = _new_variable(d[1], value, d[3], trace_state)
+            built[d[2]] = var
+            return var
+        if kind == LEAF:
+            value = values[pos]
+            pos += 1
+            return value.value if isinstance(value, VariableState) else value
+        # NODE
+        cls, index, children = d[1], d[2], d[3]
+        if cls is tuple:
+            return tuple(build(c) for c in children)
+        old = reuse(index) if reuse is not None else None
+        if cls is list:
+            obj = old if old is not None else []
+            built[index] = obj
+            obj[:] = [build(c) for c in children]
+            return obj
+        if cls is dict:
+            obj = old if old is not None else {}
+            built[index] = obj
+            items = [(k, build(c)) for k, c in children]
+            obj.clear()
+            obj.update(items)
+            return obj
+        if old is not None:
+            obj = old
+            built[index] = obj
+            items = [(k, build(c)) for k, c in children]
+            if not _same_items(obj._nnx_children(), items):
+                obj._nnx_set_children(items)
+                if obj.__dict__.get("_nnx_tracked"):
+                    _tracking.bump_structure_version()
+            return obj
+        obj = object.__new__(cls)
+        built[index] = obj
+        obj._nnx_set_children([(k, build(c)) for k, c in children])
+        return obj
+
+    return build(graphdef.tree)
+
+
+def _same_items(old: list, new: list) -> bool:
+    return len(old) == len(new) and all(
+        a[0] == b[0] and a[1] is b[1] for a, b in zip(old, new)
+    )
+
+
+# -- public API ----------------------------------------------------------------
+
+
+def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
+    """Split the leaves of ``flat`` into one State per filter (first match wins)."""
+    gd = flat.graphdef
+    if not filters:
+        return [State.from_flat(gd.paths, [_to_state_leaf(v) for v in flat.leaves])]
+    predicates = [to_predicate(f) for f in filters]
+    buckets: list[tuple[list, list]] = [([], []) for _ in filters]
+    for path, leaf in zip(gd.paths, flat.leaves):
+        for pred, bucket in zip(predicates, buckets):
+            if pred(path, leaf):
+                bucket[0].append(path)
+                bucket[1].append(_to_state_leaf(leaf))
+                break
+        else:
+            raise _errors.StructureError(
+                _errors.UNMATCHED_FILTER.format(
+                    path=_errors.path_str(path),
+                    type=type(leaf).__name__,
+                    filters=filters,
+                    first=", ".join(map(_filter_repr, filters)),
+                )
+            )
+    return [State.from_flat(p, v) for p, v in buckets]
+
+
+def _filter_repr(f: Any) -> str:
+    return f.__name__ if isinstance(f, type) else repr(f)
+
+
+def _to_state_leaf(x: Any) -> Any:
+    if isinstance(x, Variable):
+        return VariableState(type(x), x._raw_value, dict(x._metadata))
+    return x
+
+
+def split(node: Any, *filters: Filter) -> tuple:
+    """Split an object graph into a ``GraphDef`` and one ``State`` per filter.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> graphdef, params = nnx.split(model, nnx.Param)
+    >>> jax.tree.map(jnp.shape, params.to_pure_dict())
+    {'kernel': (2, 3), 'bias': (3,)}
+
+    With several filters every Variable goes to the first filter it matches; a
+    Variable matching none is an error naming its path (end with ``...`` to catch
+    the rest).
+    """
+    flat = flatten(node)
+    return (flat.graphdef, *_partition(flat, filters))
+
+
+def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
+    if len(states) == 1 and isinstance(states[0], State):
+        lookup = states[0].flat_dict()
+    else:
+        lookup = {}
+        for s in states:
+            if not isinstance(s, State):
+                s = State(s)
+            lookup.update(s.flat_dict())
+    try:
+        return [lookup[p] for p in graphdef.paths]
+    except KeyError:
+        missing = [_errors.path_str(p) for p in graphdef.paths if p not in lookup]
+        raise _errors.StructureError(
+            f"merge: the State(s) lack {len(missing)} path(s) the GraphDef needs: "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. Pass every State "
+            "that split returned: `nnx.merge(graphdef, state1, state2, ...)`."
+        ) from None
+
+
+def merge(graphdef: GraphDef, *states: Any) -> Any:
+    """Rebuild objects from a GraphDef and the States ``split`` produced.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> copy = nnx.merge(*nnx.split(model))
+    >>> type(copy).__name__, copy is model, copy.kernel is model.kernel
+    ('Linear', False, False)
+    """
+    if not isinstance(graphdef, GraphDef):
+        raise TypeError(
+            f"merge: expected a GraphDef as first argument, got "
+            f"{type(graphdef).__name__}. Usage: `nnx.merge(graphdef, state)`."
+        )
+    return unflatten(graphdef, _values_in_order(graphdef, states))
+
+
+def graphdef(node: Any) -> GraphDef:
+    """The GraphDef of ``node`` (its static structure)."""
+    return flatten(node).graphdef
+
+
+def state(node: Any, *filters: Filter) -> Any:
+    """The ``State`` of ``node``; with several filters, one State per filter.
+
+    Unlike ``split``, Variables matching no filter are simply left out.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> sorted(nnx.state(model, nnx.Param).to_pure_dict())
+    ['bias', 'kernel']
+    """
+    flat = flatten(node)
+    if len(filters) <= 1:
+        if not filters:
+            return _partition(flat, ())[0]
+        return _partition(flat, (filters[0], ...))[0]
+    return tuple(_partition(flat, (*filters, ...))[:-1])
+
+
+def update(node: Any, *states: Any) -> None:
+    """Write the values of ``states`` into the Variables of ``node`` in place.
+
+    Paths in the State must exist in ``node``, except the last step of a path
+    naming a new attribute of an Object, which is created.
+    """
+    flat = flatten(node)
+    by_path = dict(zip(flat.graphdef.paths, flat.leaves))
+    for s in states:
+        if not isinstance(s, State):
+            s = State(s)
+        for path, leaf in s.flat_state():
+            target = by_path.get(path)
+            if isinstance(target, Variable):
+                value = leaf.value if isinstance(leaf, VariableState) else leaf
+                if isinstance(value, Variable):
+                    value = value._raw_value
+                target.set_value(value)
+                if isinstance(leaf, VariableState) and leaf._metadata:
+                    if leaf._metadata != target._metadata:
+                        target.set_metadata(**leaf._metadata)
+            else:
+                _set_new_path(node, path, leaf)
+
+
+def _set_new_path(node: Any, path: tuple, leaf: Any) -> None:
+    parent = node
+    for key in path[:-1]:
+        try:
+            parent = (
+                parent[key]
+                if isinstance(parent, (list, dict))
+                else getattr(parent, key)
+            )
+        except (AttributeError, KeyError, IndexError, TypeError):
+            raise _errors.StructureError(
+                f"update: path {_errors.path_str(path)!r} does not exist in "
+                f"{type(node).__name__} (no {key!r} under "
+                f"{type(parent).__name__}). Update only paths the object has, or "
+                "create the attribute first."
+            ) from None
+    value = leaf.to_variable() if isinstance(leaf, VariableState) else leaf
+    key = path[-1]
+    if isinstance(parent, Object):
+        setattr(parent, key, value)
+    elif isinstance(parent, (list, dict)):
+        parent[key] = value
+    else:
+        raise _errors.StructureError(
+            f"update: cannot set {_errors.path_str(path)!r} on a "
+            f"{type(parent).__name__}."
+        )
+
+
+def clone(node: Any) -> Any:
+    """A deep copy of the graph with new Variables (arrays are shared, immutable)."""
+    flat = flatten(node)
+    return unflatten(flat.graphdef, [_leaf_value(v) for v in flat.leaves])
+
+
+def _leaf_value(x: Any) -> Any:
+    return x._raw_value if isinstance(x, Variable) else x
+
+
+def pop(node: Any, *filters: Filter) -> Any:
+    """Remove the Variables matching ``filters`` from ``node``; return their State(s).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> class M(nnx.Module):
+    ...     def __call__(self, x):
+    ...         self.sow(nnx.Intermediate, "h", x * 2)
+    ...         return x
+    >>> m = M()
+    >>> _ = m(jnp.ones(2))
+    >>> jax.tree.map(jnp.shape, nnx.pop(m, nnx.Intermediate).to_pure_dict())
+    {'h': ((2,),)}
+    >>> hasattr(m, "h")
+    False
+    """
+    if not filters:
+        raise TypeError(
+            "pop: give at least one filter, e.g. `nnx.pop(model, nnx.Intermediate)`."
+        )
+    flat = flatten(node)
+    predicates = [to_predicate(f) for f in filters]
+    buckets: list[tuple[list, list]] = [([], []) for _ in filters]
+    for path, leaf in zip(flat.graphdef.paths, flat.leaves):
+        if not isinstance(leaf, Variable):
+            continue
+        for pred, bucket in zip(predicates, buckets):
+            if pred(path, leaf):
+                bucket[0].append(path)
+                bucket[1].append(_to_state_leaf(leaf))
+                _remove_path(node, path)
+                break
+    states = [State.from_flat(p, v) for p, v in buckets]
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _remove_path(node: Any, path: tuple) -> None:
+    parent = node
+    for key in path[:-1]:
+        parent = (
+            parent[key] if isinstance(parent, (list, dict)) else getattr(parent, key)
+        )
+    key = path[-1]
+    if isinstance(parent, Object):
+        if hasattr(parent, "_nnx_remove"):
+            parent._nnx_remove(key)
+        else:
+            delattr(parent, key)
+    elif isinstance(parent, (list, dict)):
+        del parent[key]
+
+
+def iter_graph(node: Any) -> Iterator[tuple[tuple, Any]]:
+    """Yield ``(path, value)`` for every node, Variable and leaf, each object once.
+
+    Children come before their parent (post-order), the root last, as in flax.nnx.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> [(p, type(v).__name__) for p, v in nnx.iter_graph(model)]
+    [(('kernel',), 'Param'), (('bias',), 'Param'), ((), 'Linear')]
+    """
+    seen: set[int] = set()
+
+    def visit(x, path):
+        if isinstance(x, (Object, Variable, list, dict)):
+            if id(x) in seen:
+                return
+            seen.add(id(x))
+        if isinstance(x, Object):
+            for k, v in x._nnx_children():
+                yield from visit(v, (*path, k))
+        elif isinstance(x, (list, tuple)):
+            for k, v in enumerate(x):
+                yield from visit(v, (*path, k))
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                yield from visit(v, (*path, k))
+        elif not isinstance(x, (Variable, *_ARRAY_TYPES)):
+            return  # static values are not graph members
+        yield path, x
+
+    yield from visit(node, ())
+
+
+def variables(node: Any, *filters: Filter) -> State:
+    """Like ``state`` but the leaves are the live Variables (not copies)."""
+    flat = flatten(node)
+    pred = (
+        to_predicate(filters[0] if len(filters) == 1 else filters) if filters else None
+    )
+    pairs = [
+        (p, v)
+        for p, v in zip(flat.graphdef.paths, flat.leaves)
+        if isinstance(v, Variable) and (pred is None or pred(p, v))
+    ]
+    return State.from_flat([p for p, _ in pairs], [v for _, v in pairs])

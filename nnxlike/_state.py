@@ -1,0 +1,280 @@
+"""``State``: the arrays of an object graph as a nested mapping and a JAX pytree.
+
+Design note: a State maps keys (attribute names, list indices, dict keys) to
+either a sub-State or a leaf: a ``VariableState`` (kind + value + metadata) or a
+raw array. It is the currency between objects and JAX: ``split`` produces it,
+``merge``/``update`` consume it, ``jax.tree.map`` maps over its arrays, optax
+updates it. Keys keep insertion order (the order of the model's definition).
+A State never holds live Variables except when built by ``nnx.variables``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import jax.tree_util as jtu
+
+from nnxlike import _errors
+from nnxlike._variables import Variable, VariableState
+
+
+class FlatState(list):
+    """A list of ``(path, leaf)`` pairs with ``paths`` and ``leaves`` views."""
+
+    @property
+    def paths(self) -> tuple:
+        return tuple(p for p, _ in self)
+
+    @property
+    def leaves(self) -> list:
+        return [v for _, v in self]
+
+    def to_nested_state(self) -> State:
+        return State.from_flat(self.paths, self.leaves)
+
+
+class State(MutableMapping):
+    """A nested mapping of Variable states; a JAX pytree over their values.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> state = nnx.state(model)
+    >>> state.kernel.value.shape, state["bias"].value.shape
+    ((2, 3), (3,))
+    >>> doubled = jax.tree.map(lambda x: 2 * x, state)
+    >>> type(doubled).__name__, doubled.kernel.type.__name__
+    ('State', 'Param')
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Any = None, /):
+        m: dict = {}
+        if mapping is not None:
+            items = mapping.items() if hasattr(mapping, "items") else mapping
+            for k, v in items:
+                m[k] = State(v) if type(v) is dict else v
+        object.__setattr__(self, "_mapping", m)
+
+    @classmethod
+    def from_flat(cls, paths: Any, leaves: Any) -> State:
+        """Build a nested State from parallel sequences of paths and leaves."""
+        root: dict = {}
+        for path, leaf in zip(paths, leaves):
+            node = root
+            for key in path[:-1]:
+                child = node.get(key)
+                if child is None:
+                    child = node[key] = {}
+                node = child
+            if path:
+                node[path[-1]] = leaf
+            else:
+                root[()] = leaf
+        return cls._from_raw(root)
+
+    @classmethod
+    def _from_raw(cls, raw: dict) -> State:
+        s = object.__new__(cls)
+        object.__setattr__(
+            s,
+            "_mapping",
+            {k: cls._from_raw(v) if type(v) is dict else v for k, v in raw.items()},
+        )
+        return s
+
+    # -- mapping ---------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        return self._mapping[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._mapping[key] = State(value) if type(value) is dict else value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._mapping[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(
+                f"State has no key {name!r}; its keys are {list(self._mapping)}."
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return self._mapping == other._mapping
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- flat views --------------------------------------------------------------
+    def flat_state(self) -> FlatState:
+        """All ``(path, leaf)`` pairs, depth first, in insertion order."""
+        out = FlatState()
+
+        def walk(m: dict, prefix: tuple):
+            for k, v in m.items():
+                if isinstance(v, State):
+                    walk(v._mapping, (*prefix, k))
+                elif k == () and not prefix:
+                    out.append(((), v))
+                else:
+                    out.append(((*prefix, k), v))
+
+        walk(self._mapping, ())
+        return out
+
+    def flat_dict(self) -> dict:
+        return dict(self.flat_state())
+
+    def leaves(self) -> list:
+        return [v for _, v in self.flat_state()]
+
+    # -- filtering -----------------------------------------------------------------
+    def filter(self, *filters: Any) -> Any:
+        """The sub-State(s) of leaves matching each filter (others dropped)."""
+        from nnxlike._filters import to_predicate
+
+        if not filters:
+            raise TypeError("State.filter needs at least one filter.")
+        preds = [to_predicate(f) for f in filters]
+        flat = self.flat_state()
+        outs = []
+        for pred in preds:
+            pairs = [(p, v) for p, v in flat if pred(p, v)]
+            outs.append(State.from_flat([p for p, _ in pairs], [v for _, v in pairs]))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def split(self, *filters: Any) -> Any:
+        """Partition the leaves by filters (first match wins; all must match)."""
+        from nnxlike._filters import to_predicate
+
+        if not filters:
+            return self
+        preds = [to_predicate(f) for f in filters]
+        buckets: list[tuple[list, list]] = [([], []) for _ in filters]
+        for path, leaf in self.flat_state():
+            for pred, (ps, vs) in zip(preds, buckets):
+                if pred(path, leaf):
+                    ps.append(path)
+                    vs.append(leaf)
+                    break
+            else:
+                raise _errors.StructureError(
+                    _errors.UNMATCHED_FILTER.format(
+                        path=_errors.path_str(path),
+                        type=type(leaf).__name__,
+                        filters=filters,
+                        first=", ".join(map(repr, filters)),
+                    )
+                )
+        outs = [State.from_flat(ps, vs) for ps, vs in buckets]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @staticmethod
+    def merge(state: State, /, *states: State) -> State:
+        """Deep-merge States; later ones win on equal paths."""
+        flat = dict(state.flat_state())
+        for s in states:
+            flat.update(s.flat_state())
+        return State.from_flat(list(flat), list(flat.values()))
+
+    # -- pure dicts ------------------------------------------------------------------
+    def to_pure_dict(self) -> dict:
+        """Nested plain dicts of raw values (no kinds or metadata).
+
+        >>> import nnxlike as nnx
+        >>> s = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+        >>> {k: v.shape for k, v in s.to_pure_dict().items()}
+        {'kernel': (2, 3), 'bias': (3,)}
+        """
+
+        def conv(m: dict) -> dict:
+            return {
+                k: conv(v._mapping) if isinstance(v, State) else _raw(v)
+                for k, v in m.items()
+            }
+
+        return conv(self._mapping)
+
+    def replace_by_pure_dict(self, pure: dict, replace_fn: Any = None) -> None:
+        """Replace values in place from nested plain dicts (as from to_pure_dict).
+
+        Keys missing from this State are an error naming the path; ``replace_fn``
+        (``(leaf, new_value) -> leaf``) customises how a leaf is replaced.
+        """
+
+        def walk(m: dict, p: Any, prefix: tuple):
+            for k, v in p.items():
+                key = k
+                if key not in m and isinstance(k, str) and k.isdigit():
+                    key = int(k)  # checkpoints often stringify list indices
+                if key not in m:
+                    raise _errors.StructureError(
+                        f"replace_by_pure_dict: path {_errors.path_str((*prefix, k))!r}"
+                        f" is not in the State; its keys there are {list(m)}."
+                    )
+                cur = m[key]
+                if isinstance(cur, State):
+                    walk(cur._mapping, v, (*prefix, key))
+                elif replace_fn is not None:
+                    m[key] = replace_fn(cur, v)
+                elif isinstance(cur, VariableState):
+                    m[key] = cur.replace(v)
+                else:
+                    m[key] = v
+
+        walk(self._mapping, pure, ())
+
+    def __repr__(self) -> str:
+        from nnxlike import _display
+
+        return _display.render_text(self)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        from nnxlike import _display
+
+        return _display.render_state(self, path, subtree_renderer)
+
+
+def _raw(v: Any) -> Any:
+    if isinstance(v, (VariableState, Variable)):
+        return v.value
+    return v
+
+
+def _flatten_with_keys(s: State):
+    m = s._mapping
+    return [(_key_entry(k), v) for k, v in m.items()], tuple(m)
+
+
+def _key_entry(k: Any):
+    return jtu.SequenceKey(k) if isinstance(k, int) else jtu.DictKey(k)
+
+
+def _flatten(s: State):
+    m = s._mapping
+    return list(m.values()), tuple(m)
+
+
+def _unflatten(keys: tuple, children: Any) -> State:
+    s = object.__new__(State)
+    object.__setattr__(s, "_mapping", dict(zip(keys, children)))
+    return s
+
+
+jtu.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
