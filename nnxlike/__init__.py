@@ -39,6 +39,11 @@ from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
 from nnxlike._state import FlatState as FlatState
+from nnxlike._optimizer import Optimizer as Optimizer
+from nnxlike._transforms.autodiff import DiffState as DiffState
+from nnxlike._transforms.autodiff import grad as grad
+from nnxlike._transforms.autodiff import value_and_grad as value_and_grad
+from nnxlike._transforms.jit import jit as jit
 from nnxlike._state import State as State
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache

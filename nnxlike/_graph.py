@@ -208,14 +208,17 @@ def unflatten(
     values: list,
     *,
     reuse: Callable[[int], Any] | None = None,
+    built: dict[int, Any] | None = None,
 ) -> Any:
     """Rebuild the graph from ``graphdef`` and leaf ``values`` (walk order).
 
     ``values`` are raw values or ``VariableState``s. ``reuse(index)`` may return an
     existing object to update in place for the node with that index (or None).
+    ``built``, if given, receives ``{index: object}`` for every indexed node.
     """
     trace_state = _tracking.get_trace_state()
-    built: dict[int, Any] = {}
+    if built is None:
+        built = {}
     pos = 0
 
     def build(d: tuple):

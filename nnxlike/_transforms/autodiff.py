@@ -1,0 +1,235 @@
+"""``nnx.grad`` and ``nnx.value_and_grad`` over objects.
+
+Design note: the arguments are lifted once (``_core.Lifted``); the Variables of
+the differentiated arguments that match the ``wrt`` filter (``Param`` by default,
+or ``DiffState(argnum, filter)``) become the differentiated input of one
+``jax.value_and_grad`` call, everything else (BatchNorm statistics, RNG counters,
+other arguments) rides along undifferentiated and is written back like in
+``jit``. Gradients of an object argument come back as a ``State`` keyed by paths
+inside that argument, the form ``Optimizer.update`` takes. Arguments without
+objects are differentiated as plain pytrees, as ``jax.grad`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.tree_util as jtu
+
+from nnxlike._filters import Filter, to_predicate
+from nnxlike._graph import flatten, is_graph_node
+from nnxlike._state import State
+from nnxlike._transforms import _core
+from nnxlike._variables import Param, VariableState
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffState:
+    """Differentiate argument ``argnum`` with respect to Variables matching ``filter``.
+
+    >>> import nnxlike as nnx
+    >>> nnx.DiffState(0, nnx.Param)
+    DiffState(argnum=0, filter=<class 'nnxlike._variables.Param'>)
+    """
+
+    argnum: int
+    filter: Filter = Param
+
+
+def _contains_graph(x: Any) -> bool:
+    return any(
+        is_graph_node(leaf) for leaf in jtu.tree_leaves(x, is_leaf=is_graph_node)
+    )
+
+
+def _specs(argnums: int | DiffState | Sequence[int | DiffState], wrt: Filter):
+    single = isinstance(argnums, (int, DiffState))
+    items = (argnums,) if single else tuple(argnums)
+    specs = []
+    for a in items:
+        if isinstance(a, DiffState):
+            specs.append((a.argnum, a.filter))
+        elif isinstance(a, int):
+            specs.append((a, wrt))
+        else:
+            raise TypeError(
+                f"grad: argnums entries must be ints or nnx.DiffState, got {a!r}."
+            )
+    return single, specs
+
+
+def value_and_grad(
+    f: Callable | None = None,
+    *,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
+    has_aux: bool = False,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+    wrt: Filter = Param,
+) -> Any:
+    """Like ``jax.value_and_grad``, lifted over objects (see the module note).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    >>> loss, grads = nnx.value_and_grad(lambda m, x: m(x).sum())(model, jnp.ones((4, 2)))
+    >>> grads.kernel.value.tolist(), grads.bias.value.tolist()
+    ([[4.0], [4.0]], [4.0])
+    """
+    if f is None:
+        return functools.partial(
+            value_and_grad,
+            argnums=argnums,
+            has_aux=has_aux,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+            wrt=wrt,
+        )
+    single, specs = _specs(argnums, wrt)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for argnum, _ in specs:
+            if not -len(args) <= argnum < len(args):
+                raise IndexError(
+                    f"grad({getattr(f, '__name__', 'f')}): argnums={argnum} but the "
+                    f"function was called with {len(args)} positional argument(s)."
+                )
+        lifted = _core.Lifted.from_args((args, kwargs))
+        var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+        # Which Variables are differentiated, per spec (paths inside that arg).
+        graph_specs: list[tuple[int, list[tuple]]] = []  # (spec pos, [(path, idx)])
+        plain_argnums: list[int] = []
+        diff_idx: list[int] = []
+        for argnum, filt in specs:
+            arg = args[argnum]
+            if _contains_graph(arg):
+                pred = to_predicate(filt)
+                flat = flatten(arg)
+                chosen = []
+                for path, v in zip(flat.graphdef.paths, flat.leaves):
+                    idx = var_index.get(id(v))
+                    if idx is not None and pred(path, v):
+                        chosen.append((path, idx))
+                        if idx not in diff_idx:
+                            diff_idx.append(idx)
+                graph_specs.append((len(graph_specs) + len(plain_argnums), chosen))
+            else:
+                plain_argnums.append(argnum % len(args))
+                graph_specs.append((-1, []))
+        diff_set = set(diff_idx)
+        nondiff_idx = [i for i in range(len(lifted.flat.leaves)) if i not in diff_set]
+        arrays = lifted.arrays()
+        box: dict[str, Any] = {}
+
+        def pure(diff_arrays, plain_diff, nondiff_arrays):
+            full: list = [None] * len(arrays)
+            for i, a in zip(diff_idx, diff_arrays):
+                full[i] = a
+            for i, a in zip(nondiff_idx, nondiff_arrays):
+                full[i] = a
+            (args2, kwargs2), copies = lifted.rebuild(full)
+            args2 = list(args2)
+            for k, argnum in enumerate(plain_argnums):
+                args2[argnum] = plain_diff[k]
+            out = f(*args2, **kwargs2)
+            if has_aux:
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(
+                        f"grad({getattr(f, '__name__', 'f')}, has_aux=True): the "
+                        "function must return a pair (loss, aux), got "
+                        f"{type(out).__name__}."
+                    )
+                loss, aux = out
+            else:
+                loss, aux = out, None
+            collected = _core.collect(lifted, copies, aux)
+            box["static"] = collected.static()
+            return loss, (collected.arrays, collected.out_leaves)
+
+        (loss, (new_arrays, aux_leaves)), (g_diff, g_plain) = jax.value_and_grad(
+            pure,
+            argnums=(0, 1),
+            has_aux=True,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+        )(
+            [arrays[i] for i in diff_idx],
+            tuple(args[a] for a in plain_argnums),
+            [arrays[i] for i in nondiff_idx],
+        )
+        aux = _core.write_back(lifted, box["static"], new_arrays, aux_leaves)
+
+        # Assemble gradients: a State per object argument, pytrees for the rest.
+        grad_of = dict(zip(diff_idx, g_diff))
+        variables = lifted.flat.leaves
+        grads = []
+        plain_iter = iter(g_plain)
+        for kind, chosen in graph_specs:
+            if kind < 0:
+                grads.append(next(plain_iter))
+                continue
+            grads.append(
+                State.from_flat(
+                    [p for p, _ in chosen],
+                    [
+                        VariableState(
+                            type(variables[i]), grad_of[i], dict(variables[i]._metadata)
+                        )
+                        for _, i in chosen
+                    ],
+                )
+            )
+        g = grads[0] if single else tuple(grads)
+        value = (loss, aux) if has_aux else loss
+        return value, g
+
+    return wrapper
+
+
+def grad(
+    f: Callable | None = None,
+    *,
+    argnums: int | DiffState | Sequence[int | DiffState] = 0,
+    has_aux: bool = False,
+    holomorphic: bool = False,
+    allow_int: bool = False,
+    wrt: Filter = Param,
+) -> Any:
+    """Like ``jax.grad``, lifted over objects; returns a ``State`` for objects.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> grads = nnx.grad(lambda m, x: (m(x) ** 2).mean())(model, jnp.ones((5, 3)))
+    >>> jax.tree.map(jnp.shape, grads.to_pure_dict())
+    {'kernel': (3, 2), 'bias': (2,)}
+    """
+    if f is None:
+        return functools.partial(
+            grad,
+            argnums=argnums,
+            has_aux=has_aux,
+            holomorphic=holomorphic,
+            allow_int=allow_int,
+            wrt=wrt,
+        )
+    vg = value_and_grad(
+        f,
+        argnums=argnums,
+        has_aux=has_aux,
+        holomorphic=holomorphic,
+        allow_int=allow_int,
+        wrt=wrt,
+    )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        value, g = vg(*args, **kwargs)
+        return (g, value[1]) if has_aux else g
+
+    return wrapper
