@@ -33,12 +33,15 @@ _set_raw = Variable._raw_value.__set__  # slot descriptor: the fastest raw write
 class Lifted:
     """Arguments split into a pytree skeleton, graph nodes and JAX leaves."""
 
-    __slots__ = ("treedef", "leaves", "graph_pos", "flat")
+    __slots__ = ("treedef", "leaves", "graph_pos", "nodes", "flat")
 
-    def __init__(self, treedef: Any, leaves: list, graph_pos: tuple, flat: Flat):
+    def __init__(
+        self, treedef: Any, leaves: list, graph_pos: tuple, nodes: tuple, flat: Flat
+    ):
         self.treedef = treedef
         self.leaves = leaves  # JAX leaves, with None at graph positions
         self.graph_pos = graph_pos
+        self.nodes = nodes  # the caller's graph nodes, in argument order
         self.flat = flat
 
     @classmethod
@@ -48,7 +51,7 @@ class Lifted:
         nodes = tuple(leaves[i] for i in graph_pos)
         for i in graph_pos:
             leaves[i] = None
-        return cls(treedef, leaves, graph_pos, flatten(nodes, track=track))
+        return cls(treedef, leaves, graph_pos, nodes, flatten(nodes, track=track))
 
     @property
     def variables(self) -> list:
@@ -82,7 +85,11 @@ class Copies:
 
 
 class Collected:
-    """What ``collect`` returns: static out-structure plus the new arrays."""
+    """What ``collect`` returns: static out-structure plus the new arrays.
+
+    ``leaf_objs[j]`` is the index (in ``graphdef``) of the j-th collected leaf,
+    ``origins[k]`` the input index node ``k`` came from (-1 for new nodes).
+    """
 
     __slots__ = (
         "graphdef",
@@ -92,25 +99,12 @@ class Collected:
         "out_leaves",
         "out_graph_pos",
         "unchanged",
+        "leaf_objs",
     )
 
-    def __init__(
-        self,
-        graphdef,
-        origins,
-        arrays,
-        out_treedef,
-        out_leaves,
-        out_graph_pos,
-        unchanged,
-    ):
-        self.graphdef = graphdef
-        self.origins = origins
-        self.arrays = arrays
-        self.out_treedef = out_treedef
-        self.out_leaves = out_leaves
-        self.out_graph_pos = out_graph_pos
-        self.unchanged = unchanged
+    def __init__(self, **fields: Any):
+        for k, v in fields.items():
+            setattr(self, k, v)
 
     def static(self) -> tuple:
         """The hashable part (everything but arrays and output leaves)."""
@@ -120,6 +114,7 @@ class Collected:
             self.out_treedef,
             self.out_graph_pos,
             self.unchanged,
+            self.leaf_objs,
         )
 
 
@@ -139,20 +134,22 @@ def collect(lifted: Lifted, copies: Copies, out: Any) -> Collected:
         and flat.graphdef.tree[3][0] == in_gd.tree
         and origins == tuple(range(len(origins)))
     )
+    obj_index = {id(o): k for k, (o, _) in enumerate(flat.objects)}
     return Collected(
-        flat.graphdef,
-        origins,
-        arrays,
-        out_treedef,
-        out_leaves,
-        out_graph_pos,
-        unchanged,
+        graphdef=flat.graphdef,
+        origins=origins,
+        arrays=arrays,
+        out_treedef=out_treedef,
+        out_leaves=out_leaves,
+        out_graph_pos=out_graph_pos,
+        unchanged=unchanged,
+        leaf_objs=tuple(obj_index.get(id(v), -1) for v in flat.leaves),
     )
 
 
 def write_back(lifted: Lifted, static: tuple, arrays: list, out_leaves: list) -> Any:
     """Apply what ``collect`` found to the caller's objects; return the output."""
-    graphdef, origins, out_treedef, out_graph_pos, unchanged = static
+    graphdef, origins, out_treedef, out_graph_pos, unchanged = static[:5]
     if unchanged:
         for v, a in zip(lifted.flat.leaves, arrays):
             _set_raw(v, a)

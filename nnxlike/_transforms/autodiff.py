@@ -206,7 +206,7 @@ def grad(
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     >>> grads = nnx.grad(lambda m, x: (m(x) ** 2).mean())(model, jnp.ones((5, 3)))
-    >>> jax.tree.map(jnp.shape, grads.to_pure_dict())
+    >>> {k: v.shape for k, v in grads.to_pure_dict().items()}
     {'kernel': (3, 2), 'bias': (2,)}
     """
     if f is None:

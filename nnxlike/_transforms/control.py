@@ -1,0 +1,334 @@
+"""Control flow and the other one-shot transforms over objects.
+
+Design note: ``cond``, ``switch``, ``remat``, ``eval_shape``, ``while_loop``,
+``fori_loop`` and ``custom_vjp`` all follow ``_core``'s phases: lift the
+arguments, hand JAX a pure function of arrays, write results back. Loops carry
+the objects' arrays through the loop, so the structure must not change inside
+the body (an error says so); branches must leave the same structure in every
+branch (JAX checks the arrays, we check the GraphDefs).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from nnxlike import _errors
+from nnxlike._graph import unflatten
+from nnxlike._transforms import _core
+
+
+def _jax_leaves(lifted: _core.Lifted) -> list:
+    return [x for i, x in enumerate(lifted.leaves) if i not in lifted.graph_pos]
+
+
+def _with_jax_leaves(lifted: _core.Lifted, jleaves: Sequence) -> list:
+    leaves = list(lifted.leaves)
+    it = iter(jleaves)
+    for i in range(len(leaves)):
+        if i not in lifted.graph_pos:
+            leaves[i] = next(it)
+    return leaves
+
+
+def _lifted_call(lifted: _core.Lifted, fn: Callable, statics: list, unpack=True):
+    """A pure function ``(arrays, jax_leaves) -> (new_arrays, out_leaves)``."""
+
+    def pure(arrays, jleaves):
+        tree, copies = lifted.rebuild(arrays, _with_jax_leaves(lifted, jleaves))
+        out = fn(*tree) if unpack else fn(tree)
+        collected = _core.collect(lifted, copies, out)
+        statics.append(collected.static())
+        return collected.arrays, collected.out_leaves
+
+    return pure
+
+
+def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
+    """``jax.lax.cond`` with objects among the operands, updated in place.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> counter = nnx.Variable(jnp.array(0))
+    >>> def inc(c): c.value = c.value + 1
+    >>> def dec(c): c.value = c.value - 1
+    >>> nnx.cond(jnp.array(True), inc, dec, counter)
+    >>> int(counter.value)
+    1
+    """
+    return switch(jax.numpy.where(pred, 0, 1), (true_fun, false_fun), *operands)
+
+
+def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
+    """``jax.lax.switch`` with objects among the operands, updated in place."""
+    lifted = _core.Lifted.from_args(operands)
+    statics: list = []
+    pures = [_lifted_call(lifted, b, statics) for b in branches]
+    new_arrays, out_leaves = jax.lax.switch(
+        index, pures, lifted.arrays(), _jax_leaves(lifted)
+    )
+    if any(s[0] != statics[0][0] or s[2] != statics[0][2] for s in statics[1:]):
+        raise _errors.StructureError(
+            "cond/switch: the branches leave the objects with different structures "
+            "(an attribute added or removed in one branch only). Make every branch "
+            "create the same attributes, or create them before the cond."
+        )
+    return _core.write_back(lifted, statics[0], new_arrays, out_leaves)
+
+
+def remat(
+    f: Callable | None = None,
+    *,
+    prevent_cse: bool = True,
+    static_argnums: int | tuple[int, ...] = (),
+    policy: Callable | None = None,
+) -> Any:
+    """``jax.checkpoint`` (rematerialisation) over a function taking objects."""
+    if f is None:
+        return functools.partial(
+            remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy
+        )
+    static = (static_argnums,) if isinstance(static_argnums, int) else static_argnums
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        static_vals = {i: args[i] for i in static}
+        dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
+
+        def call(*dyn_args):
+            it = iter(dyn_args)
+            full = [
+                static_vals[i] if i in static_vals else next(it)
+                for i in range(len(args))
+            ]
+            return f(*full)
+
+        lifted = _core.Lifted.from_args(dyn)
+        statics: list = []
+        pure = _lifted_call(lifted, call, statics)
+        new_arrays, out_leaves = jax.checkpoint(
+            pure, prevent_cse=prevent_cse, policy=policy
+        )(lifted.arrays(), _jax_leaves(lifted))
+        return _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+
+    return wrapper
+
+
+checkpoint = remat
+
+
+def eval_shape(f: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run ``f`` abstractly: objects it returns hold ``ShapeDtypeStruct`` values.
+
+    No memory is allocated for parameters, so this is how to build a large model
+    "on paper" (e.g. to plan sharding or to restore a checkpoint into).
+
+    >>> import nnxlike as nnx
+    >>> abstract = nnx.eval_shape(lambda: nnx.Linear(1024, 1024, rngs=nnx.Rngs(0)))
+    >>> type(abstract.kernel.value).__name__, abstract.kernel.value.shape
+    ('ShapeDtypeStruct', (1024, 1024))
+    """
+    lifted = _core.Lifted.from_args((args, kwargs))
+    statics: list = []
+
+    def call(tree):
+        a, k = tree
+        return f(*a, **k)
+
+    pure = _lifted_call(lifted, call, statics, unpack=False)
+    new_arrays, out_leaves = jax.eval_shape(pure, lifted.arrays(), _jax_leaves(lifted))
+    graphdef, _origins, out_treedef, out_graph_pos, _ = statics[-1][:5]
+    # Abstract results never overwrite the caller's objects: build new ones.
+    _, out_nodes = unflatten(graphdef, new_arrays)
+    full = list(out_leaves)
+    for i, node in zip(out_graph_pos, out_nodes):
+        full[i] = node
+    return out_treedef.unflatten(full)
+
+
+# -- loops ------------------------------------------------------------------------
+
+
+def _loop_body(lifted: _core.Lifted, name: str):
+    """Helpers turning a loop value into carry arrays and back."""
+
+    def to_tree(carry):
+        arrays, jleaves = carry
+        tree, copies = lifted.rebuild(arrays, _with_jax_leaves(lifted, jleaves))
+        return tree, copies
+
+    def from_tree(tree, copies) -> tuple:
+        out = _core.Lifted.from_args(tree)
+        if out.flat.graphdef != lifted.flat.graphdef or out.treedef != lifted.treedef:
+            raise _errors.StructureError(
+                f"{name}: the body must return a value with the same structure as "
+                f"the initial value (same objects, same attributes, same pytree), "
+                f"got a different one. Create new attributes before the loop."
+            )
+        return (out.arrays(), _jax_leaves(out))
+
+    return to_tree, from_tree
+
+
+def _finish_loop(lifted: _core.Lifted, carry) -> Any:
+    arrays, jleaves = carry
+    for v, a in zip(lifted.flat.leaves, arrays):
+        _core._set_raw(v, a)
+    return lifted.rebuild_with(lifted.nodes, _with_jax_leaves(lifted, jleaves))
+
+
+def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
+    """``jax.lax.while_loop`` whose value may hold objects (updated in place).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> v = nnx.Variable(jnp.array(1))
+    >>> def body(v):
+    ...     v.value = v.value * 2
+    ...     return v
+    >>> _ = nnx.while_loop(lambda v: v.value < 100, body, v)
+    >>> int(v.value)
+    128
+    """
+    lifted = _core.Lifted.from_args(init_val)
+    to_tree, from_tree = _loop_body(lifted, "while_loop")
+
+    def pure_cond(carry):
+        tree, _ = to_tree(carry)
+        return cond_fun(tree)
+
+    def pure_body(carry):
+        tree, copies = to_tree(carry)
+        return from_tree(body_fun(tree), copies)
+
+    carry = jax.lax.while_loop(
+        pure_cond, pure_body, (lifted.arrays(), _jax_leaves(lifted))
+    )
+    return _finish_loop(lifted, carry)
+
+
+def fori_loop(
+    lower: int, upper: int, body_fun: Callable, init_val: Any, *, unroll: Any = None
+) -> Any:
+    """``jax.lax.fori_loop`` whose value may hold objects (updated in place)."""
+    lifted = _core.Lifted.from_args(init_val)
+    to_tree, from_tree = _loop_body(lifted, "fori_loop")
+
+    def pure_body(i, carry):
+        tree, copies = to_tree(carry)
+        return from_tree(body_fun(i, tree), copies)
+
+    kwargs = {} if unroll is None else {"unroll": unroll}
+    carry = jax.lax.fori_loop(
+        lower, upper, pure_body, (lifted.arrays(), _jax_leaves(lifted)), **kwargs
+    )
+    return _finish_loop(lifted, carry)
+
+
+# -- custom_vjp --------------------------------------------------------------------
+
+
+class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
+    """``jax.custom_vjp`` for functions whose arguments may be objects.
+
+    ``fwd(*args) -> (out, residuals)`` and ``bwd(residuals, g) -> cotangents``,
+    where the cotangent of an object argument is a ``State`` shaped like
+    ``nnx.state(arg)`` (missing paths count as zero). The function must not
+    mutate its object arguments.
+    """
+
+    def __init__(self, fun: Callable, nondiff_argnums: tuple[int, ...] = ()):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.nondiff_argnums = tuple(nondiff_argnums)
+        self.fwd: Callable | None = None
+        self.bwd: Callable | None = None
+
+    def defvjp(self, fwd: Callable, bwd: Callable) -> None:
+        self.fwd, self.bwd = fwd, bwd
+
+    def __call__(self, *args: Any) -> Any:
+        from nnxlike._graph import is_graph_node, merge, split
+        from nnxlike._state import State
+
+        if self.fwd is None or self.bwd is None:
+            raise TypeError(
+                f"custom_vjp({self.fun.__name__}): call .defvjp(fwd, bwd) first."
+            )
+        is_obj = [
+            any(is_graph_node(x) for x in jax.tree.leaves(a, is_leaf=is_graph_node))
+            for a in args
+        ]
+        graphdefs = {}
+        inputs = []
+        for i, (a, obj) in enumerate(zip(args, is_obj)):
+            if obj:
+                gd, st = split(a)
+                graphdefs[i] = gd
+                inputs.append(st)
+            else:
+                inputs.append(a)
+        nondiff = self.nondiff_argnums
+
+        def rebuild(xs):
+            return [
+                merge(graphdefs[i], x) if i in graphdefs else x
+                for i, x in enumerate(xs)
+            ]
+
+        fun, fwd, bwd = self.fun, self.fwd, self.bwd
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=nondiff)
+        def pure(*xs):
+            return fun(*rebuild(xs))
+
+        def pure_fwd(*xs):
+            return fwd(*rebuild(xs))
+
+        def pure_bwd(*rest):
+            *nd, res, g = rest
+            cts = list(bwd(*nd, res, g))
+            diff_pos = [i for i in range(len(inputs)) if i not in nondiff]
+            if len(cts) != len(diff_pos):
+                raise TypeError(
+                    f"custom_vjp({fun.__name__}): bwd returned {len(cts)} "
+                    f"cotangents for {len(diff_pos)} differentiable arguments."
+                )
+            out = []
+            for ct, i in zip(cts, diff_pos):
+                if i in graphdefs:
+                    primal = inputs[i]
+                    given = ct.flat_dict() if isinstance(ct, State) else {}
+                    pairs = [
+                        (
+                            p,
+                            given[p]
+                            if p in given
+                            else jax.tree.map(jax.numpy.zeros_like, leaf),
+                        )
+                        for p, leaf in primal.flat_state()
+                    ]
+                    ct = State.from_flat(
+                        [p for p, _ in pairs],
+                        [
+                            _match_leaf(leaf, c)
+                            for (_, leaf), (_, c) in zip(primal.flat_state(), pairs)
+                        ],
+                    )
+                out.append(ct)
+            return tuple(out)
+
+        pure.defvjp(pure_fwd, pure_bwd)
+        return pure(*inputs)
+
+
+def _match_leaf(primal_leaf: Any, ct: Any) -> Any:
+    from nnxlike._variables import VariableState
+
+    if isinstance(primal_leaf, VariableState):
+        value = ct.value if isinstance(ct, VariableState) else ct
+        return VariableState(primal_leaf.type, value, primal_leaf._metadata)
+    return ct

@@ -1,0 +1,511 @@
+"""``vmap`` and ``scan`` over objects, with per-filter axes (``StateAxes``).
+
+Design note. Every Variable of the lifted arguments gets one axis: the argument's
+``in_axes`` entry (an int, ``None`` for broadcast, ``Carry`` for scan's carry) or,
+for a ``StateAxes``, the axis of the first filter it matches. JAX then maps or
+scans the flat list of arrays with those axes and we write results back with the
+same axes.
+
+Randomness under ``vmap``: an RNG key that is broadcast (axis ``None``) is folded
+with the lane index inside the vmapped function, so every lane draws different
+numbers by default (flax.nnx's default is the opposite); the caller's key is left
+as it was and its counter advances once. Pass ``split_rngs=False`` to get the
+same numbers in every lane.
+
+``scan``: object state with axis ``None`` or ``Carry`` is carried from one
+iteration to the next (RNG counters and BatchNorm statistics keep advancing);
+state with an int axis is sliced per iteration and the per-iteration results are
+stacked back (scan over a stack of layers). The structure must not change inside.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from nnxlike import _errors
+from nnxlike._filters import to_predicate
+from nnxlike._graph import flatten, is_graph_node
+from nnxlike._transforms import _core
+from nnxlike._variables import RngKey
+
+
+class _CarryType:
+    """Marker for the carry argument/output of ``scan``."""
+
+    def __repr__(self) -> str:
+        return "nnx.Carry"
+
+
+Carry = _CarryType()
+
+
+class StateAxes:
+    """Per-filter axes for an object argument: ``StateAxes({nnx.Param: 0, ...: None})``.
+
+    >>> import nnxlike as nnx
+    >>> nnx.StateAxes({nnx.Param: 0, ...: None})
+    StateAxes({Param: 0, Ellipsis: None})
+    """
+
+    def __init__(self, mapping: dict):
+        self.filters = tuple(mapping.keys())
+        self.axes = tuple(mapping.values())
+        self._preds = tuple(to_predicate(f) for f in self.filters)
+
+    def axis_of(self, path: tuple, var: Any) -> Any:
+        for pred, axis in zip(self._preds, self.axes):
+            if pred(path, var):
+                return axis
+        raise _errors.StructureError(
+            f"StateAxes: the Variable at {_errors.path_str(path)!r} "
+            f"({type(var).__name__}) matches none of the filters {self.filters}. "
+            "End the mapping with `...: None` (or an axis) to cover the rest."
+        )
+
+    def __repr__(self) -> str:
+        items = ", ".join(
+            f"{getattr(f, '__name__', repr(f))}: {a!r}"
+            for f, a in zip(self.filters, self.axes)
+        )
+        return f"StateAxes({{{items}}})"
+
+
+def _per_arg(axes: Any, n: int, name: str) -> tuple:
+    if isinstance(axes, (int, StateAxes, _CarryType)) or axes is None:
+        return (axes,) * n
+    axes = tuple(axes)
+    if len(axes) != n:
+        raise ValueError(
+            f"{name}: in_axes has {len(axes)} entries but the function got {n} "
+            "positional arguments; give one axis per argument (or a single int)."
+        )
+    return axes
+
+
+def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
+    """Axis per Variable (lifted order) and per plain JAX leaf (lifted order)."""
+    var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+    var_axis: list = [None] * len(lifted.flat.leaves)
+    assigned = [False] * len(var_axis)
+    leaf_axis: list = []
+    for arg, axis in zip(args, in_axes):
+        for leaf in jtu.tree_leaves(arg, is_leaf=is_graph_node):
+            if is_graph_node(leaf):
+                flat = flatten(leaf)
+                for path, v in zip(flat.graphdef.paths, flat.leaves):
+                    i = var_index[id(v)]
+                    if not assigned[i]:
+                        ax = (
+                            axis.axis_of(path, v)
+                            if isinstance(axis, StateAxes)
+                            else axis
+                        )
+                        var_axis[i] = ax
+                        assigned[i] = True
+            else:
+                if isinstance(axis, StateAxes):
+                    raise TypeError(
+                        f"{name}: StateAxes applies to object arguments (Modules, "
+                        f"Rngs, Variables); got a plain {type(leaf).__name__}. Use "
+                        "an int or None for array arguments."
+                    )
+                leaf_axis.append(axis)
+    return var_axis, leaf_axis
+
+
+def _broadcast_prefix(axes: Any, out: Any) -> list:
+    """One axis per leaf of ``out`` (graph nodes as leaves) from a prefix tree."""
+    if isinstance(axes, (int, _CarryType)) or axes is None:
+        return [axes] * len(jtu.tree_leaves(out, is_leaf=is_graph_node))
+    per_sub = jax.tree.map(
+        lambda ax, sub: [ax] * len(jtu.tree_leaves(sub, is_leaf=is_graph_node)),
+        axes,
+        out,
+        is_leaf=lambda x: x is None or is_graph_node(x),
+    )
+    return list(
+        itertools.chain.from_iterable(
+            jtu.tree_leaves(per_sub, is_leaf=lambda x: isinstance(x, list))
+        )
+    )
+
+
+def _out_axes_for(
+    static: tuple,
+    lifted: _core.Lifted,
+    var_axis: list,
+    out_leaf_axes: list,
+    default_new: Any,
+):
+    """Axes for collected arrays: origin Variables keep their input axis."""
+    _, origins, out_treedef, out_graph_pos, _, leaf_objs = static
+    lifted_leaf_of_obj = {}
+    objs = lifted.flat.objects
+    var_pos = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+    for obj_i, obj in enumerate(objs):
+        if id(obj) in var_pos:
+            lifted_leaf_of_obj[obj_i] = var_pos[id(obj)]
+    axes = []
+    for obj_i in leaf_objs:
+        origin = origins[obj_i] if obj_i >= 0 else -1
+        if origin >= 0 and origin in lifted_leaf_of_obj:
+            axes.append(var_axis[lifted_leaf_of_obj[origin]])
+        else:
+            axes.append(default_new)
+    return axes
+
+
+def vmap(
+    f: Callable | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    axis_name: Any = None,
+    axis_size: int | None = None,
+    spmd_axis_name: Any = None,
+    split_rngs: bool = True,
+) -> Any:
+    """``jax.vmap`` over functions taking objects (see the module note).
+
+    An ensemble of 4 models, created in one call:
+
+    >>> import nnxlike as nnx
+    >>> @nnx.vmap(in_axes=None, out_axes=0, axis_size=4)
+    ... def make(rngs):
+    ...     return nnx.Linear(2, 3, rngs=rngs)
+    >>> ensemble = make(nnx.Rngs(0))
+    >>> ensemble.kernel.shape
+    (4, 2, 3)
+    >>> bool((ensemble.kernel.value[0] != ensemble.kernel.value[1]).any())
+    True
+    """
+    if f is None:
+        return functools.partial(
+            vmap,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            axis_name=axis_name,
+            axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name,
+            split_rngs=split_rngs,
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        axes = _per_arg(in_axes, len(args), "vmap")
+        lifted = _core.Lifted.from_args(args)
+        var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
+        name = axis_name if axis_name is not None else _fresh_axis_name()
+        fold = [
+            i
+            for i, v in enumerate(lifted.flat.leaves)
+            if split_rngs and isinstance(v, RngKey) and var_axis[i] is None
+        ]
+        statics: list = []
+        leaf_axes_box: list = []
+
+        def pure(arrays, jleaves):
+            arrays = list(arrays)
+            originals = {i: arrays[i] for i in fold}
+            if fold:
+                lane = jax.lax.axis_index(name)
+                for i in fold:
+                    arrays[i] = _fold_key(arrays[i], lane)
+            leaves = _merge_jax_leaves(lifted, jleaves)
+            tree, copies = lifted.rebuild(arrays, leaves)
+            out = f(*tree)
+            collected = _core.collect(lifted, copies, out)
+            statics.append(collected.static())
+            leaf_axes_box.append(_broadcast_prefix(out_axes, out))
+            new_arrays = list(collected.arrays)
+            if fold:  # give back the caller's unfolded keys
+                origin_of = collected.origins
+                fold_objs = {_obj_index_of_leaf(lifted, i): i for i in fold}
+                for j, obj_i in enumerate(collected.leaf_objs):
+                    src = origin_of[obj_i] if obj_i >= 0 else -1
+                    if src in fold_objs:
+                        new_arrays[j] = originals[fold_objs[src]]
+            return new_arrays, collected.out_leaves
+
+        jleaves = _jax_leaves(lifted)
+        in_ax = (list(var_axis), list(leaf_axis))
+        # First pass (abstract) learns the output structure so that each output
+        # array gets the right axis; it costs one extra trace, not a run.
+        probe = jax.vmap(
+            pure,
+            in_axes=in_ax,
+            out_axes=0,
+            axis_name=name,
+            axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name,
+        )
+        jax.eval_shape(probe, lifted.arrays(), jleaves)
+        static = statics[-1]
+        out_leaf_axes = _graph_as_none(leaf_axes_box[-1], static)
+        default_new = out_axes if isinstance(out_axes, int) else 0
+        arr_axes = _out_axes_for(static, lifted, var_axis, out_leaf_axes, default_new)
+        arr_axes = _new_var_axes(static, arr_axes, leaf_axes_box[-1])
+        mapped = jax.vmap(
+            pure,
+            in_axes=in_ax,
+            out_axes=(arr_axes, out_leaf_axes),
+            axis_name=name,
+            axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name,
+        )
+        new_arrays, out_leaves = mapped(lifted.arrays(), jleaves)
+        return _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+
+    return wrapper
+
+
+def _graph_as_none(leaf_axes: list, static: tuple) -> list:
+    # Output objects leave a None placeholder among the plain output leaves.
+    graph_pos = set(static[3])
+    return [None if i in graph_pos else a for i, a in enumerate(leaf_axes)]
+
+
+def _new_var_axes(static: tuple, arr_axes: list, leaf_axes: list) -> list:
+    """New Variables inside an output object take that output's axis."""
+    graphdef, origins, _, out_graph_pos, _, leaf_objs = static
+    if not out_graph_pos:
+        return arr_axes
+    # The collected graph is (copies, out_nodes); find which out node owns each
+    # new Variable by walking the out part of the GraphDef.
+    owner: dict[int, int] = {}
+    out_children = graphdef.tree[3][1][3]
+    for k, child in enumerate(out_children):
+        for idx in _indices_in(child):
+            owner.setdefault(idx, k)
+    axes = list(arr_axes)
+    for j, obj_i in enumerate(leaf_objs):
+        if obj_i >= 0 and origins[obj_i] < 0 and obj_i in owner:
+            axes[j] = leaf_axes[out_graph_pos[owner[obj_i]]]
+    return axes
+
+
+def _indices_in(d: tuple) -> list:
+    """Every node and Variable index inside a GraphDef subtree."""
+    from nnxlike import _graph
+
+    kind = d[0]
+    if kind == _graph.VAR:
+        return [d[2]]
+    if kind != _graph.NODE:
+        return []
+    cls = d[1]
+    out = [d[2]] if d[2] >= 0 else []
+    for c in d[3]:
+        out += _indices_in(c if cls in (list, tuple) else c[1])
+    return out
+
+
+def _obj_index_of_leaf(lifted: _core.Lifted, leaf_i: int) -> int:
+    target = lifted.flat.leaves[leaf_i]
+    for k, obj in enumerate(lifted.flat.objects):
+        if obj is target:
+            return k
+    return -1
+
+
+def _fold_key(key: jax.Array, lane: jax.Array) -> jax.Array:
+    if key.ndim == 0:
+        return jax.random.fold_in(key, lane)
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, lane)
+
+
+_AXIS_COUNTER = itertools.count()
+
+
+def _fresh_axis_name() -> str:
+    return f"_nnx_vmap_{next(_AXIS_COUNTER)}"
+
+
+def _jax_leaves(lifted: _core.Lifted) -> list:
+    return [x for i, x in enumerate(lifted.leaves) if i not in lifted.graph_pos]
+
+
+def _merge_jax_leaves(lifted: _core.Lifted, jleaves: Any) -> list:
+    leaves = list(lifted.leaves)
+    it = iter(jleaves)
+    for i in range(len(leaves)):
+        if i not in lifted.graph_pos:
+            leaves[i] = next(it)
+    return leaves
+
+
+# -- scan ---------------------------------------------------------------------------
+
+
+def scan(
+    f: Callable | None = None,
+    *,
+    length: int | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    in_axes: Any = (Carry, 0),
+    out_axes: Any = (Carry, 0),
+) -> Any:
+    """``jax.lax.scan`` over functions taking objects (see the module note).
+
+    Scan over a stack of layers made with ``vmap``:
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> @nnx.vmap(in_axes=None, out_axes=0, axis_size=3)
+    ... def make(rngs):
+    ...     return nnx.Linear(4, 4, rngs=rngs)
+    >>> stack = make(nnx.Rngs(0))
+    >>> @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    ... def forward(x, layer):
+    ...     return nnx.relu(layer(x))
+    >>> forward(jnp.ones((2, 4)), stack).shape
+    (2, 4)
+    """
+    if f is None:
+        return functools.partial(
+            scan,
+            length=length,
+            reverse=reverse,
+            unroll=unroll,
+            in_axes=in_axes,
+            out_axes=out_axes,
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        axes = _per_arg(in_axes, len(args), "scan")
+        carry_args = [i for i, a in enumerate(axes) if isinstance(a, _CarryType)]
+        if len(carry_args) > 1:
+            raise ValueError("scan: at most one argument can be nnx.Carry.")
+        lifted = _core.Lifted.from_args(args)
+        var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
+        carried_vars = [i for i, a in enumerate(var_axis) if not isinstance(a, int)]
+        scanned_vars = [i for i, a in enumerate(var_axis) if isinstance(a, int)]
+        carried_leaves = [
+            i for i, a in enumerate(leaf_axis) if isinstance(a, _CarryType)
+        ]
+        scanned_leaves = [i for i, a in enumerate(leaf_axis) if isinstance(a, int)]
+        arrays = lifted.arrays()
+        jleaves = _jax_leaves(lifted)
+        statics: list = []
+
+        def body(carry, xs):
+            c_vars, c_leaves = carry
+            x_vars, x_leaves = xs
+            full = list(arrays)
+            for i, a in zip(carried_vars, c_vars):
+                full[i] = a
+            for i, a in zip(scanned_vars, x_vars):
+                full[i] = a
+            leaves = list(jleaves)
+            for i, a in zip(carried_leaves, c_leaves):
+                leaves[i] = a
+            for i, a in zip(scanned_leaves, x_leaves):
+                leaves[i] = a
+            tree, copies = lifted.rebuild(full, _merge_jax_leaves(lifted, leaves))
+            out = f(*tree)
+            carry_out, ys = _split_out(out, out_axes)
+            collected = _core.collect(lifted, copies, ys)
+            if not collected.unchanged:
+                raise _errors.StructureError(
+                    "scan: the function changed the structure of its object arguments "
+                    "(added or removed an attribute, or returned an object). Create "
+                    "attributes before the scan and return arrays."
+                )
+            statics.append(collected.static())
+            new_c_leaves = _carry_leaves(carry_out, c_leaves)
+            new = collected.arrays
+            return (
+                ([new[i] for i in carried_vars], new_c_leaves),
+                ([new[i] for i in scanned_vars], collected.out_leaves),
+            )
+
+        init = ([arrays[i] for i in carried_vars], [jleaves[i] for i in carried_leaves])
+        xs = (
+            [jnp.moveaxis(arrays[i], var_axis[i], 0) for i in scanned_vars],
+            [jnp.moveaxis(jleaves[i], leaf_axis[i], 0) for i in scanned_leaves],
+        )
+        (c_vars, c_leaves), (y_vars, ys) = jax.lax.scan(
+            body, init, xs, length=length, reverse=reverse, unroll=unroll
+        )
+        # Write back: carried state as it ended, scanned state restacked.
+        variables = lifted.flat.leaves
+        for i, a in zip(carried_vars, c_vars):
+            _core._set_raw(variables[i], a)
+        for i, a in zip(scanned_vars, y_vars):
+            _core._set_raw(variables[i], jnp.moveaxis(a, 0, var_axis[i]))
+        static = statics[-1]
+        ys_tree = static[2].unflatten(ys)
+        ys_tree = _move_out_axes(ys_tree, out_axes)
+        carry_tree = _rebuild_carry(lifted, args, carry_args, c_leaves, carried_leaves)
+        return _join_out(carry_tree, ys_tree, out_axes)
+
+    return wrapper
+
+
+def _split_out(out: Any, out_axes: Any):
+    if isinstance(out_axes, _CarryType):
+        return out, None
+    if (
+        isinstance(out_axes, tuple)
+        and len(out_axes) == 2
+        and isinstance(out_axes[0], _CarryType)
+    ):
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "scan: with out_axes=(nnx.Carry, ...) the function must return a pair "
+                f"(carry, y), got {type(out).__name__}."
+            )
+        return out[0], out[1]
+    return None, out
+
+
+def _carry_leaves(carry_out: Any, c_leaves: list) -> list:
+    leaves = [
+        x
+        for x in jtu.tree_leaves(carry_out, is_leaf=is_graph_node)
+        if not is_graph_node(x)
+    ]
+    if len(leaves) != len(c_leaves):
+        raise _errors.StructureError(
+            f"scan: the carry returned has {len(leaves)} array(s) but the carry "
+            f"passed in has {len(c_leaves)}; the carry must keep its structure."
+        )
+    return leaves
+
+
+def _rebuild_carry(lifted, args, carry_args, c_leaves, carried_leaves):
+    if not carry_args:
+        return None
+    arg = args[carry_args[0]]
+    leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
+    it = iter(c_leaves)
+    new = [x if is_graph_node(x) else next(it) for x in leaves]
+    return jtu.tree_structure(arg, is_leaf=is_graph_node).unflatten(new)
+
+
+def _move_out_axes(ys: Any, out_axes: Any) -> Any:
+    axis = out_axes[1] if isinstance(out_axes, tuple) else out_axes
+    if isinstance(axis, int) and axis != 0:
+        return jax.tree.map(lambda y: jnp.moveaxis(y, 0, axis), ys)
+    return ys
+
+
+def _join_out(carry: Any, ys: Any, out_axes: Any) -> Any:
+    if isinstance(out_axes, _CarryType):
+        return carry
+    if (
+        isinstance(out_axes, tuple)
+        and len(out_axes) == 2
+        and isinstance(out_axes[0], _CarryType)
+    ):
+        return carry, ys
+    return ys
