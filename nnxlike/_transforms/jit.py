@@ -18,6 +18,7 @@ graph changed) is learnt at trace time and kept in ``_out_static`` by static key
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 from collections import OrderedDict
@@ -26,13 +27,20 @@ from typing import Any
 
 import jax
 import jax.tree_util as jtu
+import numpy as np
 
 from nnxlike import _tracking
 from nnxlike._graph import flatten, is_graph_node
+from nnxlike._object import Object
 from nnxlike._transforms import _core
+from nnxlike._variables import Variable
 
 _CACHE_SIZE = 16
 _set_raw = _core._set_raw
+_get_raw = Variable._raw_value.__get__
+_consume = collections.deque(maxlen=0).extend
+_GRAPH_TYPES = (Object, Variable)
+_LEAF_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 _tracer_type = jax.core.Tracer
 
 
@@ -79,6 +87,11 @@ class JitWrapped:
             (donate_argnames,)
             if isinstance(donate_argnames, str)
             else tuple(donate_argnames or ())
+        )
+        self._plain_signature = (
+            self.bound_self is None
+            and not self.static_argnums
+            and not self.static_argnames
         )
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
@@ -207,20 +220,38 @@ class JitWrapped:
         return donated - kept, tuple(bool(flat_flags[i]) for i in jax_leaf_pos)
 
     # -- the call ------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _key(self, args: tuple, kwargs: dict):
+        """(dyn args, dyn kwargs, static args, flat leaves, cache key)."""
+        if self._plain_signature and not kwargs:
+            # Common case, no pytree walk: every argument is an object or a leaf.
+            key = []
+            for a in args:
+                if isinstance(a, _GRAPH_TYPES):
+                    key.append(id(a))
+                elif isinstance(a, _LEAF_TYPES):
+                    key.append(-1)
+                else:
+                    break
+            else:
+                return args, kwargs, (), args, tuple(key)
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
         leaves, treedef = jtu.tree_flatten(
             (dyn_args, dyn_kwargs), is_leaf=is_graph_node
         )
         key = (treedef, static_args, *[id(x) for x in leaves if is_graph_node(x)])
         try:
-            entry = self._cache.get(key)
+            hash(key)
         except TypeError:  # unhashable static argument
             raise TypeError(
                 f"nnx.jit({getattr(self.fun, '__name__', 'fun')}): static arguments "
                 f"must be hashable, got {[type(v).__name__ for _, v in static_args]}."
                 " Pass tuples instead of lists, or make the argument dynamic."
             ) from None
+        return dyn_args, dyn_kwargs, static_args, leaves, key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dyn_args, dyn_kwargs, static_args, leaves, key = self._key(args, kwargs)
+        entry = self._cache.get(key)
         if entry is None or entry.version != _tracking.STRUCTURE_VERSION[0]:
             entry = self._build_entry(dyn_args, dyn_kwargs, static_args)
             if not _has_tracer(entry.variables):
@@ -234,21 +265,21 @@ class JitWrapped:
             kept = [variables[i]._raw_value for i in entry.kept_idx]
         else:
             donated = []
-            kept = [v._raw_value for v in variables]
+            kept = list(map(_get_raw, variables))
         if entry.any_leaf_donated:
             jl = [leaves[i] for i in entry.jax_leaf_pos]
             leaves_d = [x for x, f in zip(jl, entry.leaf_donated) if f]
             leaves_k = [x for x, f in zip(jl, entry.leaf_donated) if not f]
-        elif entry.lifted.graph_pos:
-            leaves_d, leaves_k = [], [leaves[i] for i in entry.jax_leaf_pos]
         else:
-            leaves_d, leaves_k = [], leaves
+            leaves_d = []
+            leaves_k = [leaves[i] for i in entry.jax_leaf_pos]
         new_arrays, out_leaves = self._jitted(entry, donated, kept, leaves_d, leaves_k)
         # Scatter: store results into the same Variables (or rebuild structure).
-        out_static = self._out_static[entry]
+        out_static = entry.out_static
+        if out_static is None:
+            out_static = entry.out_static = self._out_static[entry]
         if out_static[4]:
-            for v, a in zip(variables, new_arrays):
-                _set_raw(v, a)
+            _consume(map(_set_raw, variables, new_arrays))
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
@@ -288,6 +319,7 @@ class _StaticKey:
         "any_leaf_donated",
         "version",
         "variables",
+        "out_static",
         "_cmp",
         "_hash",
     )
@@ -311,6 +343,7 @@ class _StaticKey:
         self.any_leaf_donated = any(leaf_donated)
         self.version = version
         self.variables = lifted.flat.leaves
+        self.out_static = None
         self._cmp = (
             lifted.flat.graphdef,
             lifted.treedef,
