@@ -39,6 +39,8 @@ from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
 from nnxlike._state import FlatState as FlatState
+from nnxlike._summary import summary as summary
+from nnxlike._summary import tabulate as tabulate
 from nnxlike._optimizer import Optimizer as Optimizer
 from nnxlike._transforms.autodiff import DiffState as DiffState
 from nnxlike._transforms.autodiff import grad as grad
