@@ -6,6 +6,7 @@ for it. Everything is re-exported here as ``Name as Name`` from private modules.
 
 from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
 from nnxlike import filterlib as filterlib
+from nnxlike import metrics as metrics
 from nnxlike._containers import Dict as Dict
 from nnxlike._containers import List as List
 from nnxlike._containers import Sequential as Sequential
@@ -40,6 +41,7 @@ from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
 from nnxlike._state import FlatState as FlatState
 from nnxlike._summary import summary as summary
+from nnxlike._train_state import TrainState as TrainState
 from nnxlike._summary import tabulate as tabulate
 from nnxlike._optimizer import Optimizer as Optimizer
 from nnxlike._transforms.autodiff import DiffState as DiffState

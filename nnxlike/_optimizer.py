@@ -43,7 +43,7 @@ def _key_str(path: tuple) -> str:
 
 
 def _pure_params(model: Any, wrt: Filter) -> tuple[dict, dict]:
-    """Parameters as a nested pure dict, and ``{path: metadata}``."""
+    """Parameters as a nested pure dict, and ``{path: (shape, metadata)}``."""
     flat = _graph.flatten(model)
     from nnxlike._filters import to_predicate
 
@@ -53,7 +53,7 @@ def _pure_params(model: Any, wrt: Filter) -> tuple[dict, dict]:
         if isinstance(v, Variable) and pred(path, v):
             paths.append(path)
             values.append(v._raw_value)
-            meta["/".join(map(str, path))] = v._metadata
+            meta["/".join(map(str, path))] = (jnp.shape(v._raw_value), v._metadata)
     return State.from_flat(paths, values).to_pure_dict(), meta
 
 
@@ -64,7 +64,7 @@ class Optimizer(Object):
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
-    >>> grads = nnx.grad(lambda m: m(jnp.ones((1, 2))).sum())(model)
+    >>> grads = nnx.grad(lambda m: m(jnp.ones(2)).sum())(model)
     >>> before = model.bias.value
     >>> optimizer.update(model, grads)
     >>> (model.bias.value - before).tolist(), int(optimizer.step.value)
@@ -77,25 +77,23 @@ class Optimizer(Object):
         if not hasattr(tx, "init") or not hasattr(tx, "update"):
             raise TypeError(
                 f"Optimizer: tx must be an optax GradientTransformation, got "
-                f"{type(tx).__name__}. Example: `nnx.Optimizer(model, optax.adam(1e-3), "
-                "wrt=nnx.Param)`."
+                f"{type(tx).__name__}. Example: "
+                "`nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)`."
             )
         self.tx = tx
-        self.wrt = wrt
+        # Static (part of the GraphDef, the nnx.jit cache key): must be hashable.
+        self.wrt = tuple(wrt) if isinstance(wrt, list) else wrt
         self.step = OptState(jnp.zeros((), jnp.uint32))
         params, meta = _pure_params(model, wrt)
         self._set_opt_state(tx.init(params), meta)
 
     def _set_opt_state(self, opt_state: Any, meta: dict) -> None:
         pairs, treedef = jtu.tree_flatten_with_path(opt_state)
-        items = {}
-        for path, leaf in pairs:
-            key = _key_str(path)
-            metadata = {}
-            for param_path, m in meta.items():
-                if m and (key == param_path or key.endswith("/" + param_path)):
-                    metadata = dict(m)
-                    break
+        keys = [_key_str(path) for path, _ in pairs]
+        shapes = dict(zip(keys, (jnp.shape(leaf) for _, leaf in pairs)))
+        items, mirrors = {}, {}
+        for key, (_, leaf) in zip(keys, pairs):
+            metadata = _mirrored_metadata(key, keys, shapes, meta, mirrors)
             items[key] = OptState(leaf, **metadata)
         self.opt_state = Dict(items)
         self.opt_treedef = treedef
@@ -127,6 +125,34 @@ class Optimizer(Object):
         for var, leaf in zip(self.opt_state.values(), jtu.tree_leaves(new_state)):
             var.value = leaf
         self.step.value = self.step.value + 1
+
+
+def _mirrored_metadata(
+    key: str, keys: list, shapes: dict, meta: dict, mirrors: dict
+) -> dict:
+    """The metadata of the parameter that optax state leaf ``key`` mirrors.
+
+    ``key`` mirrors parameter ``q`` when it is ``prefix/q`` (or ``q``) with the
+    same shape and every leaf under ``prefix`` is a parameter path too (a copy of
+    the parameter tree such as Adam's ``mu``), so neither Adam's scalar
+    ``0/count`` nor ``0/mu/sub/w`` is mistaken for a parameter ``count`` or ``w``.
+    The longest matching parameter path wins. ``mirrors`` caches, per prefix,
+    whether it holds a copy of the parameter tree.
+    """
+    parts = key.split("/")
+    for i in range(len(parts)):  # longest suffix first
+        param_path = "/".join(parts[i:])
+        if param_path not in meta or meta[param_path][0] != shapes[key]:
+            continue
+        prefix = "/".join(parts[:i]) + "/" if i else ""
+        if prefix not in mirrors:
+            under = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
+            mirrors[prefix] = all(
+                u in meta and shapes[prefix + u] == meta[u][0] for u in under
+            )
+        if mirrors[prefix]:
+            return dict(meta[param_path][1])
+    return {}
 
 
 def _check_same_paths(params: dict, grads: dict) -> None:

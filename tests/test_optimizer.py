@@ -1,0 +1,276 @@
+"""Tests for nnxlike._optimizer: Optimizer against a plain optax loop.
+
+The reference holds the same initial parameters as a plain dict of arrays and runs
+the same optax transformation on ``jax.grad`` of a hand-written jnp loss. To keep
+the suite fast (compilation dominates), the nnxlike step and the reference step
+run side by side in one ``nnx.jit``-compiled function, each on its own inputs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnxlike as nnx
+
+
+class Affine(nnx.Module):
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, **kernel_metadata):
+        self.kernel = nnx.Param(
+            0.5 * jax.random.normal(rngs.params(), (din, dout)), **kernel_metadata
+        )
+        self.bias = nnx.Param(0.1 * jax.random.normal(rngs.params(), (dout,)))
+
+    def __call__(self, x):
+        return x @ self.kernel.value + self.bias.value[None, :]
+
+
+class MLP(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.l1 = Affine(3, 4, rngs=rngs)
+        self.l2 = Affine(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jnp.tanh(self.l1(x)))
+
+
+def model_loss(model, x, y):
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def ref_loss(p, x, y):
+    h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None, :])
+    out = h @ p["l2"]["kernel"] + p["l2"]["bias"][None, :]
+    return jnp.mean((out - y) ** 2)
+
+
+KEY_X, KEY_Y = jax.random.split(jax.random.key(42))
+XS = jax.random.normal(KEY_X, (5, 8, 3))
+YS = jax.random.normal(KEY_Y, (5, 8, 2))
+
+
+def run_both(
+    tx,
+    *,
+    model=None,
+    wrt=nnx.Param,
+    loss_ref=ref_loss,
+    ref_params=None,
+    steps=5,
+    pass_value=False,
+):
+    """``steps`` steps of Optimizer and of the plain optax reference.
+
+    Returns (model, optimizer, reference params, reference optax state, traces).
+    """
+    model = MLP(rngs=nnx.Rngs(0)) if model is None else model
+    if ref_params is None:
+        ref_params = nnx.state(model, wrt).to_pure_dict()
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+    traces = []
+
+    @nnx.jit
+    def step(model, optimizer, ref_params, ref_state, x, y):
+        traces.append(None)
+        # nnxlike: gradients of the wrt Variables, optimizer updates in place.
+        loss, grads = nnx.value_and_grad(model_loss, wrt=wrt)(model, x, y)
+        optimizer.update(model, grads, **({"value": loss} if pass_value else {}))
+        # Reference: plain optax over a dict of arrays.
+        loss, g = jax.value_and_grad(loss_ref)(ref_params, x, y)
+        extra = {"value": loss} if pass_value else {}
+        updates, ref_state = tx.update(g, ref_state, ref_params, **extra)
+        return optax.apply_updates(ref_params, updates), ref_state
+
+    ref_state = tx.init(ref_params)
+    for i in range(steps):
+        ref_params, ref_state = step(
+            model, optimizer, ref_params, ref_state, XS[i], YS[i]
+        )
+    return model, optimizer, ref_params, ref_state, traces
+
+
+def assert_tree_allclose(actual, desired, rtol=1e-6):
+    assert jax.tree.structure(actual) == jax.tree.structure(desired)
+    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(d), rtol=rtol)
+
+
+def _no_bias(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: path[-1].key != "bias", params
+    )
+
+
+TRANSFORMS = {
+    "sgd_momentum": lambda: optax.sgd(0.1, momentum=0.9),
+    "adam": lambda: optax.adam(1e-2),
+    "adamw_masked": lambda: optax.adamw(1e-2, weight_decay=0.5, mask=_no_bias),
+    "linear_schedule": lambda: optax.sgd(optax.linear_schedule(0.2, 0.01, 5)),
+    "cosine_schedule": lambda: optax.adam(optax.cosine_decay_schedule(3e-2, 5)),
+    "multisteps": lambda: optax.MultiSteps(optax.adam(1e-2), every_k_schedule=2),
+    "clip_then_adam": lambda: optax.chain(
+        optax.clip_by_global_norm(0.05), optax.adam(1e-2)
+    ),
+    "multi_transform": lambda: optax.multi_transform(
+        {"fast": optax.adam(3e-2), "slow": optax.sgd(1e-3, momentum=0.5)},
+        {
+            "l1": {"kernel": "fast", "bias": "slow"},
+            "l2": {"kernel": "slow", "bias": "fast"},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_matches_plain_optax_loop_inside_jit(name):
+    model = MLP(rngs=nnx.Rngs(0))
+    initial = nnx.state(model, nnx.Param).to_pure_dict()
+    model, optimizer, expected, expected_state, traces = run_both(
+        TRANSFORMS[name](), model=model
+    )
+    got = nnx.state(model, nnx.Param).to_pure_dict()
+    assert_tree_allclose(got, expected)
+    assert_tree_allclose(optimizer.opt_state_tree(), expected_state)
+    assert not np.allclose(got["l1"]["kernel"], initial["l1"]["kernel"])
+    # One trace for five calls: the write-back keeps shapes and dtypes.
+    assert len(traces) == 1
+    assert optimizer.step.value.dtype == jnp.uint32
+    assert int(optimizer.step.value) == 5
+
+
+def test_reduce_on_plateau_receives_value():
+    # rtol=0.5 asks the loss to halve each step, so the scale has to drop.
+    tx = optax.chain(
+        optax.sgd(0.1),
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=1, rtol=0.5),
+    )
+    model, optimizer, expected, expected_state, _ = run_both(tx, pass_value=True)
+    assert_tree_allclose(nnx.state(model, nnx.Param).to_pure_dict(), expected)
+    scale = optimizer.opt_state_tree()[1].scale
+    assert float(scale) < 1.0
+    np.testing.assert_allclose(scale, expected_state[1].scale)
+
+
+def test_reduce_on_plateau_without_value_fails():
+    tx = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())
+    model = MLP(rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx)
+    grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    with pytest.raises(TypeError, match="value"):
+        optimizer.update(model, grads)
+
+
+class Adapter(nnx.Variable):
+    """A custom Variable kind, trained on its own."""
+
+
+class Adapted(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.inner = Affine(3, 2, rngs=rngs)
+        self.scale = Adapter(jnp.ones((2,)))
+
+    def __call__(self, x):
+        return self.inner(x) * self.scale.value[None, :]
+
+
+def test_wrt_custom_variable_kind():
+    model = Adapted(rngs=nnx.Rngs(0))
+    frozen = nnx.state(model, nnx.Param).to_pure_dict()
+
+    def loss_ref(p, x, y):
+        k, b = frozen["inner"]["kernel"], frozen["inner"]["bias"]
+        out = (x @ k + b[None, :]) * p["scale"][None, :]
+        return jnp.mean((out - y) ** 2)
+
+    tx = optax.sgd(0.1, momentum=0.9)
+    model, optimizer, expected, _, _ = run_both(
+        tx, model=model, wrt=Adapter, loss_ref=loss_ref, steps=3
+    )
+    assert list(optimizer.opt_state_tree()[0].trace) == ["scale"]
+    np.testing.assert_allclose(model.scale.value, expected["scale"], rtol=1e-6)
+    assert not np.allclose(model.scale.value, 1.0)
+    assert_tree_allclose(nnx.state(model, nnx.Param).to_pure_dict(), frozen, rtol=0)
+
+
+def test_wrt_path_filter():
+    model = MLP(rngs=nnx.Rngs(0))
+    initial = nnx.state(model, nnx.Param).to_pure_dict()
+
+    def loss_ref(kernels, x, y):
+        p = {
+            k: {"kernel": kernels[k]["kernel"], "bias": v["bias"]}
+            for k, v in initial.items()
+        }
+        return ref_loss(p, x, y)
+
+    wrt = nnx.PathContains("kernel")
+    model, _, expected, _, _ = run_both(
+        optax.adam(1e-2), model=model, wrt=wrt, loss_ref=loss_ref, steps=3
+    )
+    got = nnx.state(model, nnx.Param).to_pure_dict()
+    for k in ("l1", "l2"):
+        np.testing.assert_allclose(got[k]["kernel"], expected[k]["kernel"], rtol=1e-6)
+        np.testing.assert_array_equal(got[k]["bias"], initial[k]["bias"])
+
+
+def test_grads_not_matching_wrt_name_the_path():
+    model = MLP(rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    kernel_grads = zeros.filter(nnx.PathContains("kernel"))
+    with pytest.raises(nnx.StructureError, match=r"Missing gradients for: .*l1\.bias"):
+        optimizer.update(model, kernel_grads)
+    zeros["l1"]["bias"] = nnx.VariableState(nnx.Param, jnp.zeros((7,)))
+    with pytest.raises(nnx.StructureError, match=r"'l1\.bias' has shape \(7,\)"):
+        optimizer.update(model, zeros)
+    with pytest.raises(TypeError, match="grads must be a State"):
+        optimizer.update(model, [1.0])
+    assert int(optimizer.step.value) == 0
+
+
+def test_opt_state_inherits_parameter_metadata():
+    model = Affine(3, 2, rngs=nnx.Rngs(0), sharding_names=("a", "b"))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2))
+    # Through nnx.jit: the metadata must survive the write-back.
+    nnx.jit(lambda m, o: o.update(m, nnx.grad(model_loss)(m, XS[0], YS[0])))(
+        model, optimizer
+    )
+    opt_vars = dict(optimizer.opt_state.items())
+    for moment in ("mu", "nu"):
+        kernel = opt_vars[f"0/{moment}/kernel"]
+        assert isinstance(kernel, nnx.OptState)
+        assert kernel.sharding_names == ("a", "b")
+        assert "sharding_names" not in opt_vars[f"0/{moment}/bias"].get_metadata()
+    assert opt_vars["0/count"].get_metadata() == {}
+    assert int(opt_vars["0/count"].value) == 1
+    assert not np.allclose(opt_vars["0/mu/kernel"].value, 0.0)
+
+
+class Sub(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.ones((2,)))
+
+
+class SameNames(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.ones((2,)), sharding_names=("x",))
+        self.sub = Sub()
+        self.count = nnx.Param(jnp.ones(()), sharding_names=())
+
+
+def test_metadata_goes_to_the_mirrored_parameter_only():
+    optimizer = nnx.Optimizer(SameNames(), optax.adam(1e-2))
+    meta = {k: v.get_metadata() for k, v in optimizer.opt_state.items()}
+    assert meta["0/mu/w"] == {"sharding_names": ("x",)}
+    assert meta["0/nu/w"] == {"sharding_names": ("x",)}
+    assert meta["0/mu/sub/w"] == {}  # not the top-level ``w``'s metadata
+    assert meta["0/mu/count"] == {"sharding_names": ()}
+    assert meta["0/count"] == {}  # Adam's step count is not the Param ``count``
+
+
+def test_tx_must_be_a_gradient_transformation():
+    with pytest.raises(TypeError, match="optax GradientTransformation"):
+        nnx.Optimizer(MLP(rngs=nnx.Rngs(0)), optax.adam, wrt=nnx.Param)
