@@ -269,7 +269,11 @@ def _temp_bytes(compiled):
 
 def run(repeats, calls):
     results = {}
-    for model_name, kind in [("titanic", "train"), ("deep", "empty"), ("deep", "train")]:
+    for model_name, kind in [
+        ("titanic", "train"),
+        ("deep", "empty"),
+        ("deep", "train"),
+    ]:
         variants = build_variants(model_name, kind)
         times = {name: [] for name in variants}
         for _ in range(repeats):
@@ -291,14 +295,18 @@ def run(repeats, calls):
 
 def print_table(results):
     print(f"backend: {jax.default_backend()}  devices: {jax.devices()}")
-    print(f"{'case':16} {'variant':26} {'us/call':>9} {'ratio':>7} "
-          f"{'first call s':>12} {'temp bytes':>11}")
+    print(
+        f"{'case':16} {'variant':26} {'us/call':>9} {'ratio':>7} "
+        f"{'first call s':>12} {'temp bytes':>11}"
+    )
     for case, rows in results.items():
         for name, r in rows.items():
             first = "" if r["first_call_s"] is None else f"{r['first_call_s']:.2f}"
             temp = "" if r["temp_bytes"] is None else str(r["temp_bytes"])
-            print(f"{case:16} {name:26} {r['us_per_call']:9.1f} {r['ratio']:7.3f} "
-                  f"{first:>12} {temp:>11}")
+            print(
+                f"{case:16} {name:26} {r['us_per_call']:9.1f} {r['ratio']:7.3f} "
+                f"{first:>12} {temp:>11}"
+            )
 
 
 def main():

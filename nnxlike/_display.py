@@ -69,10 +69,13 @@ def _human(n: int) -> str:
 def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
     """``{kind name: (number of elements, bytes)}`` over the distinct Variables."""
     from nnxlike import _graph
+    from nnxlike._state import State
     from nnxlike._variables import Variable, VariableState
 
     out: dict[str, list[int]] = {}
-    if hasattr(node, "flat_state"):
+    # isinstance, not hasattr: Rngs answers any attribute name with a stream, and
+    # calling that would draw a key (printing must not advance the RNG).
+    if isinstance(node, State):
         leaves = [v for _, v in node.flat_state()]
     else:
         leaves = _graph.flatten(node).leaves

@@ -35,9 +35,9 @@ TRACE_CONTEXT = (
 )
 
 RAW_ARRAY_ATTRIBUTE = (
-    "{cls}.{name}: cannot hold a raw array ({what}) as a Module attribute; it would "
+    "{where}: cannot hold a raw array ({what}) as an attribute or item; it would "
     "be invisible to nnx.split/state/jit and silently not trained or saved. Wrap it "
-    "in a Variable kind: `self.{name} = nnx.Param(value)` for trainable weights, "
+    "in a Variable kind: `{target} = nnx.Param(value)` for trainable weights, "
     "`nnx.BatchStat(value)` for statistics, or `nnx.Variable(value)` for other state."
 )
 
@@ -62,6 +62,11 @@ UNMATCHED_FILTER = (
     "{filters}. Every Variable must fall into exactly one State; add a catch-all "
     "filter at the end: `nnx.split(node, {first}, ...)`."
 )
+
+
+def filter_repr(f: object) -> str:
+    """A filter as users write it: ``Param`` rather than ``<class '...Param'>``."""
+    return f.__name__ if isinstance(f, type) else repr(f)
 
 
 def path_str(path: tuple) -> str:

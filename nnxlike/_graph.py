@@ -469,6 +469,10 @@ def update(node: Any, *states: Any) -> None:
             s = State(s)
         for path, leaf in s.flat_state():
             target = by_path.get(path)
+            if target is None:
+                # A second path to a shared Variable (weight tying) is not in
+                # by_path: write through it rather than replace the Variable.
+                target = _lookup(node, path)
             if isinstance(target, Variable):
                 value = leaf.value if isinstance(leaf, VariableState) else leaf
                 if isinstance(value, Variable):
@@ -481,7 +485,22 @@ def update(node: Any, *states: Any) -> None:
                 _set_new_path(node, path, leaf)
 
 
+def _lookup(node: Any, path: tuple) -> Any:
+    """The value at ``path`` in ``node``, or None where the path does not exist."""
+    try:
+        for key in path:
+            node = _child(node, key)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None
+    return node
+
+
 def _set_new_path(node: Any, path: tuple, leaf: Any) -> None:
+    if not path:
+        raise _errors.StructureError(
+            f"update: the root ({type(node).__name__}) holds no Variable "
+            "to write into; update objects that hold Variables."
+        )
     parent = node
     for key in path[:-1]:
         try:

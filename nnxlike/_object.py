@@ -98,16 +98,17 @@ def check_attribute(obj: Object, name: str, value: Any) -> Any:
     if t is dict:
         return _DICT_TYPE(value)  # type: ignore[misc]
     if t is tuple and any(isinstance(v, (jax.Array, np.ndarray)) for v in value):
-        raise TypeError(
-            _errors.RAW_ARRAY_ATTRIBUTE.format(
-                cls=type(obj).__name__, name=name, what="a tuple holding arrays"
-            )
-        )
+        raise TypeError(_raw_array_error(obj, name, "a tuple holding arrays"))
     if isinstance(value, (jax.Array, np.ndarray)):
         what = f"{type(value).__name__} of shape {tuple(np.shape(value))}"
-        raise TypeError(
-            _errors.RAW_ARRAY_ATTRIBUTE.format(
-                cls=type(obj).__name__, name=name, what=what
-            )
-        )
+        raise TypeError(_raw_array_error(obj, name, what))
     return value
+
+
+def _raw_array_error(obj: Object, name: str, what: str) -> str:
+    cls = type(obj).__name__
+    if name.startswith("["):  # an nnx.List item: name is "[i]"
+        where, target = f"{cls}{name}", f"{cls.lower()}{name}"
+    else:
+        where, target = f"{cls}.{name}", f"self.{name}"
+    return _errors.RAW_ARRAY_ATTRIBUTE.format(where=where, what=what, target=target)

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nnxlike import _graph
 from nnxlike._object import Object
@@ -25,7 +26,10 @@ def _as_key(seed: Any) -> jax.Array:
         return jax.random.key(seed)
     if isinstance(seed, RngKey):
         seed = seed.value
-    arr = jnp.asarray(seed) if not isinstance(seed, jax.Array) else seed
+    try:
+        arr = jnp.asarray(seed) if not isinstance(seed, jax.Array) else seed
+    except (TypeError, ValueError):  # strings, None: report in our own words below
+        arr = np.asarray(seed, dtype=object)
     if jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key):
         return arr
     if arr.dtype == jnp.uint32 and arr.shape[-1:] == (2,):
@@ -65,7 +69,9 @@ class RngStream(Object):
         if key.ndim == 0:
             new_key = jax.random.fold_in(key, count)
         else:  # a split stream (under vmap, or after Rngs.split): one key per lane
-            new_key = jax.vmap(jax.random.fold_in)(key, count)
+            new_key = jax.vmap(jax.random.fold_in)(
+                key.reshape(-1), jnp.reshape(count, -1)
+            ).reshape(key.shape)
         self.count.value = count + 1
         return new_key
 
@@ -117,7 +123,8 @@ class Rngs(Object):
             if stream is None:
                 raise AttributeError(
                     f"Rngs has no stream {name!r} and no 'default' stream to fall "
-                    f"back on (streams: {sorted(self.__dict__)}). Create it: "
+                    f"back on (streams: {sorted(k for k, _ in self.items())}). "
+                    "Create it: "
                     f"`nnx.Rngs({name}=0, ...)`, or give a default: `nnx.Rngs(0)`."
                 )
         return stream

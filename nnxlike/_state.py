@@ -16,7 +16,7 @@ from typing import Any
 import jax.tree_util as jtu
 
 from nnxlike import _errors
-from nnxlike._variables import Variable, VariableState
+from nnxlike._variables import Variable, VariableState, variable_type
 
 
 class FlatState(list):
@@ -177,9 +177,9 @@ class State(MutableMapping):
                 raise _errors.StructureError(
                     _errors.UNMATCHED_FILTER.format(
                         path=_errors.path_str(path),
-                        type=type(leaf).__name__,
-                        filters=filters,
-                        first=", ".join(map(repr, filters)),
+                        type=(variable_type(leaf) or type(leaf)).__name__,
+                        filters=f"({', '.join(map(_errors.filter_repr, filters))})",
+                        first=", ".join(map(_errors.filter_repr, filters)),
                     )
                 )
         outs = [State.from_flat(ps, vs) for ps, vs in buckets]

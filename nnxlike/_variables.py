@@ -31,6 +31,17 @@ from nnxlike import _errors, _tracking
 _SLOTS = ("_raw_value", "_metadata", "_trace_state")
 
 
+def _variable_not_a_pytree(v):
+    raise TypeError(
+        _errors.NOT_A_PYTREE.format(cls=type(v).__name__)
+        + " To use the array inside in a jnp function, read it: `jnp.sum(v[...])`."
+    )
+
+
+def _never_unflatten(aux, children):  # pragma: no cover - flatten always raises
+    raise TypeError("Variables are not pytrees")
+
+
 class Variable:
     """A mutable box holding one array (or any value) plus metadata.
 
@@ -49,6 +60,12 @@ class Variable:
     """
 
     __slots__ = (*_SLOTS, "__weakref__")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The pytree registry is keyed by exact type: register every kind (Param,
+        # user subclasses) so plain jax.jit/tree.map raise NOT_A_PYTREE for it too.
+        jtu.register_pytree_node(cls, _variable_not_a_pytree, _never_unflatten)
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
@@ -307,7 +324,7 @@ class Param(Variable):
 
 
 class BatchStat(Variable):
-    """Running statistics (BatchNorm mean/var): updated in training, not by gradients."""
+    """Running statistics (BatchNorm mean/var): updated in training, not by grads."""
 
 
 class Cache(Variable):
@@ -336,14 +353,6 @@ class RngCount(RngState):
 
 class OptState(Variable):
     """Optimizer state (momenta, step counts) held by ``Optimizer``."""
-
-
-def _variable_not_a_pytree(v):
-    raise TypeError(_errors.NOT_A_PYTREE.format(cls=type(v).__name__))
-
-
-def _never_unflatten(aux, children):  # pragma: no cover - flatten always raises
-    raise TypeError("Variables are not pytrees")
 
 
 jtu.register_pytree_node(Variable, _variable_not_a_pytree, _never_unflatten)
@@ -418,8 +427,11 @@ class VariableState:
             return NotImplemented
         if self.type is not other.type or self._metadata != other._metadata:
             return False
+        a, b = self.value, other.value
         try:
-            return bool(np.array_equal(np.asarray(self.value), np.asarray(other.value)))
+            if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
         except Exception:  # abstract values (ShapeDtypeStruct) and tracers
             return self.value is other.value
 

@@ -46,6 +46,15 @@ def _contains_graph(x: Any) -> bool:
     )
 
 
+def _describe(x: Any) -> str:
+    # Inside the trace the loss is a tracer; name what the user returned.
+    if isinstance(x, jax.Array):
+        return f"a single array of shape {tuple(x.shape)}"
+    if isinstance(x, tuple):
+        return f"a tuple of length {len(x)}"
+    return type(x).__name__
+
+
 def _specs(argnums: int | DiffState | Sequence[int | DiffState], wrt: Filter):
     single = isinstance(argnums, (int, DiffState))
     items = (argnums,) if single else tuple(argnums)
@@ -76,7 +85,8 @@ def value_and_grad(
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    >>> loss, grads = nnx.value_and_grad(lambda m, x: m(x).sum())(model, jnp.ones((4, 2)))
+    >>> loss_fn = lambda m, x: m(x).sum()
+    >>> loss, grads = nnx.value_and_grad(loss_fn)(model, jnp.ones((4, 2)))
     >>> grads.kernel.value.tolist(), grads.bias.value.tolist()
     ([[4.0], [4.0]], [4.0])
     """
@@ -142,7 +152,7 @@ def value_and_grad(
                     raise TypeError(
                         f"grad({getattr(f, '__name__', 'f')}, has_aux=True): the "
                         "function must return a pair (loss, aux), got "
-                        f"{type(out).__name__}."
+                        f"{_describe(out)}."
                     )
                 loss, aux = out
             else:

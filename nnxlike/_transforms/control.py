@@ -66,16 +66,29 @@ def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
     """``jax.lax.switch`` with objects among the operands, updated in place."""
     lifted = _core.Lifted.from_args(operands)
     statics: list = []
-    pures = [_lifted_call(lifted, b, statics) for b in branches]
+
+    def checked(branch: Callable) -> Callable:
+        pure = _lifted_call(lifted, branch, statics)
+
+        # Compare GraphDefs as each branch is traced: a branch that adds a
+        # Variable returns more arrays, and jax.lax.switch would otherwise fail
+        # first with a message about list lengths instead of attributes.
+        def run(arrays, jleaves):
+            out = pure(arrays, jleaves)
+            if statics[-1][0] != statics[0][0]:
+                raise _errors.StructureError(
+                    "cond/switch: the branches leave the objects with different "
+                    "structures (an attribute added or removed in one branch only). "
+                    "Make every branch create the same attributes, or create them "
+                    "before the cond."
+                )
+            return out
+
+        return run
+
     new_arrays, out_leaves = jax.lax.switch(
-        index, pures, lifted.arrays(), _jax_leaves(lifted)
+        index, [checked(b) for b in branches], lifted.arrays(), _jax_leaves(lifted)
     )
-    if any(s[0] != statics[0][0] or s[2] != statics[0][2] for s in statics[1:]):
-        raise _errors.StructureError(
-            "cond/switch: the branches leave the objects with different structures "
-            "(an attribute added or removed in one branch only). Make every branch "
-            "create the same attributes, or create them before the cond."
-        )
     return _core.write_back(lifted, statics[0], new_arrays, out_leaves)
 
 

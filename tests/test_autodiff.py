@@ -1,0 +1,312 @@
+"""Tests for ``nnx.grad`` / ``nnx.value_and_grad`` against ``jax.grad``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlike as nnx
+
+X = jnp.array([0.5, -1.0])
+Y = jnp.array([1.0, 0.0, -1.0])
+
+
+def linear_ref(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def params_of(layer):
+    return {"kernel": layer.kernel.value, "bias": layer.bias.value}
+
+
+def assert_state_close(state, ref: dict):
+    """``state`` (a State of Params) holds exactly the arrays of the dict ``ref``."""
+    assert isinstance(state, nnx.State)
+    got = state.to_pure_dict()
+    assert jax.tree.structure(got) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+class Block(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.lin = nnx.Linear(2, 3, rngs=rngs)
+        self.stat = nnx.BatchStat(jnp.zeros(3))
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        y = self.lin(x)
+        self.stat.value = 0.9 * self.stat.value + 0.1 * y
+        return self.drop(y)
+
+
+def loss(model, x, y):
+    return jnp.sum((model(x) - y) ** 2)
+
+
+def ref_loss(p, x, y):
+    return jnp.sum((linear_ref(p, x) - y) ** 2)
+
+
+def test_grad_default_wrt_param_is_a_state_keyed_by_path():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    grads = nnx.grad(loss)(model, X, Y)
+    assert list(grads.flat_dict()) == [("kernel",), ("bias",)]
+    assert all(v.type is nnx.Param for v in grads.flat_dict().values())
+    assert_state_close(grads, jax.grad(ref_loss)(params_of(model), X, Y))
+
+
+def test_value_and_grad_matches_jax():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    value, grads = nnx.value_and_grad(loss)(model, X, Y)
+    ref_value, ref_grads = jax.value_and_grad(ref_loss)(params_of(model), X, Y)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    assert_state_close(grads, ref_grads)
+
+
+def test_nested_model_paths():
+    model = nnx.Sequential(
+        nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Linear(3, 1, rngs=nnx.Rngs(1))
+    )
+    grads = nnx.grad(lambda m: jnp.sum(m(X) ** 2))(model)
+    assert set(grads.flat_dict()) == {
+        ("layers", 0, "kernel"),
+        ("layers", 0, "bias"),
+        ("layers", 1, "kernel"),
+        ("layers", 1, "bias"),
+    }
+    p = [params_of(layer) for layer in model.layers]
+    ref = jax.grad(lambda p: jnp.sum(linear_ref(p[1], linear_ref(p[0], X)) ** 2))(p)
+    assert_state_close(grads, {"layers": {0: ref[0], 1: ref[1]}})
+
+
+def test_argnums_tuple_two_models():
+    a = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    b = nnx.Linear(3, 1, rngs=nnx.Rngs(1))
+
+    def f(a, b, x):
+        return jnp.sum(jnp.sin(b(a(x))))
+
+    ga, gb = nnx.grad(f, argnums=(0, 1))(a, b, X)
+    ref_a, ref_b = jax.grad(
+        lambda pa, pb, x: jnp.sum(jnp.sin(linear_ref(pb, linear_ref(pa, x)))),
+        argnums=(0, 1),
+    )(params_of(a), params_of(b), X)
+    assert_state_close(ga, ref_a)
+    assert_state_close(gb, ref_b)
+
+    # A single int argnums gives one State, as jax gives one gradient.
+    gb_only = nnx.grad(f, argnums=1)(a, b, X)
+    assert_state_close(gb_only, ref_b)
+    gb_neg = nnx.grad(f, argnums=-2)(a, b, X)
+    assert_state_close(gb_neg, ref_b)
+
+
+def test_diffstate_filter_selects_kernel_only():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.PathContains("kernel")))(
+        model, X, Y
+    )
+    assert list(grads.flat_dict()) == [("kernel",)]
+    ref = jax.grad(ref_loss)(params_of(model), X, Y)
+    assert_state_close(grads, {"kernel": ref["kernel"]})
+
+
+def test_diffstate_together_with_a_plain_argument():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    g_model, g_x = nnx.grad(
+        loss, argnums=(nnx.DiffState(0, nnx.PathContains("bias")), 1)
+    )(model, X, Y)
+    ref_p, ref_x = jax.grad(ref_loss, argnums=(0, 1))(params_of(model), X, Y)
+    assert_state_close(g_model, {"bias": ref_p["bias"]})
+    np.testing.assert_allclose(g_x, ref_x, rtol=1e-6)
+
+
+def test_wrt_keyword_changes_the_default_filter():
+    model = Block()
+    model.stat.value = jnp.array([1.0, 2.0, 3.0])
+    grads = nnx.grad(
+        lambda m: jnp.sum(m.lin(X) ** 2) + jnp.sum(m.stat.value**2), wrt=nnx.BatchStat
+    )(model)
+    assert list(grads.flat_dict()) == [("stat",)]
+    assert grads["stat"].type is nnx.BatchStat
+    np.testing.assert_allclose(grads["stat"].value, [2.0, 4.0, 6.0])
+
+
+def test_has_aux_returns_aux_with_arrays():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+    def f(model, x, y):
+        pred = model(x)
+        return jnp.sum((pred - y) ** 2), {"pred": pred, "n": 3}
+
+    (value, aux), grads = nnx.value_and_grad(f, has_aux=True)(model, X, Y)
+    p = params_of(model)
+    np.testing.assert_allclose(value, ref_loss(p, X, Y), rtol=1e-6)
+    np.testing.assert_allclose(aux["pred"], linear_ref(p, X), rtol=1e-6)
+    assert isinstance(aux["pred"], jax.Array)
+    assert aux["n"] == 3
+    assert_state_close(grads, jax.grad(ref_loss)(p, X, Y))
+
+    grads2, aux2 = nnx.grad(f, has_aux=True)(model, X, Y)
+    assert_state_close(grads2, jax.grad(ref_loss)(p, X, Y))
+    np.testing.assert_allclose(aux2["pred"], aux["pred"])
+
+
+def test_aux_may_return_the_model_itself():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    (_, aux), _ = nnx.value_and_grad(lambda m: (jnp.sum(m(X)), m), has_aux=True)(model)
+    assert aux is model
+    assert not isinstance(model.kernel.value, jax.core.Tracer)
+
+
+def test_non_differentiated_state_is_written_back():
+    model = Block()
+    p = params_of(model.lin)
+    key = model.drop.rngs.key.value
+    stat_var = model.stat
+
+    grads = nnx.grad(lambda m: loss(m, X, Y))(model)
+
+    # Only the Params are differentiated; paths are inside the argument.
+    assert set(grads.flat_dict()) == {("lin", "kernel"), ("lin", "bias")}
+    # The BatchStat update made inside the loss landed in the caller's Variable.
+    assert model.stat is stat_var
+    np.testing.assert_allclose(model.stat.value, 0.1 * linear_ref(p, X), rtol=1e-6)
+    # The Dropout stream advanced once; the gradient used that draw's mask.
+    assert int(model.drop.rngs.count.value) == 1
+    mask = jax.random.bernoulli(jax.random.fold_in(key, 0), 0.5, (3,))
+
+    def ref(p):
+        out = jnp.where(mask, linear_ref(p, X) / 0.5, 0.0)
+        return jnp.sum((out - Y) ** 2)
+
+    assert_state_close(grads, {"lin": jax.grad(ref)(p)})
+
+
+def test_parameters_changed_inside_the_loss_are_written_back():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    k0 = model.kernel.value
+
+    def f(m):
+        out = jnp.sum(m(X))
+        m.kernel.value = m.kernel.value * 0.5  # e.g. an in-place decay
+        return out
+
+    grads = nnx.grad(f)(model)
+    np.testing.assert_allclose(model.kernel.value, k0 * 0.5)
+    np.testing.assert_allclose(grads["kernel"].value, jnp.outer(X, jnp.ones(3)))
+
+
+def test_structure_created_inside_the_loss_is_written_back():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+    def f(m):
+        h = m(X)
+        m.sow(nnx.Intermediate, "h", h)
+        return jnp.sum(h**2)
+
+    grads = nnx.grad(f)(model)
+    assert set(grads.flat_dict()) == {("kernel",), ("bias",)}
+    (h,) = model.h.value
+    np.testing.assert_allclose(h, linear_ref(params_of(model), X), rtol=1e-6)
+    assert not isinstance(h, jax.core.Tracer)
+
+
+def test_plain_array_arguments_like_jax_grad():
+    def f(w, x):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    w = jnp.arange(6.0).reshape(2, 3) / 10
+    got = nnx.grad(f, argnums=(0, 1))(w, X)
+    ref = jax.grad(f, argnums=(0, 1))(w, X)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(nnx.grad(f)(w, X), jax.grad(f)(w, X), rtol=1e-6)
+
+    # Pytrees of arrays work as in jax.grad.
+    tree = {"a": w, "b": (X, jnp.array(2.0))}
+
+    def g(t):
+        return jnp.sum(t["a"]) * t["b"][1] + jnp.sum(t["b"][0] ** 2)
+
+    got_tree = nnx.grad(g)(tree)
+    ref_tree = jax.grad(g)(tree)
+    for a, b in zip(jax.tree.leaves(got_tree), jax.tree.leaves(ref_tree)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_model_and_array_argnums_mixed():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    w = jnp.array([1.0, -2.0, 0.5])
+
+    g_model, g_w = nnx.grad(lambda m, w: jnp.sum(m(X) * w), argnums=(0, 1))(model, w)
+    p = params_of(model)
+    ref_p, ref_w = jax.grad(lambda p, w: jnp.sum(linear_ref(p, X) * w), argnums=(0, 1))(
+        p, w
+    )
+    assert_state_close(g_model, ref_p)
+    np.testing.assert_allclose(g_w, ref_w, rtol=1e-6)
+
+
+def test_objects_in_containers_and_keywords():
+    a = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    b = nnx.Linear(3, 1, rngs=nnx.Rngs(1))
+    grads = nnx.grad(lambda ms, *, scale: scale * jnp.sum(ms[1](ms[0](X))))(
+        [a, b], scale=2.0
+    )
+    ref = jax.grad(
+        lambda pa, pb: 2.0 * jnp.sum(linear_ref(pb, linear_ref(pa, X))),
+        argnums=(0, 1),
+    )(params_of(a), params_of(b))
+    assert_state_close(grads, {0: ref[0], 1: ref[1]})
+
+
+def test_grad_inside_jit_matches_eager():
+    model = Block()
+    twin = Block()
+
+    @nnx.jit
+    def jitted(m):
+        return nnx.grad(lambda m: loss(m, X, Y))(m)
+
+    eager = nnx.grad(lambda m: loss(m, X, Y))(twin)
+    inside = jitted(model)
+    assert_state_close(inside, eager.to_pure_dict())
+    np.testing.assert_allclose(model.stat.value, twin.stat.value, rtol=1e-6)
+    assert int(model.drop.rngs.count.value) == int(twin.drop.rngs.count.value) == 1
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+def test_argnums_out_of_range_error():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(IndexError, match=r"argnums=3 .* 1 positional argument"):
+        nnx.grad(lambda m: jnp.sum(m(X)), argnums=3)(model)
+
+
+def test_argnums_of_wrong_type_error():
+    with pytest.raises(
+        TypeError, match="argnums entries must be ints or nnx.DiffState"
+    ):
+        nnx.grad(lambda m: jnp.sum(m(X)), argnums=("model",))
+
+
+def test_has_aux_with_a_non_pair_return_error():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"must return a pair \(loss, aux\)"):
+        nnx.grad(lambda m: jnp.sum(m(X)), has_aux=True)(model)
+    with pytest.raises(TypeError, match="tuple of length 3"):
+        nnx.value_and_grad(lambda m: (jnp.sum(m(X)), 1, 2), has_aux=True)(model)
+    # Nothing was written back by the failed calls.
+    assert not isinstance(model.kernel.value, jax.core.Tracer)
+
+
+def test_non_scalar_loss_error_comes_from_jax():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="scalar"):
+        nnx.grad(lambda m: m(X))(model)

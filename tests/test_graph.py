@@ -1,0 +1,509 @@
+"""Tests for nnxlike._graph: split/merge/update/state/clone/pop/iter_graph."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlike as nnx
+
+
+class Block(nnx.Module):
+    def __init__(self, din: int, dout: int, *, seed: int = 0, act: str = "relu"):
+        key = jax.random.key(seed)
+        self.kernel = nnx.Param(jax.random.normal(key, (din, dout)))
+        self.bias = nnx.Param(jnp.zeros(dout), tag="b")
+        self.mean = nnx.BatchStat(jnp.zeros(dout))
+        self.din, self.dout, self.act = din, dout, act
+        self.shape = (din, dout)
+
+
+class Model(nnx.Module):
+    def __init__(self, seed: int = 0):
+        self.blocks = [Block(2, 3, seed=seed), Block(3, 1, seed=seed + 1)]
+        self.heads = {"a": Block(1, 1, seed=seed + 2)}
+        self.pair = (nnx.Cache(jnp.ones(1)), "static", 3)
+        self.rngs = nnx.Rngs(seed)
+        self.name = "model"
+
+
+def assert_variables_equal(a, b):
+    assert type(a) is type(b)
+    assert a.get_metadata() == b.get_metadata()
+    va, vb = a.value, b.value
+    if jax.dtypes.issubdtype(va.dtype, jax.dtypes.prng_key):
+        va, vb = jax.random.key_data(va), jax.random.key_data(vb)
+    np.testing.assert_array_equal(np.asarray(va), np.asarray(vb))
+
+
+# -- round trips ----------------------------------------------------------------------
+
+
+def test_merge_split_round_trip_types_values_and_statics():
+    m = Model()
+    copy = nnx.merge(*nnx.split(m))
+    assert type(copy) is Model and copy is not m
+    assert type(copy.blocks) is nnx.List and type(copy.heads) is nnx.Dict
+    for path, var in nnx.iter_graph(m):
+        if isinstance(var, nnx.Variable):
+            other = copy
+            for key in path:
+                other = other[key] if isinstance(key, int) else getattr(other, key)
+            assert other is not var
+            assert_variables_equal(var, other)
+    b = copy.blocks[1]
+    assert (b.din, b.dout, b.act, b.shape) == (3, 1, "relu", (3, 1))
+    assert copy.pair[1:] == ("static", 3) and type(copy.pair) is tuple
+    assert copy.name == "model"
+    assert copy.bias_tag if False else copy.blocks[0].bias.tag == "b"
+
+
+def test_split_state_order_is_definition_order():
+    _, state = nnx.split(Block(2, 3))
+    assert state.flat_state().paths == (("kernel",), ("bias",), ("mean",))
+
+
+def test_split_with_filters_and_merge_in_any_order():
+    m = Model()
+    graphdef, params, stats, rest = nnx.split(m, nnx.Param, nnx.BatchStat, ...)
+    assert all(leaf.type is nnx.Param for leaf in params.leaves())
+    assert all(leaf.type is nnx.BatchStat for leaf in stats.leaves())
+    assert {leaf.type for leaf in rest.leaves()} == {
+        nnx.Cache,
+        nnx.RngKey,
+        nnx.RngCount,
+    }
+    copy = nnx.merge(graphdef, rest, params, stats)
+    assert_variables_equal(copy.heads["a"].kernel, m.heads["a"].kernel)
+    # plain dicts are accepted as States
+    copy2 = nnx.merge(graphdef, params, stats, dict(rest))
+    assert_variables_equal(copy2.pair[0], m.pair[0])
+
+
+def test_state_with_filters_leaves_out_unmatched():
+    m = Model()
+    params = nnx.state(m, nnx.Param)
+    assert len(params.leaves()) == 6
+    params, stats = nnx.state(m, nnx.Param, nnx.BatchStat)
+    assert len(stats.leaves()) == 3
+    assert nnx.state(m, nnx.Nothing()) == nnx.State({})
+
+
+def test_graphdef_function_matches_split():
+    m = Model()
+    assert nnx.graphdef(m) == nnx.split(m)[0]
+
+
+# -- update / clone --------------------------------------------------------------------
+
+
+def test_update_copies_values_in_place():
+    m, m2 = Model(0), Model(5)
+    kernel = m.blocks[0].kernel
+    nnx.update(m, nnx.state(m2))
+    assert m.blocks[0].kernel is kernel  # same Variable, new value
+    assert_variables_equal(m.blocks[0].kernel, m2.blocks[0].kernel)
+    assert_variables_equal(m.rngs.default.key, m2.rngs.default.key)
+    assert m.blocks[0].kernel is not m2.blocks[0].kernel
+
+
+def test_update_with_several_states_and_pure_dicts():
+    m = Block(1, 2)
+    nnx.update(m, {"kernel": jnp.ones((1, 2))}, nnx.State({"bias": jnp.full(2, 3.0)}))
+    np.testing.assert_array_equal(m.kernel.value, np.ones((1, 2)))
+    np.testing.assert_array_equal(m.bias.value, np.full(2, 3.0))
+
+
+def test_update_copies_metadata():
+    m = Block(1, 1)
+    new = nnx.VariableState(nnx.Param, jnp.ones(1), {"tag": "new"})
+    nnx.update(m, nnx.State({"bias": new}))
+    assert m.bias.tag == "new"
+
+
+def test_update_creates_a_new_attribute():
+    m = Block(1, 1)
+    nnx.update(
+        m, nnx.State({"extra": nnx.VariableState(nnx.Cache, jnp.ones(1), {"k": 1})})
+    )
+    assert isinstance(m.extra, nnx.Cache) and m.extra.k == 1
+    model = Model()
+    nnx.update(model, nnx.State({"heads": {"b": nnx.VariableState(nnx.Param, 1.0)}}))
+    assert isinstance(model.heads["b"], nnx.Param)
+
+
+def test_update_into_list_items():
+    model = Model()
+    new = nnx.VariableState(nnx.Param, jnp.zeros(1))
+    nnx.update(model, nnx.State({"blocks": {1: {"extra": new}}}))
+    assert isinstance(model.blocks[1].extra, nnx.Param)
+
+
+def test_update_unknown_path_errors():
+    m = Block(1, 1)
+    with pytest.raises(
+        nnx.StructureError,
+        match=r"update: path 'nope.x' does not exist in Block "
+        r"\(no 'nope' under Block\)",
+    ):
+        nnx.update(m, nnx.State({"nope": {"x": nnx.VariableState(nnx.Param, 1.0)}}))
+    model = Model()
+    with pytest.raises(
+        nnx.StructureError, match=r"update: cannot set 'blocks\[7\]' on a List"
+    ):
+        nnx.update(model, nnx.State({"blocks": {7: nnx.VariableState(nnx.Param, 1.0)}}))
+    with pytest.raises(
+        nnx.StructureError, match=r"update: cannot set 'pair\[1\]' on a tuple"
+    ):
+        nnx.update(model, nnx.State({"pair": {1: jnp.ones(1)}}))
+
+
+def test_update_of_a_raw_array_root():
+    graphdef, state = nnx.split(jnp.ones(2))
+    assert state.flat_state().paths == ((),)
+    with pytest.raises(
+        nnx.StructureError, match=r"update: the root \(ArrayImpl\) holds no Variable"
+    ):
+        nnx.update(jnp.ones(2), state)
+
+
+def test_update_from_a_trace_raises_for_outside_variables():
+    m = Block(1, 1)
+    state = nnx.state(m)
+
+    def f(s):
+        nnx.update(m, s)
+        return 0
+
+    with pytest.raises(nnx.TraceContextError, match="Cannot write Param"):
+        jax.make_jaxpr(f)(state)
+
+
+def test_merged_objects_are_writable_in_the_trace_that_merged_them():
+    graphdef, state = nnx.split(Block(1, 1))
+
+    def f(s):
+        m = nnx.merge(graphdef, s)
+        m.bias.value = m.bias.value + 1
+        return nnx.state(m)
+
+    out = jax.jit(f)(state)
+    np.testing.assert_array_equal(out.bias.value, np.ones(1))
+
+
+def test_clone_makes_new_variables_with_equal_values():
+    m = Model()
+    c = nnx.clone(m)
+    assert c is not m and c.blocks is not m.blocks
+    assert c.blocks[0].kernel is not m.blocks[0].kernel
+    assert_variables_equal(c.blocks[0].kernel, m.blocks[0].kernel)
+    c.blocks[0].kernel.value = jnp.zeros((2, 3))
+    assert not np.array_equal(m.blocks[0].kernel.value, np.zeros((2, 3)))
+    assert nnx.graphdef(c) == nnx.graphdef(m)
+
+
+# -- sharing and cycles ---------------------------------------------------------------
+
+
+def test_weight_tying_is_stored_once_and_restored_as_one_variable():
+    m = nnx.Module()
+    m.encoder = Block(2, 2)
+    m.decoder = Block(2, 2)
+    m.decoder.kernel = m.encoder.kernel  # tie
+    graphdef, state = nnx.split(m)
+    paths = state.flat_state().paths
+    assert ("encoder", "kernel") in paths and ("decoder", "kernel") not in paths
+    copy = nnx.merge(graphdef, state)
+    assert copy.decoder.kernel is copy.encoder.kernel
+    assert copy.decoder.bias is not copy.encoder.bias
+    copy.encoder.kernel.value = jnp.zeros((2, 2))
+    np.testing.assert_array_equal(copy.decoder.kernel.value, np.zeros((2, 2)))
+
+
+def test_update_from_an_untied_state_keeps_the_tie():
+    def build(tied: bool):
+        m = nnx.Module()
+        m.enc = nnx.Param(jnp.ones(1))
+        m.dec = m.enc if tied else nnx.Param(jnp.full(1, 2.0))
+        return m
+
+    tied = build(True)
+    nnx.update(tied, nnx.state(build(False)))
+    assert tied.dec is tied.enc  # written through the alias, not replaced
+    np.testing.assert_array_equal(tied.enc.value, np.full(1, 2.0))
+
+
+def test_shared_submodule_is_stored_once():
+    shared = Block(1, 1)
+    m = nnx.Module()
+    m.a, m.b, m.items = shared, shared, [shared]
+    graphdef, state = nnx.split(m)
+    assert len(state.leaves()) == 3
+    copy = nnx.merge(graphdef, state)
+    assert copy.a is copy.b is copy.items[0]
+    clone = nnx.clone(m)
+    assert clone.a is clone.b and clone.a is not shared
+
+
+def test_cycles_round_trip():
+    a, b = nnx.Module(), nnx.Module()
+    a.w = nnx.Param(jnp.ones(1))
+    a.child = b
+    b.parent = a
+    b.me = b
+    graphdef, state = nnx.split(a)
+    assert state.flat_state().paths == (("w",),)
+    copy = nnx.merge(graphdef, state)
+    assert copy.child.parent is copy
+    assert copy.child.me is copy.child
+    assert copy is not a and copy.child is not b
+    assert [p for p, _ in nnx.iter_graph(a)] == [("w",), ("child",), ()]
+
+
+def test_sharing_pattern_is_part_of_the_graphdef():
+    def build(tied: bool):
+        m = nnx.Module()
+        m.a = nnx.Param(jnp.ones(1))
+        m.b = m.a if tied else nnx.Param(jnp.ones(1))
+        return m
+
+    assert nnx.graphdef(build(True)) != nnx.graphdef(build(False))
+    assert nnx.graphdef(build(True)) == nnx.graphdef(build(True))
+
+
+def test_shared_plain_list_at_top_level():
+    inner = [nnx.Param(jnp.ones(1))]
+    node = {"x": inner, "y": inner, "t": (inner,)}
+    copy = nnx.merge(*nnx.split(node))
+    assert copy["x"] is copy["y"] is copy["t"][0]
+    assert type(copy["x"]) is list
+
+
+# -- GraphDef --------------------------------------------------------------------------
+
+
+def test_graphdef_equal_and_hash_across_instances():
+    a, b = nnx.graphdef(Model(0)), nnx.graphdef(Model(1))
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert a != "not a graphdef"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: setattr(m, "name", "other"),
+        lambda m: setattr(m.blocks[0], "act", "gelu"),
+        lambda m: setattr(m.blocks[0], "din", 2.0),  # same value, other type
+        lambda m: setattr(m, "pair", (m.pair[0], "static", 4)),
+        lambda m: setattr(m.blocks[0], "bias", nnx.BatchStat(m.blocks[0].bias.value)),
+        lambda m: m.blocks[1].bias.set_metadata(tag="c"),
+        lambda m: m.blocks.append(1),
+        lambda m: setattr(m, "extra", None),
+    ],
+    ids=[
+        "str",
+        "nested-str",
+        "int-vs-float",
+        "tuple",
+        "kind",
+        "metadata",
+        "len",
+        "new",
+    ],
+)
+def test_graphdef_changes_with_static_structure(change):
+    m = Model()
+    before = nnx.graphdef(m)
+    change(m)
+    after = nnx.graphdef(m)
+    assert before != after
+
+
+def test_graphdef_ignores_values():
+    m = Model()
+    before = nnx.graphdef(m)
+    m.blocks[0].kernel.value = jnp.zeros((2, 3))
+    assert nnx.graphdef(m) == before
+
+
+def test_graphdef_metadata():
+    gd = nnx.graphdef(Block(1, 1))
+    assert gd.root_type is Block
+    assert gd.num_leaves == 3
+    assert gd.paths == (("kernel",), ("bias",), ("mean",))
+    assert nnx.graphdef(3).root_type is type(None)
+
+
+# -- node kinds ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nnx.Param(jnp.ones(2), note="n"),
+        lambda: nnx.Rngs(0, dropout=1),
+        lambda: [nnx.Param(jnp.ones(1)), (nnx.BatchStat(jnp.zeros(1)), 3)],
+        lambda: {"a": Block(1, 1), "b": [jnp.ones(2), "s"], "c": (1, 2)},
+        lambda: (Block(1, 1), {"k": nnx.Cache(jnp.ones(1))}),
+        lambda: [nnx.Rngs(0), {"m": Model()}, ()],
+        lambda: 5,
+    ],
+    ids=["variable", "rngs", "list", "dict", "tuple", "mix", "static"],
+)
+def test_any_mix_of_nodes_round_trips(make):
+    node = make()
+    graphdef, state = nnx.split(node)
+    copy = nnx.merge(graphdef, state)
+    assert type(copy) is type(node)
+    assert nnx.graphdef(copy) == graphdef
+    _, state2 = nnx.split(copy)
+    assert jax.tree.structure(state2) == jax.tree.structure(state)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(state2)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(x, y)
+
+
+def test_raw_arrays_in_plain_containers_are_leaves():
+    node = {"a": jnp.ones(2), "b": [jnp.zeros(1)]}
+    graphdef, state = nnx.split(node)
+    assert state.flat_state().paths == (("a",), ("b", 0))
+    assert isinstance(state["a"], jax.Array)
+    nnx.update(node, nnx.State({"a": jnp.full(2, 3.0)}))
+    np.testing.assert_array_equal(node["a"], np.full(2, 3.0))
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def test_unhashable_static_attribute_error():
+    m = Block(1, 1)
+    m.config = {1, 2}
+    with pytest.raises(
+        TypeError,
+        match=r"config: static attribute of type set is not hashable, so it cannot be "
+        r"part of a GraphDef.*`nnx.Variable\(value\)`",
+    ):
+        nnx.split(m)
+
+
+def test_unhashable_static_error_names_nested_path():
+    node = {"layers": [(1, {2})]}
+    with pytest.raises(
+        TypeError, match=r"layers\[0\]\[1\]: static attribute of type set"
+    ):
+        nnx.graphdef(node)
+
+
+def test_unhashable_metadata_error():
+    m = nnx.Module()
+    m.w = nnx.Param(jnp.ones(1), axes=["a"])
+    with pytest.raises(
+        TypeError,
+        match=r"w.<metadata axes>: static attribute of type list is not hashable",
+    ):
+        nnx.split(m)
+
+
+def test_unmatched_filter_error_names_path_and_fix():
+    with pytest.raises(
+        nnx.StructureError,
+        match=r"split: the Variable at path 'blocks\[0\].mean' \(BatchStat\) "
+        r"matches none of the filters \(Param, 'kernel'\)"
+        r".*`nnx.split\(node, Param, 'kernel', \.\.\.\)`",
+    ):
+        nnx.split(Model(), nnx.Param, "kernel")
+
+
+def test_merge_errors():
+    graphdef, params, rest = nnx.split(Block(1, 1), nnx.Param, ...)
+    with pytest.raises(
+        nnx.StructureError,
+        match=r"merge: the State\(s\) lack 1 path\(s\) the GraphDef needs: \['mean'\]"
+        r".*`nnx.merge\(graphdef, state1, state2, \.\.\.\)`",
+    ):
+        nnx.merge(graphdef, params)
+    with pytest.raises(
+        TypeError, match=r"merge: expected a GraphDef as first argument, got State"
+    ):
+        nnx.merge(params, rest)
+
+
+def test_merge_error_truncates_long_path_lists():
+    node = [nnx.Param(jnp.ones(1)) for _ in range(12)]
+    graphdef, _ = nnx.split(node)
+    with pytest.raises(
+        nnx.StructureError,
+        match=r"lack 12 path\(s\).*\['\[0\]', .*'\[9\]'\] and 2 more\. ",
+    ):
+        nnx.merge(graphdef, nnx.State({}))
+
+
+# -- pop / iter_graph / variables ------------------------------------------------------
+
+
+def test_pop_removes_and_returns():
+    m = Model()
+    m.blocks[0].sow(nnx.Intermediate, "h", 1)
+    m.heads["a"].sow(nnx.Intermediate, "h", 2)
+    popped = nnx.pop(m, nnx.Intermediate)
+    assert popped.flat_state().paths == (("blocks", 0, "h"), ("heads", "a", "h"))
+    assert not hasattr(m.blocks[0], "h") and "h" not in vars(m.heads["a"])
+    assert nnx.state(m, nnx.Intermediate) == nnx.State({})
+
+
+def test_pop_several_items_of_one_list():
+    m = nnx.Module()
+    m.items = [
+        nnx.Cache(jnp.ones(1)),
+        7,
+        nnx.Cache(jnp.zeros(1)),
+        nnx.Param(jnp.ones(1)),
+    ]
+    caches, params = nnx.pop(m, nnx.Cache, nnx.Param)
+    assert caches.flat_state().paths == (("items", 0), ("items", 2))
+    assert params.flat_state().paths == (("items", 3),)
+    assert list(m.items) == [7]
+
+
+def test_pop_from_plain_containers():
+    node = {"a": [nnx.Cache(1.0), nnx.Cache(2.0)], "b": nnx.Param(1.0)}
+    popped = nnx.pop(node, nnx.Cache)
+    assert popped.flat_state().paths == (("a", 0), ("a", 1))
+    assert node["a"] == [] and "b" in node
+
+
+def test_pop_needs_a_filter():
+    with pytest.raises(TypeError, match=r"pop: give at least one filter"):
+        nnx.pop(Block(1, 1))
+
+
+def test_iter_graph_post_order_each_object_once():
+    m = nnx.Module()
+    m.a = Block(1, 1)
+    m.b = m.a
+    m.t = (m.a.kernel, 3)
+    out = [(p, type(v).__name__) for p, v in nnx.iter_graph(m)]
+    assert out == [
+        (("a", "kernel"), "Param"),
+        (("a", "bias"), "Param"),
+        (("a", "mean"), "BatchStat"),
+        (("a", "shape"), "tuple"),  # tuples are containers, even of statics
+        (("a",), "Block"),
+        (("t",), "tuple"),
+        ((), "Module"),
+    ]
+
+
+def test_variables_are_the_live_objects():
+    m = Block(1, 2)
+    live = nnx.variables(m)
+    assert live.kernel is m.kernel
+    assert nnx.variables(m, nnx.BatchStat).flat_state().paths == (("mean",),)
+    assert nnx.variables(m, nnx.BatchStat, "bias").flat_state().paths == (
+        ("bias",),
+        ("mean",),
+    )

@@ -1,0 +1,365 @@
+"""Tests for nnxlike._variables: Variable boxes, kinds, metadata, VariableState."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlike as nnx
+
+
+class MyVar(nnx.Variable):
+    """A user-defined Variable kind."""
+
+
+# -- value access --------------------------------------------------------------
+
+
+def test_value_and_ellipsis_access_read_the_same_array():
+    x = jnp.arange(3.0)
+    v = nnx.Param(x)
+    assert v.value is x
+    assert v[...] is x
+    assert v.get_value() is x
+    assert float(v[1]) == 1.0
+
+
+def test_writes_through_value_item_and_set_value():
+    v = nnx.Param(jnp.zeros(3))
+    v.value = jnp.ones(3)
+    np.testing.assert_array_equal(v.value, np.ones(3))
+    v[...] = jnp.full(3, 2.0)
+    np.testing.assert_array_equal(v.value, np.full(3, 2.0))
+    v[1] = 5.0
+    np.testing.assert_array_equal(v.value, np.array([2.0, 5.0, 2.0]))
+    v.set_value(jnp.arange(3.0))
+    np.testing.assert_array_equal(v.value, np.arange(3.0))
+
+
+def test_augmented_assignment_through_ellipsis_works():
+    v = nnx.Param(jnp.ones(2))
+    v[...] += 1
+    np.testing.assert_array_equal(v.value, np.full(2, 2.0))
+
+
+def test_set_value_unwraps_a_variable():
+    v = nnx.Param(jnp.zeros(2))
+    v.set_value(nnx.Param(jnp.ones(2)))
+    assert isinstance(v.value, jax.Array)
+    np.testing.assert_array_equal(v.value, np.ones(2))
+
+
+def test_constructing_from_a_variable_copies_value_and_metadata():
+    a = nnx.Param(jnp.ones(2), note="a")
+    b = nnx.BatchStat(a, extra=1)
+    assert type(b) is nnx.BatchStat
+    assert b.value is a.value
+    assert (b.note, b.extra) == ("a", 1)
+
+
+@pytest.mark.parametrize("op", ["+=", "-=", "*=", "/=", "@=", "**=", "|="])
+def test_inplace_operator_raises_with_the_fix(op):
+    v = nnx.Param(jnp.ones((2, 2)))
+    with pytest.raises(TypeError, match=r"In-place `\S+=` on a Param") as info:
+        exec(f"v {op} 1", {}, {"v": v})
+    assert f"`var[...] {op} x`" in str(info.value)
+    assert op[:-1] in str(info.value)
+
+
+# -- metadata --------------------------------------------------------------------
+
+
+def test_metadata_is_readable_as_attributes_and_settable():
+    v = nnx.Param(jnp.ones(1), sharding=("a",), note="n")
+    assert v.sharding == ("a",)
+    assert v.note == "n"
+    v.note = "m"
+    v.set_metadata(other=3)
+    assert v.get_metadata() == {"sharding": ("a",), "note": "m", "other": 3}
+    # get_metadata returns a copy
+    v.get_metadata()["note"] = "changed"
+    assert v.note == "m"
+
+
+def test_unknown_attribute_error_lists_metadata_keys():
+    v = nnx.Param(jnp.ones(1), note="n")
+    with pytest.raises(
+        AttributeError, match=r"Param has no attribute or metadata 'nope'.*\['note'\]"
+    ):
+        v.nope  # noqa: B018
+
+
+def test_dunder_lookups_do_not_hit_metadata():
+    v = nnx.Param(jnp.ones(1))
+    assert not hasattr(v, "__wrapped__")
+
+
+def test_replace_makes_a_new_variable_of_the_same_kind():
+    v = nnx.BatchStat(jnp.zeros(2), note="n")
+    r = v.replace(jnp.ones(2))
+    assert type(r) is nnx.BatchStat and r is not v
+    np.testing.assert_array_equal(r.value, np.ones(2))
+    assert r.note == "n"
+    r2 = v.replace(note="m")
+    assert r2.value is v.value and r2.note == "m" and v.note == "n"
+
+
+# -- kinds ---------------------------------------------------------------------------
+
+
+def test_kind_hierarchy():
+    for kind in (nnx.Param, nnx.BatchStat, nnx.Cache, nnx.Intermediate, nnx.OptState):
+        assert issubclass(kind, nnx.Variable)
+    assert issubclass(nnx.RngKey, nnx.RngState)
+    assert issubclass(nnx.RngCount, nnx.RngState)
+    assert issubclass(nnx.Perturbation, nnx.Intermediate)
+    assert isinstance(MyVar(1.0), nnx.Variable)
+
+
+# -- array-like behaviour ------------------------------------------------------------
+
+
+def test_operators_delegate_to_the_value():
+    x = jnp.array([1.0, 2.0, 3.0])
+    v = nnx.Param(x)
+    np.testing.assert_array_equal(v + 1, x + 1)
+    np.testing.assert_array_equal(1 + v, x + 1)
+    np.testing.assert_array_equal(v - v, x - x)
+    np.testing.assert_array_equal(2 - v, 2 - x)
+    np.testing.assert_array_equal(v * 2, x * 2)
+    np.testing.assert_array_equal(v / 2, x / 2)
+    np.testing.assert_array_equal(6 / v, 6 / x)
+    np.testing.assert_array_equal(v // 2, x // 2)
+    np.testing.assert_array_equal(v % 2, x % 2)
+    np.testing.assert_array_equal(v**2, x**2)
+    np.testing.assert_array_equal(2**v, 2**x)
+    np.testing.assert_array_equal(v @ v, x @ x)
+    np.testing.assert_array_equal(-v, -x)
+    np.testing.assert_array_equal(+v, x)
+    np.testing.assert_array_equal(abs(-v), x)
+    np.testing.assert_array_equal(v > 1, x > 1)
+    np.testing.assert_array_equal(v <= 2, x <= 2)
+    i = nnx.Variable(jnp.array([1, 2]))
+    np.testing.assert_array_equal(i & 1, jnp.array([1, 2]) & 1)
+    np.testing.assert_array_equal(i | 4, jnp.array([5, 6]))
+    np.testing.assert_array_equal(i ^ 1, jnp.array([0, 3]))
+    np.testing.assert_array_equal(i << 1, jnp.array([2, 4]))
+    np.testing.assert_array_equal(i >> 1, jnp.array([0, 1]))
+    np.testing.assert_array_equal(~i, ~jnp.array([1, 2]))
+
+
+def test_shape_dtype_len_iter_and_conversions():
+    v = nnx.Param(jnp.zeros((2, 3), jnp.float32))
+    assert v.shape == (2, 3)
+    assert v.dtype == jnp.float32
+    assert v.ndim == 2 and v.size == 6 and len(v) == 2
+    assert v.T.shape == (3, 2)
+    assert v.astype(jnp.int32).dtype == jnp.int32
+    assert [row.shape for row in v] == [(3,), (3,)]
+    np.testing.assert_array_equal(np.asarray(v), np.zeros((2, 3)))
+    np.testing.assert_array_equal(jnp.asarray(v), np.zeros((2, 3)))
+    s = nnx.Variable(jnp.float32(2.5))
+    assert float(s) == 2.5 and int(s) == 2 and bool(s)
+    i = nnx.Variable(2)
+    assert [10, 11, 12][i] == 12
+
+
+def test_identity_equality_and_hashing():
+    x = jnp.ones(2)
+    a, b = nnx.Param(x), nnx.Param(x)
+    assert a == a and a != b and not (a == b)
+    assert len({a, b}) == 2
+    assert {a: 1}[a] == 1
+
+
+# -- copying -----------------------------------------------------------------------
+
+
+def test_copy_deepcopy_and_pickle_make_new_variables():
+    v = nnx.Param(np.arange(3.0), note=["n"])
+    c = copy.copy(v)
+    d = copy.deepcopy(v)
+    p = pickle.loads(pickle.dumps(v))
+    for new in (c, d, p):
+        assert type(new) is nnx.Param and new is not v
+        np.testing.assert_array_equal(new.value, v.value)
+        assert new.note == ["n"]
+    assert d.note is not v.note
+    p.value = np.zeros(3)  # the unpickled Variable is writable here
+    np.testing.assert_array_equal(v.value, np.arange(3.0))
+
+
+# -- not a pytree ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [nnx.Variable, nnx.Param, nnx.BatchStat, MyVar])
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda v: jax.tree.map(lambda x: x, v),
+        lambda v: jax.tree.leaves(v),
+        lambda v: jax.jit(lambda x: x)(v),
+        lambda v: jax.grad(lambda x: x)(v),
+    ],
+    ids=["tree.map", "leaves", "jit", "grad"],
+)
+def test_variables_are_not_pytrees(kind, use):
+    v = kind(jnp.ones(()))
+    with pytest.raises(
+        TypeError, match=rf"{kind.__name__} is an nnxlike object, not a JAX pytree"
+    ) as info:
+        use(v)
+    assert "nnx.jit" in str(info.value) and "nnx.split" in str(info.value)
+    assert "`jnp.sum(v[...])`" in str(info.value)
+
+
+def test_jnp_function_on_a_variable_points_to_reading_the_array():
+    v = nnx.Param(jnp.ones(2))
+    with pytest.raises(TypeError, match=r"read it: `jnp.sum\(v\[\.\.\.\]\)`"):
+        jnp.sum(v)
+    assert float(jnp.sum(v[...])) == 2.0
+
+
+# -- trace context ---------------------------------------------------------------------
+
+
+def test_reading_a_captured_variable_inside_a_trace_is_fine():
+    v = nnx.Param(jnp.ones(2))
+    jaxpr = jax.make_jaxpr(lambda x: x + v.value)(jnp.ones(2))
+    assert jaxpr is not None
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda v, x: setattr(v, "value", x),
+        lambda v, x: v.__setitem__(..., x),
+        lambda v, x: v.__setitem__(0, x[0]),
+        lambda v, x: v.set_value(x),
+    ],
+    ids=["value", "ellipsis", "index", "set_value"],
+)
+def test_writing_a_captured_variable_inside_a_trace_raises(write):
+    v = nnx.Param(jnp.ones(2))
+
+    def f(x):
+        write(v, x)
+        return x
+
+    with pytest.raises(
+        nnx.TraceContextError,
+        match=r"Cannot write Param from inside a JAX transform it was not passed to",
+    ) as info:
+        jax.make_jaxpr(f)(jnp.zeros(2))
+    assert "step(model, x)" in str(info.value)
+    np.testing.assert_array_equal(v.value, np.ones(2))  # nothing leaked
+
+
+def test_trace_context_error_is_an_nnx_error_and_runtime_error():
+    assert issubclass(nnx.TraceContextError, nnx.NnxError)
+    assert issubclass(nnx.TraceContextError, RuntimeError)
+
+
+def test_variable_created_inside_a_trace_can_be_written_there():
+    def f(x):
+        w = nnx.Param(x)
+        w.value = w.value * 2
+        w[0] = 7.0
+        return w.value
+
+    out = jax.jit(f)(jnp.ones(2))
+    np.testing.assert_array_equal(out, np.array([7.0, 2.0]))
+
+
+# -- VariableState ---------------------------------------------------------------------
+
+
+def test_to_state_and_back():
+    v = nnx.Param(jnp.arange(2.0), note="n")
+    s = v.to_state()
+    assert isinstance(s, nnx.VariableState)
+    assert s.type is nnx.Param and s.note == "n"
+    assert s.get_metadata() == {"note": "n"}
+    assert s.shape == (2,) and s.dtype == jnp.float32
+    assert s[...] is s.value and float(s[1]) == 1.0
+    back = s.to_variable()
+    assert type(back) is nnx.Param and back is not v
+    assert back.note == "n" and back.value is v.value
+    back.value = jnp.zeros(2)  # independent of the original
+    np.testing.assert_array_equal(v.value, np.arange(2.0))
+
+
+def test_variable_state_mutation_and_replace():
+    s = nnx.VariableState(nnx.Cache, jnp.zeros(3), {"a": 1})
+    s[...] = jnp.ones(3)
+    s[0] = 5.0
+    np.testing.assert_array_equal(s.get_value(), np.array([5.0, 1.0, 1.0]))
+    s.set_value(jnp.zeros(3))
+    r = s.replace(jnp.ones(3))
+    assert r.type is nnx.Cache and r.a == 1
+    np.testing.assert_array_equal(s.value, np.zeros(3))
+    np.testing.assert_array_equal(jnp.asarray(r), np.ones(3))
+
+
+def test_variable_state_equality_is_by_kind_metadata_and_value():
+    a = nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 1})
+    assert a == nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 1})
+    assert a != nnx.VariableState(nnx.BatchStat, jnp.ones(2), {"m": 1})
+    assert a != nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 2})
+    assert a != nnx.VariableState(nnx.Param, jnp.zeros(2), {"m": 1})
+    assert a.__eq__(1) is NotImplemented
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(a)
+
+
+def test_variable_state_equality_of_typed_keys():
+    def key_state(seed):
+        return nnx.VariableState(nnx.RngKey, jax.random.key(seed))
+
+    assert key_state(0) == key_state(0)
+    assert key_state(0) != key_state(1)
+    assert nnx.state(nnx.Rngs(0)) == nnx.state(nnx.Rngs(0))
+
+
+def test_variable_state_unknown_attribute():
+    s = nnx.VariableState(nnx.Param, 1.0)
+    with pytest.raises(
+        AttributeError, match=r"VariableState\(Param\) has no attribute or metadata"
+    ):
+        s.zz  # noqa: B018
+
+
+def test_variable_state_is_a_pytree_over_its_value():
+    s = nnx.VariableState(nnx.Param, jnp.arange(2.0), {"note": "n"})
+    doubled = jax.tree.map(lambda x: 2 * x, s)
+    assert isinstance(doubled, nnx.VariableState)
+    assert doubled.type is nnx.Param and doubled.note == "n"
+    np.testing.assert_array_equal(doubled.value, np.array([0.0, 2.0]))
+    ((path, leaf),) = jax.tree_util.tree_flatten_with_path(s)[0]
+    assert path == (jax.tree_util.GetAttrKey("value"),)
+    assert leaf is s.value
+    # kind and metadata are static: they are part of the treedef
+    t1 = jax.tree.structure(s)
+    assert t1 == jax.tree.structure(nnx.VariableState(nnx.Param, 0.0, {"note": "n"}))
+    assert t1 != jax.tree.structure(nnx.VariableState(nnx.Cache, 0.0, {"note": "n"}))
+    assert t1 != jax.tree.structure(nnx.VariableState(nnx.Param, 0.0, {"note": "m"}))
+
+
+def test_variable_state_passes_through_jit():
+    s = nnx.VariableState(nnx.Param, jnp.ones(2), {"note": "n"})
+    out = jax.jit(lambda s: s.replace(s.value + 1))(s)
+    assert out.type is nnx.Param and out.note == "n"
+    np.testing.assert_array_equal(out.value, np.full(2, 2.0))
+
+
+def test_repr_shows_kind_value_and_metadata():
+    text = repr(nnx.Param(jnp.ones(2), note="hello"))
+    assert text.startswith("Param(")
+    assert "note='hello'" in text
+    text = repr(nnx.VariableState(nnx.BatchStat, jnp.ones(2)))
+    assert text.startswith("BatchStat(")
