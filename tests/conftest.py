@@ -14,3 +14,6 @@ _TITANIC_DIR = (
 )
 if _TITANIC_DIR.is_dir():
     os.environ.setdefault("NNXLIKE_TITANIC_DIR", str(_TITANIC_DIR))
+
+# Fixture generators import torch (not a dependency); never collect them.
+collect_ignore_glob = ["fixtures/*"]

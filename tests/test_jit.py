@@ -576,14 +576,9 @@ def test_in_and_out_shardings_on_one_device(kind):
     assert out.sharding.device_set == {jax.devices()[0]}
 
 
-# -- known bugs in jit.py (reported; strict xfail so a fix is noticed) ------------
+# -- regressions: jit bugs found by review, fixed -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py keeps one output structure per static key, not per input "
-    "shapes: a cached trace for other shapes reuses the wrong output treedef",
-)
 def test_output_structure_depending_on_input_shape():
     @nnx.jit
     def f(model, x):
@@ -598,11 +593,6 @@ def test_output_structure_depending_on_input_shape():
     assert out.shape == (1,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py caches the 'structure unchanged' flag on the entry: a "
-    "structural change made only for some input shapes is silently dropped",
-)
 def test_structural_change_depending_on_input_shape():
     @nnx.jit
     def f(model, x):
@@ -616,22 +606,12 @@ def test_structural_change_depending_on_input_shape():
     np.testing.assert_allclose(c.extra.value, 2.0 * jnp.ones(3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py: static arguments are reinserted in the order "
-    "static_argnums lists them, not in positional order",
-)
 def test_static_argnums_given_out_of_order():
     f = nnx.jit(lambda a, b, c, d: (a, b, c, d), static_argnums=(2, 0))
     a, b, c, d = f(1, jnp.array(2.0), 3, jnp.array(4.0))
     assert (int(a), float(b), int(c), float(d)) == (1, 2.0, 3, 4.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py: for nnx.jit(obj.method) static_argnums counts the bound "
-    "object as argument 0, so the object becomes static (values baked in)",
-)
 def test_static_argnums_on_bound_method():
     c = Counter()
     f = nnx.jit(c.times, static_argnums=0)  # jax.jit: 0 is n, the first argument
@@ -640,11 +620,6 @@ def test_static_argnums_on_bound_method():
     np.testing.assert_allclose(f(2, jnp.zeros(2)), [10.0, 10.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py: static_argnames passed positionally are traced (jax.jit "
-    "maps names to positions through the signature)",
-)
 def test_static_argname_passed_positionally():
     @nnx.jit(static_argnames="n")
     def f(model, n):
@@ -653,11 +628,6 @@ def test_static_argname_passed_positionally():
     assert f(Counter(), 3).shape == (3, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jit.py: for nnx.jit(obj.method) donate_argnums counts the bound "
-    "object as argument 0, so the object's arrays are donated instead",
-)
 def test_donate_argnums_on_bound_method():
     c = Counter()
     x, w = jnp.array([1.0, 1.0]), c.w.value

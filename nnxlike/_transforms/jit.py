@@ -2,18 +2,24 @@
 
 Design note. Slow path (first call, or after any structural change): flatten the
 arguments (``Lifted``), call one ``jax.jit``-compiled pure function
-``_pure(static, donated_arrays, kept_arrays, leaves)`` whose static argument holds
-the GraphDef, and write the results back (``_core.write_back``).
+``_pure(spec, donated_arrays, kept_arrays, donated_leaves, kept_leaves)`` and
+write the results back (``_core.write_back``). ``spec`` is the static argument:
+GraphDef, pytree structure, static arguments, donation and sharding layout. It
+holds no reference to the caller's objects (JAX keeps static arguments in its
+compilation cache, which must not keep models alive); equal specs share one
+compiled function, so a new model of the same structure does not recompile.
 
 Fast path (every later call): the flattened arguments are cached per argument
-set, keyed by the identities of the graph nodes and the pytree structure, and
-valid while the global structure version (``_tracking``) is unchanged. A call is
-then: read the raw arrays of the cached Variables, one call into the compiled
-function, store the returned arrays into the same Variables. No graph walk, no
-State, no GraphDef hashing (the static key is the same object every call).
+set (``_Entry``), keyed by the identities of the graph nodes and the pytree
+structure, valid while the global structure version (``_tracking``) is
+unchanged. A call is then: read the raw arrays of the cached Variables, one call
+into the compiled function, store the returned arrays into the same Variables.
+No graph walk, no State, no GraphDef hashing.
 
 What the traced function returns besides arrays (output structure, whether the
-graph changed) is learnt at trace time and kept in ``_out_static`` by static key.
+graph changed) is learnt at trace time. JAX retraces per input shapes, so it is
+recorded per (spec, input avals); only when two avals of one spec gave different
+structures does a call pay for computing its avals to pick the right one.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from nnxlike import _tracking
-from nnxlike._graph import flatten, is_graph_node
+from nnxlike._graph import Flat, flatten, is_graph_node
 from nnxlike._object import Object
 from nnxlike._transforms import _core
 from nnxlike._variables import Variable
@@ -42,19 +48,105 @@ _consume = collections.deque(maxlen=0).extend
 _GRAPH_TYPES = (Object, Variable)
 _LEAF_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 _tracer_type = jax.core.Tracer
+_Sharding = jax.sharding.Sharding
 
 
-def _as_tuple(x: int | Sequence[int] | None) -> tuple:
+def _as_tuple(x: int | str | Sequence | None) -> tuple:
     if x is None:
         return ()
-    if isinstance(x, int):
+    if isinstance(x, (int, str)):
         return (x,)
     return tuple(x)
 
 
+def _avals(*trees: Any) -> tuple:
+    out = []
+    for leaf in jax.tree.leaves(trees):
+        aval = jax.typeof(leaf)
+        out.append((aval.shape, aval.dtype, getattr(aval, "weak_type", False)))
+    return tuple(out)
+
+
+class _Spec:
+    """The static argument of the compiled function (see the module note)."""
+
+    __slots__ = (
+        "lifted",
+        "static_args",
+        "donated_idx",
+        "kept_idx",
+        "jax_leaf_pos",
+        "leaf_donated",
+        "var_shardings",
+        "leaf_shardings",
+        "_cmp",
+        "_hash",
+    )
+
+    def __init__(
+        self,
+        lifted: _core.Lifted,
+        static_args: tuple,
+        donated_idx: tuple,
+        kept_idx: tuple,
+        jax_leaf_pos: tuple,
+        leaf_donated: tuple,
+        var_shardings: tuple | None,
+        leaf_shardings: tuple | None,
+    ):
+        # A copy of the lifted structure without the caller's objects.
+        self.lifted = _core.Lifted(
+            lifted.treedef,
+            [None] * len(lifted.leaves),
+            lifted.graph_pos,
+            (),
+            Flat(lifted.flat.graphdef, [], []),
+        )
+        self.static_args = static_args
+        self.donated_idx = donated_idx
+        self.kept_idx = kept_idx
+        self.jax_leaf_pos = jax_leaf_pos
+        self.leaf_donated = leaf_donated
+        self.var_shardings = var_shardings
+        self.leaf_shardings = leaf_shardings
+        self._cmp = (
+            lifted.flat.graphdef,
+            lifted.treedef,
+            lifted.graph_pos,
+            static_args,
+            donated_idx,
+            leaf_donated,
+            var_shardings,
+            leaf_shardings,
+        )
+        self._hash = hash(self._cmp)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Spec)
+            and self._hash == other._hash
+            and self._cmp == other._cmp
+        )
+
+
+class _Entry:
+    """A cached flattening of one argument set (holds the caller's objects)."""
+
+    __slots__ = ("lifted", "spec", "version", "variables", "out_static")
+
+    def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
+        self.lifted = lifted
+        self.spec = spec
+        self.version = version
+        self.variables = lifted.flat.leaves
+        self.out_static = None
+
+
 class JitWrapped:
-    """The callable ``nnx.jit`` returns. ``.lower`` / ``.trace`` / ``.eval_shape``
-    give access to JAX's AOT API on the lifted function."""
+    """The callable ``nnx.jit`` returns; ``.lower(...)`` gives JAX's AOT API."""
 
     def __init__(
         self,
@@ -72,98 +164,122 @@ class JitWrapped:
         self.fun = fun
         self.bound_self = None
         if inspect.ismethod(fun) and is_graph_node(fun.__self__):
-            # nnx.jit(model.__call__): the object becomes a real argument, so
-            # its writes are lifted instead of tripping the closure check.
+            # nnx.jit(model.method): the object becomes a real (hidden) first
+            # argument, so its writes are lifted instead of tripping the closure
+            # check; argnums still count from the first explicit argument.
             self.fun = fun.__func__
             self.bound_self = fun.__self__
-        self.static_argnums = _as_tuple(static_argnums)
-        self.static_argnames = (
-            (static_argnames,)
-            if isinstance(static_argnames, str)
-            else tuple(static_argnames or ())
+        self._offset = 0 if self.bound_self is None else 1
+        params = _positional_names(self.fun)
+        self._static_nums, self._static_names = _resolve_args(
+            _as_tuple(static_argnums), _as_tuple(static_argnames), params, self._offset
         )
-        self.donate_argnums = _as_tuple(donate_argnums)
-        self.donate_argnames = (
-            (donate_argnames,)
-            if isinstance(donate_argnames, str)
-            else tuple(donate_argnames or ())
+        self._donate_nums, self._donate_names = _resolve_args(
+            _as_tuple(donate_argnums), _as_tuple(donate_argnames), params, self._offset
         )
+        self._donates = bool(self._donate_nums or self._donate_names)
         self._plain_signature = (
             self.bound_self is None
-            and not self.static_argnums
-            and not self.static_argnames
+            and not self._static_nums
+            and not self._static_names
+            and in_shardings is None
         )
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
-        self._out_static: dict[Any, tuple] = {}
         self._cache: OrderedDict = OrderedDict()
-        # Positional layout of _pure: (static, donated, kept, leaves_d, leaves_k).
-        donate = (1, 3) if (self.donate_argnums or self.donate_argnames) else ()
+        self._out_static: dict[_Spec, dict] = {}
+        self._ambiguous: set[_Spec] = set()
+        self._traces = 0
+        self._last_out: tuple | None = None
+        # Positional layout of _pure: (spec, donated, kept, leaves_d, leaves_k).
         self._jitted = jax.jit(
-            self._pure, static_argnums=(0,), donate_argnums=donate, **jit_kwargs
+            self._pure,
+            static_argnums=(0,),
+            donate_argnums=(1, 3) if self._donates else (),
+            **jit_kwargs,
         )
 
-    # -- descriptor: @nnx.jit on a method ---------------------------------------
+    # -- descriptor: @nnx.jit on a method -------------------------------------------
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self
         return functools.partial(self, obj)
 
-    # -- phase 0: separate static arguments ---------------------------------------
+    # -- phase 0: which arguments are static ------------------------------------------
+    def _positions(self, nums: tuple, n: int) -> set[int]:
+        """Argument positions (counting a bound object) named by ``nums``."""
+        explicit = n - self._offset
+        out = set()
+        for i in nums:
+            j = i + explicit if i < 0 else i
+            if 0 <= j < explicit:
+                out.add(j + self._offset)
+        return out
+
     def _split_static(self, args: tuple, kwargs: dict):
         if self.bound_self is not None:
             args = (self.bound_self, *args)
-        if not self.static_argnums and not self.static_argnames:
+        if not self._static_nums and not self._static_names:
             return args, kwargs, ()
-        n = len(args)
-        nums = tuple(i % n for i in self.static_argnums if -n <= i < n)
-        static = tuple((i, args[i]) for i in nums) + tuple(
-            (k, kwargs[k]) for k in self.static_argnames if k in kwargs
+        pos = self._positions(self._static_nums, len(args))
+        static = tuple((i, args[i]) for i in sorted(pos)) + tuple(
+            (k, kwargs[k]) for k in sorted(self._static_names) if k in kwargs
         )
-        dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
-        dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        dyn_args = tuple(a for i, a in enumerate(args) if i not in pos)
+        dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self._static_names}
         return dyn_args, dyn_kwargs, static
 
-    def _rejoin_static(self, dyn_args: tuple, dyn_kwargs: dict, static: tuple):
+    @staticmethod
+    def _rejoin_static(dyn_args: tuple, dyn_kwargs: dict, static: tuple):
         if not static:
             return dyn_args, dyn_kwargs
         args = list(dyn_args)
         kwargs = dict(dyn_kwargs)
-        for key, value in static:
+        for key, value in static:  # positions in increasing order
             if isinstance(key, int):
                 args.insert(key, value)
             else:
                 kwargs[key] = value
         return tuple(args), kwargs
 
-    # -- the pure function JAX compiles ---------------------------------------------
-    def _pure(self, static, donated, kept, leaves_donated, leaves_kept):
-        lifted = static.lifted
+    # -- the pure function JAX compiles -------------------------------------------------
+    def _pure(self, spec: _Spec, donated, kept, leaves_donated, leaves_kept):
+        lifted = spec.lifted
         # Reassemble the Variable arrays and the plain JAX leaves in order.
         arrays: list = [None] * (len(donated) + len(kept))
-        for i, a in zip(static.donated_idx, donated):
+        for i, a in zip(spec.donated_idx, donated):
             arrays[i] = a
-        for i, a in zip(static.kept_idx, kept):
+        for i, a in zip(spec.kept_idx, kept):
             arrays[i] = a
-        if self.in_shardings is not None:
-            arrays = _constrain_tree(arrays, self.in_shardings)
         leaves = list(lifted.leaves)
         it_d, it_k = iter(leaves_donated), iter(leaves_kept)
-        for i, flag in zip(static.jax_leaf_pos, static.leaf_donated):
+        for i, flag in zip(spec.jax_leaf_pos, spec.leaf_donated):
             leaves[i] = next(it_d) if flag else next(it_k)
+        if spec.var_shardings is not None:
+            arrays = _constrain_each(arrays, spec.var_shardings)
+            leaves = _constrain_at(leaves, spec.jax_leaf_pos, spec.leaf_shardings)
         # Merge fresh copies, call the user's function, flatten what it left.
         (dyn_args, dyn_kwargs), copies = lifted.rebuild(arrays, leaves)
-        args, kwargs = self._rejoin_static(dyn_args, dyn_kwargs, static.static_args)
+        args, kwargs = self._rejoin_static(dyn_args, dyn_kwargs, spec.static_args)
         out = self.fun(*args, **kwargs)
-        collected = _core.collect(lifted, copies, out)
-        self._out_static[static] = collected.static()
-        out_leaves = collected.out_leaves
         if self.out_shardings is not None:
-            out_leaves = _constrain_tree(out_leaves, self.out_shardings)
-        return collected.arrays, out_leaves
+            out = _constrain_prefix(self.out_shardings, out)
+        collected = _core.collect(lifted, copies, out)
+        new_arrays = collected.arrays
+        if spec.var_shardings is not None and collected.unchanged:
+            new_arrays = _constrain_each(new_arrays, spec.var_shardings)
+        # Record the output structure for this (spec, avals); see the module note.
+        static = collected.static()
+        variants = self._out_static.setdefault(spec, {})
+        variants[_avals(donated, kept, leaves_donated, leaves_kept)] = static
+        if len(set(variants.values())) > 1:
+            self._ambiguous.add(spec)
+        self._last_out = static
+        self._traces += 1
+        return new_arrays, collected.out_leaves
 
-    # -- slow path: full flatten -------------------------------------------------------
-    def _build_entry(self, dyn_args, dyn_kwargs, static_args) -> _StaticKey:
+    # -- slow path: full flatten ---------------------------------------------------------
+    def _build_entry(self, dyn_args, dyn_kwargs, static_args) -> _Entry:
         lifted = _core.Lifted.from_args((dyn_args, dyn_kwargs), track=True)
         n = len(lifted.flat.leaves)
         jax_leaf_pos = tuple(
@@ -171,55 +287,85 @@ class JitWrapped:
         )
         donated_vars: set[int] = set()
         leaf_donated = (False,) * len(jax_leaf_pos)
-        if self.donate_argnums or self.donate_argnames:
-            donated_vars, leaf_donated = self._donation(
-                lifted, dyn_args, dyn_kwargs, static_args, jax_leaf_pos
-            )
-        return _StaticKey(
+        if self._donates:
+            flags = self._arg_flags(dyn_args, dyn_kwargs, static_args, donate=True)
+            donated_vars = _vars_where(lifted, flags, dyn_args, dyn_kwargs)
+            leaf_donated = tuple(bool(flags[i]) for i in jax_leaf_pos)
+        var_sh = leaf_sh = None
+        if self.in_shardings is not None:
+            var_sh, leaf_sh = self._shardings(lifted, dyn_args, dyn_kwargs, static_args)
+            leaf_sh = tuple(leaf_sh[i] for i in jax_leaf_pos)
+        spec = _Spec(
             lifted,
             static_args,
             tuple(i for i in range(n) if i in donated_vars),
             tuple(i for i in range(n) if i not in donated_vars),
             jax_leaf_pos,
             leaf_donated,
-            _tracking.STRUCTURE_VERSION[0],
+            var_sh,
+            leaf_sh,
         )
+        return _Entry(lifted, spec, _tracking.STRUCTURE_VERSION[0])
 
-    def _donation(self, lifted, dyn_args, dyn_kwargs, static_args, jax_leaf_pos):
-        """Which Variable indices, and which plain leaves, are donated."""
+    def _arg_flags(self, dyn_args, dyn_kwargs, static_args, *, donate: bool) -> list:
+        """Per flattened leaf: is it in a donated argument?"""
         static_pos = {i for i, _ in static_args if isinstance(i, int)}
-        orig = [
-            i for i in range(len(dyn_args) + len(static_pos)) if i not in static_pos
-        ]
+        n = len(dyn_args) + len(static_pos)
+        orig = [i for i in range(n) if i not in static_pos]
+        chosen = self._positions(self._donate_nums, n)
         flags = (
             tuple(
-                jax.tree.map(
-                    lambda _, d=orig[j] in self.donate_argnums: d,
-                    a,
-                    is_leaf=is_graph_node,
-                )
+                jax.tree.map(lambda _, d=orig[j] in chosen: d, a, is_leaf=is_graph_node)
                 for j, a in enumerate(dyn_args)
             ),
             {
                 k: jax.tree.map(
-                    lambda _, d=k in self.donate_argnames: d, v, is_leaf=is_graph_node
+                    lambda _, d=k in self._donate_names: d, v, is_leaf=is_graph_node
                 )
                 for k, v in dyn_kwargs.items()
             },
         )
-        flat_flags = jtu.tree_leaves(flags)
-        var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
-        donated: set[int] = set()
-        kept: set[int] = set()
-        for pos, node in zip(lifted.graph_pos, _graph_nodes_of(dyn_args, dyn_kwargs)):
-            target = donated if flat_flags[pos] else kept
-            for v in flatten(node).leaves:
-                if id(v) in var_index:
-                    target.add(var_index[id(v)])
-        # A Variable also reachable from a non-donated argument is not donated.
-        return donated - kept, tuple(bool(flat_flags[i]) for i in jax_leaf_pos)
+        return jtu.tree_leaves(flags)
 
-    # -- the call ------------------------------------------------------------------------
+    def _shardings(self, lifted, dyn_args, dyn_kwargs, static_args):
+        """Per Variable and per flattened leaf: the input sharding (or None)."""
+        static_pos = {i for i, _ in static_args if isinstance(i, int)}
+        n = len(dyn_args) + len(static_pos)
+        orig = [i for i in range(n) if i not in static_pos]
+        spec = self.in_shardings
+        explicit = n - self._offset
+        if isinstance(spec, (tuple, list)):
+            if len(spec) != explicit:
+                raise ValueError(
+                    f"nnx.jit: in_shardings has {len(spec)} entries for {explicit} "
+                    "positional arguments; give one per argument (None leaves one "
+                    "unconstrained) or a single sharding for all."
+                )
+            per_arg = (None,) * self._offset + tuple(spec)
+        else:
+            per_arg = (spec,) * n
+        var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+        var_sh: list = [None] * len(var_index)
+        leaf_sh: list = []
+        for j, a in enumerate(dyn_args):
+            s = per_arg[orig[j]]
+            for leaf in jtu.tree_leaves(a, is_leaf=is_graph_node):
+                if is_graph_node(leaf):
+                    flat = flatten(leaf)
+                    by_path = s.flat_dict() if hasattr(s, "flat_dict") else None
+                    for path, v in zip(flat.graphdef.paths, flat.leaves):
+                        sh = s if by_path is None else by_path.get(path)
+                        sh = getattr(sh, "value", sh)
+                        if var_sh[var_index[id(v)]] is None:
+                            var_sh[var_index[id(v)]] = sh
+                    leaf_sh.append(None)
+                else:
+                    leaf_sh.append(s if isinstance(s, _Sharding) or s is None else None)
+        for v in dyn_kwargs.values():
+            leaf_sh.extend([None] * len(jtu.tree_leaves(v, is_leaf=is_graph_node)))
+        return tuple(var_sh), leaf_sh
+
+    # -- the call -------------------------------------------------------------------------
     def _key(self, args: tuple, kwargs: dict):
         """(dyn args, dyn kwargs, static args, flat leaves, cache key)."""
         if self._plain_signature and not kwargs:
@@ -258,119 +404,96 @@ class JitWrapped:
                 self._cache[key] = entry
                 if len(self._cache) > _CACHE_SIZE:
                     self._cache.popitem(last=False)
+        spec = entry.spec
         variables = entry.variables
         # Gather: raw arrays of the cached Variables, plain leaves as they came.
-        if entry.donated_idx:
-            donated = [variables[i]._raw_value for i in entry.donated_idx]
-            kept = [variables[i]._raw_value for i in entry.kept_idx]
+        if spec.donated_idx:
+            donated = [variables[i]._raw_value for i in spec.donated_idx]
+            kept = [variables[i]._raw_value for i in spec.kept_idx]
         else:
             donated = []
             kept = list(map(_get_raw, variables))
-        if entry.any_leaf_donated:
-            jl = [leaves[i] for i in entry.jax_leaf_pos]
-            leaves_d = [x for x, f in zip(jl, entry.leaf_donated) if f]
-            leaves_k = [x for x, f in zip(jl, entry.leaf_donated) if not f]
+        if self._donates:
+            jl = [leaves[i] for i in spec.jax_leaf_pos]
+            leaves_d = [x for x, f in zip(jl, spec.leaf_donated) if f]
+            leaves_k = [x for x, f in zip(jl, spec.leaf_donated) if not f]
         else:
             leaves_d = []
-            leaves_k = [leaves[i] for i in entry.jax_leaf_pos]
-        new_arrays, out_leaves = self._jitted(entry, donated, kept, leaves_d, leaves_k)
+            leaves_k = [leaves[i] for i in spec.jax_leaf_pos]
+        traces = self._traces
+        if self._ambiguous and spec in self._ambiguous:
+            sig = _avals(donated, kept, leaves_d, leaves_k)  # before donation
+        new_arrays, out_leaves = self._jitted(spec, donated, kept, leaves_d, leaves_k)
+        # Which output structure: this call's trace, or the cached one.
+        if self._traces != traces:
+            out_static = self._last_out
+            entry.out_static = None if spec in self._ambiguous else out_static
+        elif spec in self._ambiguous:
+            out_static = self._out_static[spec][sig]
+        else:
+            out_static = entry.out_static
+            if out_static is None:
+                out_static = next(iter(self._out_static[spec].values()))
+                entry.out_static = out_static
         # Scatter: store results into the same Variables (or rebuild structure).
-        out_static = entry.out_static
-        if out_static is None:
-            out_static = entry.out_static = self._out_static[entry]
         if out_static[4]:
             _consume(map(_set_raw, variables, new_arrays))
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
 
-    # -- AOT access ------------------------------------------------------------------------
+    # -- AOT access -----------------------------------------------------------------------
     def lower(self, *args: Any, **kwargs: Any):
         """``jax.jit(...).lower`` on the lifted function (memory analysis, HLO)."""
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
         leaves = jtu.tree_leaves((dyn_args, dyn_kwargs), is_leaf=is_graph_node)
         entry = self._build_entry(dyn_args, dyn_kwargs, static_args)
+        spec = entry.spec
         arrays = [v._raw_value for v in entry.variables]
-        jl = [leaves[i] for i in entry.jax_leaf_pos]
+        jl = [leaves[i] for i in spec.jax_leaf_pos]
         return self._jitted.lower(
-            entry,
-            [arrays[i] for i in entry.donated_idx],
-            [arrays[i] for i in entry.kept_idx],
-            [x for x, f in zip(jl, entry.leaf_donated) if f],
-            [x for x, f in zip(jl, entry.leaf_donated) if not f],
+            spec,
+            [arrays[i] for i in spec.donated_idx],
+            [arrays[i] for i in spec.kept_idx],
+            [x for x, f in zip(jl, spec.leaf_donated) if f],
+            [x for x, f in zip(jl, spec.leaf_donated) if not f],
         )
 
 
-class _StaticKey:
-    """The static argument of the compiled function, and the fast-path cache entry.
-
-    Hash and equality cover what determines the trace (GraphDef, pytree structure,
-    static arguments, donation layout), not object identities, so a new model of
-    the same structure reuses the compiled function.
-    """
-
-    __slots__ = (
-        "lifted",
-        "static_args",
-        "donated_idx",
-        "kept_idx",
-        "jax_leaf_pos",
-        "leaf_donated",
-        "any_leaf_donated",
-        "version",
-        "variables",
-        "out_static",
-        "_cmp",
-        "_hash",
-    )
-
-    def __init__(
-        self,
-        lifted,
-        static_args,
-        donated_idx,
-        kept_idx,
-        jax_leaf_pos,
-        leaf_donated,
-        version,
-    ):
-        self.lifted = lifted
-        self.static_args = static_args
-        self.donated_idx = donated_idx
-        self.kept_idx = kept_idx
-        self.jax_leaf_pos = jax_leaf_pos
-        self.leaf_donated = leaf_donated
-        self.any_leaf_donated = any(leaf_donated)
-        self.version = version
-        self.variables = lifted.flat.leaves
-        self.out_static = None
-        self._cmp = (
-            lifted.flat.graphdef,
-            lifted.treedef,
-            lifted.graph_pos,
-            static_args,
-            donated_idx,
-            leaf_donated,
-        )
-        self._hash = hash(self._cmp)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (
-            isinstance(other, _StaticKey)
-            and self._hash == other._hash
-            and self._cmp == other._cmp
-        )
+def _positional_names(fun: Callable) -> list[str]:
+    try:
+        params = inspect.signature(fun).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds]
 
 
-def _graph_nodes_of(dyn_args, dyn_kwargs) -> list:
-    return [
-        x
-        for x in jtu.tree_leaves((dyn_args, dyn_kwargs), is_leaf=is_graph_node)
-        if is_graph_node(x)
-    ]
+def _resolve_args(nums: tuple, names: tuple, params: list[str], offset: int):
+    """Make argnums and argnames cover each other, as jax.jit does."""
+    nums_set = set(nums)
+    names_set = set(names)
+    for name in names:
+        if name in params and params.index(name) >= offset:
+            nums_set.add(params.index(name) - offset)
+    for i in nums:
+        if 0 <= i + offset < len(params):
+            names_set.add(params[i + offset])
+    return tuple(sorted(nums_set)), frozenset(names_set)
+
+
+def _vars_where(lifted: _core.Lifted, flags: list, dyn_args, dyn_kwargs) -> set[int]:
+    """Variables reachable only from flagged (donated) graph arguments."""
+    var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+    donated: set[int] = set()
+    kept: set[int] = set()
+    for pos, node in zip(lifted.graph_pos, lifted.nodes):
+        target = donated if flags[pos] else kept
+        for v in flatten(node).leaves:
+            if id(v) in var_index:
+                target.add(var_index[id(v)])
+    # A Variable also reachable from a non-donated argument is not donated.
+    return donated - kept
 
 
 def _has_tracer(variables: list) -> bool:
@@ -381,14 +504,38 @@ def _has_tracer(variables: list) -> bool:
     return False
 
 
-def _constrain_tree(tree: Any, shardings: Any) -> Any:
+def _constrain(x: Any, sharding: Any) -> Any:
+    if sharding is None:
+        return x
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), x)
+
+
+def _constrain_each(values: list, shardings: tuple) -> list:
+    return [_constrain(x, s) for x, s in zip(values, shardings)]
+
+
+def _constrain_at(leaves: list, positions: tuple, shardings: tuple | None) -> list:
+    if shardings is None:
+        return leaves
+    out = list(leaves)
+    for i, s in zip(positions, shardings):
+        out[i] = _constrain(out[i], s)
+    return out
+
+
+def _constrain_prefix(shardings: Any, out: Any) -> Any:
+    """Apply a sharding (or a prefix tree of them) to the arrays of ``out``."""
+    if isinstance(shardings, _Sharding):
+        return jax.tree.map(
+            lambda x: _constrain(x, shardings) if isinstance(x, jax.Array) else x,
+            out,
+            is_leaf=is_graph_node,
+        )
     return jax.tree.map(
-        lambda x: (
-            jax.lax.with_sharding_constraint(x, shardings)
-            if isinstance(x, jax.Array)
-            else x
-        ),
-        tree,
+        lambda s, sub: _constrain_prefix(s, sub) if s is not None else sub,
+        shardings,
+        out,
+        is_leaf=lambda x: x is None or isinstance(x, _Sharding),
     )
 
 
@@ -408,15 +555,18 @@ def jit(
     Usable as ``@nnx.jit``, ``@nnx.jit(static_argnums=...)``, on functions and on
     methods. Every change the function makes to Modules, Variables and Rngs in its
     arguments (values, RNG counters, new attributes) is written back.
+    ``in_shardings`` is one sharding, or one entry per positional argument (a
+    sharding, None, or for an object argument a State of shardings by path);
+    ``out_shardings`` is a sharding or a prefix tree of the output.
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> @nnx.jit
-    ... def zero_bias(model, x):
+    ... def set_bias(model, x):
     ...     model.bias.value = jnp.zeros(3) + 1.0
     ...     return model(x)
-    >>> zero_bias(model, jnp.ones((1, 2))).shape, model.bias.value.tolist()
+    >>> set_bias(model, jnp.ones((1, 2))).shape, model.bias.value.tolist()
     ((1, 3), [1.0, 1.0, 1.0])
     """
     kwargs = dict(
