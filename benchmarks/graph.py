@@ -57,9 +57,13 @@ def main():
             for name, ns in libs:
                 m = models[name]
                 gd, st = ns.split(m)
-                times[name]["split"].append(bench(lambda: ns.split(m), inner))
-                times[name]["merge"].append(bench(lambda: ns.merge(gd, st), inner))
-                times[name]["update"].append(bench(lambda: ns.update(m, st), inner))
+                ops = {
+                    "split": lambda ns=ns, m=m: ns.split(m),
+                    "merge": lambda ns=ns, gd=gd, st=st: ns.merge(gd, st),
+                    "update": lambda ns=ns, m=m, st=st: ns.update(m, st),
+                }
+                for op, fn in ops.items():
+                    times[name][op].append(bench(fn, inner))
         for name, _ in libs:
             row = {
                 k: statistics.median(v) / n_vars * 1e6 for k, v in times[name].items()

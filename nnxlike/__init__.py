@@ -36,14 +36,15 @@ from nnxlike._module import iter_children as iter_children
 from nnxlike._module import iter_modules as iter_modules
 from nnxlike._module import view as view
 from nnxlike._object import Object as Object
+from nnxlike._optimizer import Optimizer as Optimizer
 from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
 from nnxlike._state import FlatState as FlatState
+from nnxlike._state import State as State
 from nnxlike._summary import summary as summary
-from nnxlike._train_state import TrainState as TrainState
 from nnxlike._summary import tabulate as tabulate
-from nnxlike._optimizer import Optimizer as Optimizer
+from nnxlike._train_state import TrainState as TrainState
 from nnxlike._transforms.autodiff import DiffState as DiffState
 from nnxlike._transforms.autodiff import grad as grad
 from nnxlike._transforms.autodiff import value_and_grad as value_and_grad
@@ -60,7 +61,6 @@ from nnxlike._transforms.iteration import StateAxes as StateAxes
 from nnxlike._transforms.iteration import scan as scan
 from nnxlike._transforms.iteration import vmap as vmap
 from nnxlike._transforms.jit import jit as jit
-from nnxlike._state import State as State
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
 from nnxlike._variables import Intermediate as Intermediate

@@ -59,7 +59,9 @@ def summary(model: Module, *inputs: Any, **kwargs: Any) -> str:
 
     for _, m in modules:
         cls = type(m)
-        if cls not in originals and callable(getattr(cls, "__call__", None)):
+        if cls not in originals and any(
+            "__call__" in b.__dict__ for b in cls.__mro__[:-1]
+        ):
             original, recording = wrap(cls)
             originals[cls] = (original, "__call__" in cls.__dict__)
             cls.__call__ = recording

@@ -199,13 +199,13 @@ class JitWrapped:
             **jit_kwargs,
         )
 
-    # -- descriptor: @nnx.jit on a method -------------------------------------------
+    # -- descriptor: @nnx.jit on a method ----------------------------------------------
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
             return self
         return functools.partial(self, obj)
 
-    # -- phase 0: which arguments are static ------------------------------------------
+    # -- phase 0: which arguments are static -------------------------------------------
     def _positions(self, nums: tuple, n: int) -> set[int]:
         """Argument positions (counting a bound object) named by ``nums``."""
         explicit = n - self._offset
@@ -242,7 +242,7 @@ class JitWrapped:
                 kwargs[key] = value
         return tuple(args), kwargs
 
-    # -- the pure function JAX compiles -------------------------------------------------
+    # -- the pure function JAX compiles ------------------------------------------------
     def _pure(self, spec: _Spec, donated, kept, leaves_donated, leaves_kept):
         lifted = spec.lifted
         # Reassemble the Variable arrays and the plain JAX leaves in order.
@@ -278,7 +278,7 @@ class JitWrapped:
         self._traces += 1
         return new_arrays, collected.out_leaves
 
-    # -- slow path: full flatten ---------------------------------------------------------
+    # -- slow path: full flatten -------------------------------------------------------
     def _build_entry(self, dyn_args, dyn_kwargs, static_args) -> _Entry:
         lifted = _core.Lifted.from_args((dyn_args, dyn_kwargs), track=True)
         n = len(lifted.flat.leaves)
@@ -365,7 +365,7 @@ class JitWrapped:
             leaf_sh.extend([None] * len(jtu.tree_leaves(v, is_leaf=is_graph_node)))
         return tuple(var_sh), leaf_sh
 
-    # -- the call -------------------------------------------------------------------------
+    # -- the call ----------------------------------------------------------------------
     def _key(self, args: tuple, kwargs: dict):
         """(dyn args, dyn kwargs, static args, flat leaves, cache key)."""
         if self._plain_signature and not kwargs:
@@ -442,7 +442,7 @@ class JitWrapped:
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
 
-    # -- AOT access -----------------------------------------------------------------------
+    # -- AOT access --------------------------------------------------------------------
     def lower(self, *args: Any, **kwargs: Any):
         """``jax.jit(...).lower`` on the lifted function (memory analysis, HLO)."""
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
