@@ -30,7 +30,7 @@ TRACE_CONTEXT = (
     "Cannot write {cls}{where} from inside a JAX transform it was not passed to: "
     "the object was captured by closure, so the new value would be a tracer that "
     "leaks out of the transform and the write would be lost. Pass the object as an "
-    "argument instead, e.g. `@nnx.jit\\ndef step(model, x): ...` called as "
+    "argument instead: define `step(model, x)` with `@nnx.jit` and call "
     "`step(model, x)` rather than closing over `model`."
 )
 
