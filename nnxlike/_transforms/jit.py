@@ -266,10 +266,24 @@ class JitWrapped:
             out = _constrain_prefix(self.out_shardings, out)
         collected = _core.collect(lifted, copies, out)
         new_arrays = collected.arrays
-        if spec.var_shardings is not None and collected.unchanged:
-            new_arrays = _constrain_each(new_arrays, spec.var_shardings)
+        changed = None
+        if collected.unchanged:
+            if spec.var_shardings is not None:
+                new_arrays = _constrain_each(new_arrays, spec.var_shardings)
+            else:
+                # Return only the Variables the function wrote: an untouched RNG
+                # key or frozen weight costs nothing (no output buffer, no
+                # Python-side result object) instead of a round trip.
+                # Donated inputs always come back: their old buffers are gone.
+                donated_set = set(spec.donated_idx)
+                changed = tuple(
+                    i
+                    for i, (a, b) in enumerate(zip(arrays, new_arrays))
+                    if a is not b or i in donated_set
+                )
+                new_arrays = [new_arrays[i] for i in changed]
         # Record the output structure for this (spec, avals); see the module note.
-        static = collected.static()
+        static = (*collected.static(), changed)
         variants = self._out_static.setdefault(spec, {})
         variants[_avals(donated, kept, leaves_donated, leaves_kept)] = static
         if len(set(variants.values())) > 1:
@@ -437,7 +451,11 @@ class JitWrapped:
                 entry.out_static = out_static
         # Scatter: store results into the same Variables (or rebuild structure).
         if out_static[4]:
-            _consume(map(_set_raw, variables, new_arrays))
+            changed = out_static[6]
+            if changed is None:
+                _consume(map(_set_raw, variables, new_arrays))
+            else:
+                _consume(map(_set_raw, [variables[i] for i in changed], new_arrays))
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
