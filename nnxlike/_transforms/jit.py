@@ -135,7 +135,15 @@ class _Spec:
 class _Entry:
     """A cached flattening of one argument set (holds the caller's objects)."""
 
-    __slots__ = ("lifted", "spec", "version", "variables", "out_static")
+    __slots__ = (
+        "lifted",
+        "spec",
+        "version",
+        "variables",
+        "out_static",
+        "written",
+        "written_key",
+    )
 
     def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
         self.lifted = lifted
@@ -143,6 +151,8 @@ class _Entry:
         self.version = version
         self.variables = lifted.flat.leaves
         self.out_static = None
+        self.written_key = None  # the `changed` tuple `written` was built for
+        self.written: list = []
 
 
 class JitWrapped:
@@ -455,7 +465,10 @@ class JitWrapped:
             if changed is None:
                 _consume(map(_set_raw, variables, new_arrays))
             else:
-                _consume(map(_set_raw, [variables[i] for i in changed], new_arrays))
+                if entry.written_key is not changed:
+                    entry.written = [variables[i] for i in changed]
+                    entry.written_key = changed
+                _consume(map(_set_raw, entry.written, new_arrays))
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
