@@ -1,0 +1,705 @@
+"""Normalization layers: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``,
+``InstanceNorm``.
+
+Design note: every layer is "compute statistics, then normalize" with two shared
+helpers, ``_compute_stats`` and ``_normalize``. Statistics are computed in at least
+float32 (half-precision inputs would lose too much) with the fast formula
+``E[x^2] - E[x]^2`` clipped at zero, or the two-pass one when
+``use_fast_variance=False``; with ``axis_name`` set they are averaged across that
+named axis (``pmap``/``vmap``/``shard_map``) with one ``lax.pmean``. Variances are
+biased (divide by N), as in flax. ``BatchNorm`` keeps running statistics in
+``BatchStat`` Variables, updated as ``ra = momentum * ra + (1 - momentum) * batch``
+(PyTorch's ``momentum`` is ``1 -`` this one); ``eval()`` switches it to them. Shape
+checks run in Python; the array math of a call is one ``jax.jit``-compiled
+function (configuration static), so an eager call compiles once per input shape
+rather than once per primitive, and is inlined under ``nnx.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnxlike._module import Module
+from nnxlike._rngs import Rngs
+from nnxlike._variables import BatchStat, Param
+from nnxlike.nn import initializers
+
+Initializer = Any
+Axes = int | Iterable[int]
+
+
+def _canonicalize_axes(ndim: int, axes: Axes, where: str) -> tuple[int, ...]:
+    if not isinstance(axes, Iterable):
+        axes = (axes,)
+    out = set()
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{where}: axis {a} is out of range for an input of rank {ndim}."
+            )
+        out.add(a % ndim)
+    return tuple(sorted(out))
+
+
+def _static_axes(axes: Axes | None) -> Any:
+    """Store axes hashably (a list attribute would become an nnx.List)."""
+    if axes is None or isinstance(axes, int):
+        return axes
+    return tuple(int(a) for a in axes)
+
+
+def _static_axes_groups(groups: Any) -> Any:
+    if groups is None:
+        return None
+    return tuple(tuple(int(i) for i in g) for g in groups)
+
+
+def _abs_sq(x: jax.Array) -> jax.Array:
+    if jnp.iscomplexobj(x):
+        return jax.lax.square(jnp.real(x)) + jax.lax.square(jnp.imag(x))
+    return jax.lax.square(x)
+
+
+def _compute_stats(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    dtype: Any,
+    axis_name: str | None = None,
+    axis_index_groups: Any = None,
+    use_mean: bool = True,
+    use_fast_variance: bool = True,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance of ``x`` over ``axes`` (axes dropped)."""
+    if dtype is None:
+        dtype = jnp.result_type(x)
+    dtype = jnp.promote_types(dtype, jnp.float32)
+    x = jnp.asarray(x, dtype)
+    if mask is not None:
+        mask = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
+
+    def mean(*xs: jax.Array) -> list[jax.Array]:
+        mus = [jnp.mean(v, axis=axes, where=mask) for v in xs]
+        if axis_name is None:
+            return mus
+        stacked = jax.lax.pmean(
+            jnp.stack(mus), axis_name, axis_index_groups=axis_index_groups
+        )
+        return [stacked[i] for i in range(len(xs))]
+
+    if not use_mean:
+        (var,) = mean(_abs_sq(x))
+        return jnp.zeros_like(var), var
+    if use_fast_variance:
+        mu, mu2 = mean(x, _abs_sq(x))
+        # E[x^2] - E[x]^2 can come out slightly negative by round-off.
+        return mu, jnp.maximum(0.0, mu2 - _abs_sq(mu))
+    (mu,) = mean(x)
+    (var,) = mean(_abs_sq(x - jnp.expand_dims(mu, axes)))
+    return mu, var
+
+
+def _normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    dtype: Any,
+    epsilon: float,
+) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` with explicit reshapes."""
+    stats_shape = [1 if a in reduction_axes else d for a, d in enumerate(x.shape)]
+    feature_shape = [d if a in feature_axes else 1 for a, d in enumerate(x.shape)]
+    mean = jnp.reshape(mean, stats_shape)
+    var = jnp.reshape(var, stats_shape)
+    mul = jax.lax.rsqrt(var + epsilon)
+    args = [x]
+    if scale is not None:
+        scale = jnp.reshape(scale, feature_shape)
+        mul = mul * scale
+        args.append(scale)
+    y = (x - mean) * mul
+    if bias is not None:
+        bias = jnp.reshape(bias, feature_shape)
+        y = y + bias
+        args.append(bias)
+    if dtype is None:
+        dtype = jnp.result_type(*args)
+    return jnp.asarray(y, dtype)
+
+
+_STATIC = (
+    "reduction_axes",
+    "feature_axes",
+    "dtype",
+    "epsilon",
+    "axis_name",
+    "axis_index_groups",
+    "use_mean",
+    "use_fast_variance",
+    "groups",
+)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _forward(
+    x, scale, bias, mask, *, reduction_axes, feature_axes, dtype, epsilon, axis_name,
+    axis_index_groups, use_mean=True, use_fast_variance=True, groups=None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # fmt: skip
+    """Statistics over ``reduction_axes`` then normalization: ``(y, mean, var)``.
+
+    With ``groups=(num_groups, group_size)`` the last axis is split into groups
+    first and the statistics are per group (GroupNorm); ``reduction_axes`` then
+    lists the non-channel axes to reduce.
+    """
+    x = jnp.asarray(x)
+    stats_in, axes = x, reduction_axes
+    if groups is not None:
+        stats_in = jnp.reshape(x, x.shape[:-1] + groups)
+        axes = (*reduction_axes, x.ndim)
+        if mask is not None:
+            mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), stats_in.shape)
+    mean, var = _compute_stats(
+        stats_in, axes, dtype, axis_name, axis_index_groups, use_mean,
+        use_fast_variance, mask,
+    )  # fmt: skip
+    if groups is not None:
+        mean = jnp.repeat(mean, groups[1], axis=-1)
+        var = jnp.repeat(var, groups[1], axis=-1)
+    y = _normalize(
+        x, mean, var, scale, bias, reduction_axes, feature_axes, dtype, epsilon
+    )
+    return y, mean, var
+
+
+@functools.partial(
+    jax.jit, static_argnames=("reduction_axes", "feature_axes", "dtype", "epsilon")
+)
+def _normalize_jit(x, mean, var, scale, bias, *, reduction_axes, feature_axes, dtype,
+                   epsilon) -> jax.Array:  # fmt: skip
+    return _normalize(
+        jnp.asarray(x), mean, var, scale, bias, reduction_axes, feature_axes, dtype,
+        epsilon,
+    )  # fmt: skip
+
+
+@jax.jit
+def _ema(running: jax.Array, batch: jax.Array, momentum: Any) -> jax.Array:
+    batch = jnp.reshape(batch, running.shape)
+    return momentum * running + (1 - momentum) * batch.astype(running.dtype)
+
+
+def _check_features(
+    x: jax.Array, feature_axes: tuple[int, ...], num_features: int, where: str
+) -> None:
+    shape = tuple(jnp.shape(x))
+    size = int(np.prod([shape[a] for a in feature_axes]))
+    if size != num_features:
+        raise ValueError(
+            f"{where}: expected {num_features} features on axes {feature_axes}, "
+            f"got input of shape {shape} ({size} features there). Build the layer "
+            f"with num_features={size} or normalize along other axes."
+        )
+
+
+def _params(
+    num_features: int,
+    use_scale: bool,
+    use_bias: bool,
+    scale_init: Initializer,
+    bias_init: Initializer,
+    param_dtype: Any,
+    rngs: Rngs,
+) -> tuple[Param | None, Param | None]:
+    shape = (num_features,)
+    scale = Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+    bias = Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+    return scale, bias
+
+
+def _value(v: Param | None) -> jax.Array | None:
+    return v.value if v is not None else None
+
+
+class BatchNorm(Module):
+    """Normalize over every axis but ``axis`` using batch (or running) statistics.
+
+    In training (``use_running_average=False``) each call normalizes with the
+    batch mean and biased variance and updates the running ``mean``/``var``
+    (``BatchStat``); ``eval()`` (or ``use_running_average=True``) uses the
+    running statistics and updates nothing.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> bn = nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0))
+    >>> bn.mean.shape, bn.var.shape, bn.scale.shape, bn.bias.shape
+    ((3,), (3,), (3,), (3,))
+    >>> bn(jnp.arange(12.0).reshape(4, 3)).shape
+    (4, 3)
+    >>> [round(float(m), 4) for m in bn.mean.value]  # 0.9 * 0 + 0.1 * batch mean
+    [0.45, 0.55, 0.65]
+    >>> bn.eval()(jnp.ones((2, 3))).shape
+    (2, 3)
+
+    Args:
+        num_features: size of the feature axis (or of the product of the
+            feature axes).
+        use_running_average: use the stored statistics instead of the batch's.
+        axis: the feature axis (or axes); all other axes are reduced.
+        momentum: decay of the running averages.
+        epsilon: added to the variance.
+        dtype: output dtype (default: inferred from input and params).
+        param_dtype: dtype of ``scale`` and ``bias``.
+        use_bias: learn a shift ``bias``.
+        use_scale: learn a factor ``scale``.
+        bias_init: initializer for ``bias``.
+        scale_init: initializer for ``scale``.
+        axis_name: named axis (``pmap``/``vmap``) to average statistics over.
+        axis_index_groups: subgroups of ``axis_name`` to average within.
+        use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool = False,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs,
+    ):
+        feature_shape = (num_features,)
+        self.mean = BatchStat(jnp.zeros(feature_shape, jnp.float32))
+        self.var = BatchStat(jnp.ones(feature_shape, jnp.float32))
+        self.scale, self.bias = _params(
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = _static_axes(axis)
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.axis_name = axis_name
+        self.axis_index_groups = _static_axes_groups(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        where = "BatchNorm.__call__"
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        if use_running_average is None:
+            raise ValueError(
+                f"{where}: use_running_average is None both here and on the "
+                "layer; pass `use_running_average=True/False` or call "
+                "`model.train()` / `model.eval()`."
+            )
+        ndim = np.ndim(x)
+        feature_axes = _canonicalize_axes(ndim, self.axis, where)
+        reduction_axes = tuple(a for a in range(ndim) if a not in feature_axes)
+        _check_features(x, feature_axes, self.num_features, where)
+        static = dict(
+            reduction_axes=reduction_axes,
+            feature_axes=feature_axes,
+            dtype=self.dtype,
+            epsilon=self.epsilon,
+        )
+        scale, bias = _value(self.scale), _value(self.bias)
+        if use_running_average:
+            return _normalize_jit(
+                x, self.mean.value, self.var.value, scale, bias, **static
+            )
+        y, mean, var = _forward(
+            x,
+            scale,
+            bias,
+            mask,
+            **static,
+            axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+        )
+        self.mean.value = _ema(self.mean.value, mean, self.momentum)
+        self.var.value = _ema(self.var.value, var, self.momentum)
+        return y
+
+
+class LayerNorm(Module):
+    """Normalize each example over ``reduction_axes`` (default: the last axis).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> ln = nnx.LayerNorm(6, rngs=nnx.Rngs(0))
+    >>> ln.scale.shape, ln.bias.shape, ln(jnp.ones((3, 4, 6))).shape
+    ((6,), (6,), (3, 4, 6))
+
+    Args:
+        num_features: number of features (product of the ``feature_axes`` sizes).
+        epsilon: added to the variance.
+        dtype: output dtype (default: inferred from input and params).
+        param_dtype: dtype of ``scale`` and ``bias``.
+        use_bias: learn a shift ``bias``.
+        use_scale: learn a factor ``scale``.
+        bias_init: initializer for ``bias``.
+        scale_init: initializer for ``scale``.
+        reduction_axes: axes the statistics are computed over.
+        feature_axes: axes ``scale`` and ``bias`` are laid along.
+        axis_name: named axis to also average the statistics over.
+        axis_index_groups: subgroups of ``axis_name`` to average within.
+        use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs,
+    ):
+        self.scale, self.bias = _params(
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = _static_axes(reduction_axes)
+        self.feature_axes = _static_axes(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _static_axes_groups(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        return _per_example_norm(self, x, mask, use_mean=True, bias=self.bias)
+
+
+def _per_example_norm(
+    layer: Any, x: jax.Array, mask: Any, *, use_mean: bool, bias: Param | None
+) -> jax.Array:
+    """LayerNorm/RMSNorm: statistics over ``reduction_axes`` of each example."""
+    where = f"{type(layer).__name__}.__call__"
+    ndim = np.ndim(x)
+    reduction_axes = _canonicalize_axes(ndim, layer.reduction_axes, where)
+    feature_axes = _canonicalize_axes(ndim, layer.feature_axes, where)
+    _check_features(x, feature_axes, layer.num_features, where)
+    y, _, _ = _forward(
+        x,
+        _value(layer.scale),
+        _value(bias),
+        mask,
+        reduction_axes=reduction_axes,
+        feature_axes=feature_axes,
+        dtype=layer.dtype,
+        epsilon=layer.epsilon,
+        axis_name=layer.axis_name,
+        axis_index_groups=layer.axis_index_groups,
+        use_mean=use_mean,
+        use_fast_variance=layer.use_fast_variance,
+    )
+    return y
+
+
+class RMSNorm(Module):
+    """Divide by the root mean square over ``reduction_axes`` (no centering, no bias).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> norm = nnx.RMSNorm(6, rngs=nnx.Rngs(0))
+    >>> norm.scale.shape, norm(jnp.ones((3, 6))).shape
+    ((6,), (3, 6))
+
+    Args:
+        num_features: number of features (product of the ``feature_axes`` sizes).
+        epsilon: added to the mean square.
+        dtype: output dtype (default: inferred from input and params).
+        param_dtype: dtype of ``scale``.
+        use_scale: learn a factor ``scale``.
+        scale_init: initializer for ``scale``.
+        reduction_axes: axes the mean square is computed over.
+        feature_axes: axes ``scale`` is laid along.
+        axis_name: named axis to also average the statistics over.
+        axis_index_groups: subgroups of ``axis_name`` to average within.
+        use_fast_variance: unused (kept for flax's signature).
+        rngs: the ``params`` stream is drawn for ``scale``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs,
+    ):
+        self.scale, _ = _params(
+            num_features, use_scale, False, scale_init, None, param_dtype, rngs
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = _static_axes(reduction_axes)
+        self.feature_axes = _static_axes(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _static_axes_groups(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        return _per_example_norm(self, x, mask, use_mean=False, bias=None)
+
+
+class GroupNorm(Module):
+    """Normalize each example over groups of channels (and all non-batch axes).
+
+    Channels are the last axis, split into ``num_groups`` contiguous groups (or
+    groups of ``group_size``: pass ``num_groups=None``). Axis 0 is the batch axis
+    unless ``reduction_axes`` says otherwise.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> gn = nnx.GroupNorm(6, num_groups=3, rngs=nnx.Rngs(0))
+    >>> gn.num_groups, gn.group_size, gn(jnp.ones((2, 5, 5, 6))).shape
+    (3, 2, (2, 5, 5, 6))
+
+    Args:
+        num_features: number of channels (last axis).
+        num_groups: number of groups (``None`` when ``group_size`` is given).
+        group_size: channels per group.
+        epsilon: added to the variance.
+        dtype: output dtype (default: inferred from input and params).
+        param_dtype: dtype of ``scale`` and ``bias``.
+        use_bias: learn a shift ``bias``.
+        use_scale: learn a factor ``scale``.
+        bias_init: initializer for ``bias``.
+        scale_init: initializer for ``scale``.
+        reduction_axes: axes to reduce (the channel axis must be the last one);
+            default: every axis but the first.
+        axis_name: named axis to also average the statistics over.
+        axis_index_groups: subgroups of ``axis_name`` to average within.
+        use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs,
+    ):
+        if (num_groups is None) == (group_size is None):
+            raise ValueError(
+                "GroupNorm: give exactly one of num_groups and group_size; to use "
+                "group_size pass `num_groups=None` too (num_groups defaults to 32)."
+            )
+        if group_size is not None:
+            if group_size <= 0 or num_features % group_size:
+                raise ValueError(
+                    f"GroupNorm: num_features ({num_features}) is not a multiple "
+                    f"of group_size ({group_size})."
+                )
+            num_groups = num_features // group_size
+        elif num_groups <= 0 or num_features % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_groups ({num_groups}) does not divide "
+                f"num_features ({num_features}); pick a divisor, e.g. "
+                f"`num_groups={np.gcd(num_features, num_groups) or 1}`."
+            )
+        else:
+            group_size = num_features // num_groups
+        self.scale, self.bias = _params(
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
+        )
+        self.num_features = num_features
+        self.num_groups = int(num_groups)
+        self.group_size = int(group_size)
+        self.feature_axis = -1
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = _static_axes(reduction_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _static_axes_groups(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        where = "GroupNorm.__call__"
+        ndim = np.ndim(x)
+        _check_features(x, (ndim - 1,), self.num_features, where)
+        if self.reduction_axes is None:
+            reduction_axes = tuple(range(1, ndim))
+        else:
+            reduction_axes = _canonicalize_axes(ndim, self.reduction_axes, where)
+        if ndim - 1 not in reduction_axes:
+            raise ValueError(
+                f"{where}: reduction_axes {self.reduction_axes} must include the "
+                "channel axis -1."
+            )
+        # The channel axis is split into (groups, group_size) inside _forward and
+        # reduced over group_size; the other reduction axes are reduced as given.
+        y, _, _ = _forward(
+            x,
+            _value(self.scale),
+            _value(self.bias),
+            mask,
+            reduction_axes=reduction_axes[:-1],
+            feature_axes=(ndim - 1,),
+            dtype=self.dtype,
+            epsilon=self.epsilon,
+            axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+            groups=(self.num_groups, self.group_size),
+        )
+        return y
+
+
+class InstanceNorm(Module):
+    """Normalize each example and channel over the remaining (spatial) axes.
+
+    Axis 0 is the batch axis; ``feature_axes`` (default: the last) are kept.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> norm = nnx.InstanceNorm(3, rngs=nnx.Rngs(0))
+    >>> norm.scale.shape, norm(jnp.ones((2, 4, 4, 3))).shape
+    ((3,), (2, 4, 4, 3))
+
+    Args:
+        num_features: number of features (product of the ``feature_axes`` sizes).
+        epsilon: added to the variance.
+        dtype: output dtype (default: inferred from input and params).
+        param_dtype: dtype of ``scale`` and ``bias``.
+        use_bias: learn a shift ``bias``.
+        use_scale: learn a factor ``scale``.
+        bias_init: initializer for ``bias``.
+        scale_init: initializer for ``scale``.
+        feature_axes: the axes that are not reduced (besides the batch axis 0).
+        axis_name: named axis to also average the statistics over.
+        axis_index_groups: subgroups of ``axis_name`` to average within.
+        use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = initializers.zeros,
+        scale_init: Initializer = initializers.ones,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs,
+    ):
+        self.scale, self.bias = _params(
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.feature_axes = _static_axes(feature_axes)
+        self.axis_name = axis_name
+        self.axis_index_groups = _static_axes_groups(axis_index_groups)
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        where = "InstanceNorm.__call__"
+        ndim = np.ndim(x)
+        feature_axes = _canonicalize_axes(ndim, self.feature_axes, where)
+        if 0 in feature_axes:
+            raise ValueError(
+                f"{where}: feature_axes {self.feature_axes} include axis 0, which "
+                "is the batch axis; add a batch axis (`x[None]`) or pick others."
+            )
+        _check_features(x, feature_axes, self.num_features, where)
+        reduction_axes = tuple(a for a in range(1, ndim) if a not in feature_axes)
+        y, _, _ = _forward(
+            x,
+            _value(self.scale),
+            _value(self.bias),
+            mask,
+            reduction_axes=reduction_axes,
+            feature_axes=feature_axes,
+            dtype=self.dtype,
+            epsilon=self.epsilon,
+            axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups,
+            use_fast_variance=self.use_fast_variance,
+        )
+        return y

@@ -1,0 +1,301 @@
+"""Normalization layers against mean/variance formulas and stored PyTorch numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlike as nnx
+
+TORCH = np.load(Path(__file__).parent / "fixtures" / "torch_layers.npz")
+
+
+def torch_case(name: str) -> dict[str, np.ndarray]:
+    return {
+        k.split(".", 1)[1]: TORCH[k] for k in TORCH.files if k.startswith(name + ".")
+    }
+
+
+def rand(seed: int, *shape: int, scale: float = 1.0, shift: float = 0.0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=shape) * scale + shift).astype(np.float32)
+
+
+def close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def np_norm(x, axes, scale=None, bias=None, eps=1e-5, center=True):
+    """(x - mean) / sqrt(biased var + eps) * scale + bias, by the textbook formula."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes, keepdims=True) if center else 0.0
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+# -- BatchNorm -------------------------------------------------------------------
+
+
+def test_batchnorm_state_layout():
+    bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    assert isinstance(bn.mean, nnx.BatchStat) and isinstance(bn.var, nnx.BatchStat)
+    assert isinstance(bn.scale, nnx.Param) and isinstance(bn.bias, nnx.Param)
+    close(bn.mean.value, np.zeros(3))
+    close(bn.var.value, np.ones(3))
+    shapes = jax.tree.map(jnp.shape, nnx.state(bn)).to_pure_dict()
+    assert shapes == {"mean": (3,), "var": (3,), "scale": (3,), "bias": (3,)}
+    bare = nnx.BatchNorm(3, use_bias=False, use_scale=False, rngs=nnx.Rngs(0))
+    assert bare.scale is None and bare.bias is None
+
+
+def test_batchnorm_train_updates_running_stats_then_eval_uses_them():
+    m = 0.8
+    bn = nnx.BatchNorm(3, momentum=m, epsilon=1e-3, rngs=nnx.Rngs(0))
+    scale, bias = rand(1, 3, shift=1.0), rand(2, 3)
+    bn.scale.value, bn.bias.value = jnp.asarray(scale), jnp.asarray(bias)
+    ra_mean, ra_var = np.zeros(3), np.ones(3)
+    for step in range(2):
+        x = rand(10 + step, 4, 2, 3, scale=step + 1.0, shift=step)
+        y = bn(jnp.asarray(x))
+        close(y, np_norm(x, (0, 1), scale, bias, eps=1e-3), tol=1e-4)
+        ra_mean = m * ra_mean + (1 - m) * x.mean(axis=(0, 1))
+        ra_var = m * ra_var + (1 - m) * x.var(axis=(0, 1))  # biased
+        close(bn.mean.value, ra_mean)
+        close(bn.var.value, ra_var, tol=1e-4)
+    # Eval: normalize with the running statistics, and leave them alone.
+    bn.eval()
+    assert bn.use_running_average is True
+    x = rand(20, 2, 2, 3)
+    want = (x - ra_mean) / np.sqrt(ra_var + 1e-3) * scale + bias
+    close(bn(jnp.asarray(x)), want, tol=1e-4)
+    close(bn.mean.value, ra_mean)
+    # The call-time flag overrides the attribute.
+    close(
+        bn(jnp.asarray(x), use_running_average=False),
+        np_norm(x, (0, 1), scale, bias, eps=1e-3),
+        tol=1e-4,
+    )
+    bn.train()
+    assert bn.use_running_average is False
+
+
+def test_batchnorm_axis_mask_and_two_pass_variance():
+    # Channels-first (axis=1), statistics over the unmasked elements only.
+    bn = nnx.BatchNorm(
+        2, axis=1, momentum=0.0, use_fast_variance=False, rngs=nnx.Rngs(0)
+    )
+    x = rand(0, 3, 2, 4, shift=5.0)
+    mask = np.ones_like(x, bool)
+    mask[0] = False
+    y = bn(jnp.asarray(x), mask=jnp.asarray(mask))
+    kept = x[1:]
+    mean = kept.mean(axis=(0, 2), keepdims=True)
+    var = kept.var(axis=(0, 2), keepdims=True)
+    close(y, (x - mean) / np.sqrt(var + 1e-5), tol=1e-4)
+    close(bn.mean.value, mean.ravel())  # momentum 0: the batch statistics
+    close(bn.var.value, var.ravel(), tol=1e-4)
+
+
+def test_batchnorm_under_jit_writes_back_stats():
+    bn = nnx.BatchNorm(3, momentum=0.5, rngs=nnx.Rngs(0))
+
+    @nnx.jit
+    def step(bn, x):
+        return bn(x)
+
+    x = rand(0, 4, 3)
+    step(bn, jnp.asarray(x))
+    close(bn.mean.value, 0.5 * x.mean(0))
+    step(bn, jnp.asarray(x))
+    close(bn.mean.value, 0.75 * x.mean(0))
+
+
+def test_batchnorm_axis_name_averages_across_lanes():
+    # Two vmap lanes of 2 examples each normalize like one batch of 4.
+    x = rand(0, 2, 2, 3, shift=1.0)
+
+    def lane(xs):
+        bn = nnx.BatchNorm(
+            3,
+            axis_name="batch",
+            momentum=0.0,
+            use_bias=False,
+            use_scale=False,
+            rngs=nnx.Rngs(0),
+        )
+        return bn(xs), bn.mean.value
+
+    y, mean = jax.vmap(lane, axis_name="batch")(jnp.asarray(x))
+    flat = x.reshape(4, 3)
+    close(y.reshape(4, 3), np_norm(flat, (0,)), tol=1e-4)
+    close(mean, np.broadcast_to(flat.mean(0), (2, 3)))
+
+
+def test_batchnorm_matches_torch():
+    t = torch_case("bn")
+    m_torch = 0.1
+    m = 1 - m_torch  # flax momentum weighs the old value
+    bn = nnx.BatchNorm(3, momentum=m, epsilon=1e-5, rngs=nnx.Rngs(0))
+    bn.scale.value, bn.bias.value = jnp.asarray(t["weight"]), jnp.asarray(t["bias"])
+    for step in range(3):
+        y = bn(jnp.asarray(np.moveaxis(t[f"x{step}"], 1, -1)))
+        close(y, np.moveaxis(t[f"y{step}"], 1, -1), tol=1e-4)
+    close(bn.mean.value, t["running_mean"])
+    # torch keeps the unbiased variance (n = 4 * 2 * 2 elements per channel).
+    n, k = 16, 3
+    close(bn.var.value, m**k + (t["running_var"] - m**k) * (n - 1) / n, tol=1e-5)
+    # Eval with torch's running statistics loaded.
+    bn.mean.value = jnp.asarray(t["running_mean"])
+    bn.var.value = jnp.asarray(t["running_var"])
+    y = bn(jnp.asarray(np.moveaxis(t["x_eval"], 1, -1)), use_running_average=True)
+    close(y, np.moveaxis(t["y_eval"], 1, -1), tol=1e-4)
+
+
+def test_batchnorm_errors():
+    bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError,
+        match=r"BatchNorm.__call__: expected 3 features on axes \(1,\), got input "
+        r"of shape \(2, 4\)",
+    ):
+        bn(jnp.ones((2, 4)))
+    with pytest.raises(
+        ValueError, match="axis 2 is out of range for an input of rank 2"
+    ):
+        nnx.BatchNorm(3, axis=2, rngs=nnx.Rngs(0))(jnp.ones((2, 3)))
+
+
+# -- LayerNorm / RMSNorm -----------------------------------------------------------
+
+
+def test_layernorm_formula_and_defaults():
+    ln = nnx.LayerNorm(5, rngs=nnx.Rngs(0))
+    assert ln.epsilon == 1e-6
+    scale, bias = rand(1, 5), rand(2, 5)
+    ln.scale.value, ln.bias.value = jnp.asarray(scale), jnp.asarray(bias)
+    x = rand(0, 2, 3, 5, scale=3.0, shift=2.0)
+    close(ln(jnp.asarray(x)), np_norm(x, (-1,), scale, bias, eps=1e-6), tol=1e-4)
+    # Several reduction axes with parameters over both.
+    ln2 = nnx.LayerNorm(
+        15,
+        reduction_axes=(-2, -1),
+        feature_axes=(-2, -1),
+        use_bias=False,
+        rngs=nnx.Rngs(0),
+    )
+    assert ln2.bias is None
+    ln2.scale.value = jnp.asarray(rand(3, 15))
+    want = np_norm(x, (-2, -1), rand(3, 15).reshape(3, 5), eps=1e-6)
+    close(ln2(jnp.asarray(x)), want, tol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["ln", "ln2"])
+def test_layernorm_matches_torch(case):
+    t = torch_case(case)
+    axes = (-1,) if case == "ln" else (-2, -1)
+    ln = nnx.LayerNorm(
+        t["weight"].size,
+        epsilon=1e-5,
+        reduction_axes=axes,
+        feature_axes=axes,
+        rngs=nnx.Rngs(0),
+    )
+    ln.scale.value = jnp.asarray(t["weight"].ravel())
+    ln.bias.value = jnp.asarray(t["bias"].ravel())
+    close(ln(jnp.asarray(t["x"])), t["y"], tol=1e-5)
+
+
+def test_rmsnorm_formula_and_torch():
+    t = torch_case("rms")
+    norm = nnx.RMSNorm(5, rngs=nnx.Rngs(0))
+    assert not hasattr(norm, "bias")
+    norm.scale.value = jnp.asarray(t["weight"])
+    x = t["x"].astype(np.float64)
+    want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6) * t["weight"]
+    y = norm(jnp.asarray(t["x"]))
+    close(y, want)
+    close(y, t["y"])
+
+
+def test_layernorm_mask_and_dtype():
+    ln = nnx.LayerNorm(4, use_scale=False, use_bias=False, rngs=nnx.Rngs(0))
+    x = rand(0, 2, 4)
+    mask = np.array([[True, True, False, False], [True, True, True, True]])
+    y = ln(jnp.asarray(x), mask=jnp.asarray(mask))
+    m0 = x[0, :2].mean()
+    close(y[0], (x[0] - m0) / np.sqrt(x[0, :2].var() + 1e-6), tol=1e-4)
+    y16 = ln(jnp.asarray(x, jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16  # statistics in float32, output as input
+    ln32 = nnx.LayerNorm(4, dtype=jnp.float16, rngs=nnx.Rngs(0))
+    assert ln32(jnp.asarray(x)).dtype == jnp.float16
+
+
+def test_layernorm_error_names_features():
+    with pytest.raises(
+        ValueError,
+        match=r"LayerNorm.__call__: expected 5 features on axes \(2,\), got input "
+        r"of shape \(2, 3, 4\) \(4 features there\)",
+    ):
+        nnx.LayerNorm(5, rngs=nnx.Rngs(0))(jnp.ones((2, 3, 4)))
+
+
+# -- GroupNorm / InstanceNorm ------------------------------------------------------
+
+
+def np_group_norm(x, groups, scale, bias, eps):
+    n, *sp, c = x.shape
+    g = x.reshape(n, *sp, groups, c // groups).astype(np.float64)
+    axes = (*range(1, len(sp) + 1), len(sp) + 2)
+    y = np_norm(g, axes, eps=eps).reshape(x.shape)
+    return y * scale + bias
+
+
+def test_groupnorm_formula_group_size_and_torch():
+    t = torch_case("gn")
+    x = np.moveaxis(t["x"], 1, -1)  # (2, 3, 3, 6)
+    gn = nnx.GroupNorm(6, num_groups=2, epsilon=1e-5, rngs=nnx.Rngs(0))
+    gn.scale.value, gn.bias.value = jnp.asarray(t["weight"]), jnp.asarray(t["bias"])
+    y = gn(jnp.asarray(x))
+    close(y, np_group_norm(x, 2, t["weight"], t["bias"], 1e-5), tol=1e-4)
+    close(y, np.moveaxis(t["y"], 1, -1), tol=1e-4)
+    # group_size=3 is the same as num_groups=2 for 6 channels.
+    by_size = nnx.GroupNorm(
+        6, num_groups=None, group_size=3, epsilon=1e-5, rngs=nnx.Rngs(0)
+    )
+    assert (by_size.num_groups, by_size.group_size) == (2, 3)
+    by_size.scale.value, by_size.bias.value = gn.scale.value, gn.bias.value
+    close(by_size(jnp.asarray(x)), y)
+
+
+def test_groupnorm_errors():
+    with pytest.raises(ValueError, match=r"num_groups \(4\) does not divide"):
+        nnx.GroupNorm(6, num_groups=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="exactly one of num_groups and group_size"):
+        nnx.GroupNorm(6, group_size=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"not a multiple of group_size \(4\)"):
+        nnx.GroupNorm(6, num_groups=None, group_size=4, rngs=nnx.Rngs(0))
+    gn = nnx.GroupNorm(6, num_groups=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"GroupNorm.__call__: expected 6 features"):
+        gn(jnp.ones((2, 4, 4)))
+
+
+def test_instancenorm_formula_and_torch():
+    t = torch_case("in")
+    x = np.moveaxis(t["x"], 1, -1)
+    norm = nnx.InstanceNorm(3, epsilon=1e-5, rngs=nnx.Rngs(0))
+    norm.scale.value = jnp.asarray(t["weight"])
+    norm.bias.value = jnp.asarray(t["bias"])
+    y = norm(jnp.asarray(x))
+    close(y, np_norm(x, (1, 2), t["weight"], t["bias"]), tol=1e-4)
+    close(y, np.moveaxis(t["y"], 1, -1), tol=1e-4)
+    with pytest.raises(ValueError, match="include axis 0, which is the batch axis"):
+        nnx.InstanceNorm(2, feature_axes=0, rngs=nnx.Rngs(0))(jnp.ones((2, 3)))
