@@ -30,7 +30,7 @@ from nnxlike._module import Module
 from nnxlike._rngs import Rngs, RngStream
 from nnxlike._variables import Cache, Intermediate
 from nnxlike.nn import initializers
-from nnxlike.nn.linear import LinearGeneral
+from nnxlike.nn.linear import LinearGeneral, promote_dtype
 from nnxlike.nn.normalization import LayerNorm
 
 Array = jax.Array
@@ -45,11 +45,6 @@ def _compute_dtype(dtype: Any, *xs: Array) -> Any:
     if not jnp.issubdtype(dtype, jnp.inexact):
         dtype = jnp.promote_types(jnp.float32, dtype)
     return dtype
-
-
-def _promote(dtype: Any, *xs: Array) -> list[Array]:
-    dtype = _compute_dtype(dtype, *xs)
-    return [jnp.asarray(x, dtype) for x in xs]
 
 
 def _check_qk(where: str, query: Array, key: Array) -> tuple[int, int]:
@@ -180,7 +175,7 @@ def _attention_weights(
     broadcast_dropout,
 ):
     where = "dot_product_attention_weights"
-    query, key = _promote(dtype, query, key)
+    query, key = promote_dtype((query, key), dtype=dtype)
     heads, groups = _check_qk(where, query, key)
     dtype = query.dtype
     depth = query.shape[-1]
@@ -245,7 +240,7 @@ def dot_product_attention(
     (2, 4, 2, 4)
     """
     where = "dot_product_attention"
-    query, key, value = _promote(dtype, query, key, value)
+    query, key, value = promote_dtype((query, key, value), dtype=dtype)
     _check_qk(where, query, key)
     if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1]:
         raise ValueError(

@@ -25,12 +25,6 @@ from nnxlike.nn import initializers
 Initializer = Any
 
 
-def _promote(dtype: Any, *xs: Any) -> list:
-    if dtype is None:
-        dtype = jnp.result_type(*xs)
-    return [jnp.asarray(x, dtype) if x is not None else None for x in xs]
-
-
 class Linear(Module):
     """``y = x @ kernel + bias`` over the last axis.
 
@@ -85,7 +79,7 @@ class Linear(Module):
             )
         kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = _promote(self.dtype, x, kernel, bias)
+        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
         y = jnp.matmul(x, kernel, precision=self.precision)
         if bias is not None:
             y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + bias.shape)
