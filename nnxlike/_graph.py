@@ -405,7 +405,7 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
                 s = State(s)
             lookup.update(s.flat_dict())
     try:
-        return [lookup[p] for p in graphdef.paths]
+        values = [lookup[p] for p in graphdef.paths]
     except KeyError:
         missing = [_errors.path_str(p) for p in graphdef.paths if p not in lookup]
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -414,6 +414,17 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
             f"{missing[:10]}{more}. Pass every State "
             "that split returned: `nnx.merge(graphdef, state1, state2, ...)`."
         ) from None
+    if len(lookup) != len(values):
+        known = set(graphdef.paths)
+        extra = [_errors.path_str(p) for p in lookup if p not in known]
+        more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
+        raise _errors.StructureError(
+            f"merge: the State(s) hold {len(extra)} path(s) the GraphDef does not "
+            f"have: {extra[:10]}{more}. The State comes from a different structure; "
+            "filter it first (`state.filter(...)`) or merge with the GraphDef "
+            "that split returned alongside it."
+        )
+    return values
 
 
 def merge(graphdef: GraphDef, *states: Any) -> Any:

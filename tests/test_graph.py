@@ -432,6 +432,17 @@ def test_merge_errors():
         nnx.merge(params, rest)
 
 
+def test_merge_refuses_paths_the_graphdef_lacks():
+    graphdef, params, rest = nnx.split(Block(1, 1), nnx.Param, ...)
+    other_graphdef, _ = nnx.split(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))
+    with pytest.raises(
+        nnx.StructureError,
+        match=r"merge: the State\(s\) hold 1 path\(s\) the GraphDef does not have: "
+        r"\['mean'\].*filter it first",
+    ):
+        nnx.merge(other_graphdef, params, rest)
+
+
 def test_merge_error_truncates_long_path_lists():
     node = [nnx.Param(jnp.ones(1)) for _ in range(12)]
     graphdef, _ = nnx.split(node)
