@@ -4,7 +4,8 @@ Design note: treescope is the single source of display truth. Every class's
 ``__treescope_repr__`` delegates here and ``__repr__`` is the text rendering
 (``render_text``). The first line of an Object or State carries parameter counts
 and bytes per Variable kind; an object reached a second time is shown as a
-reference (``<shared Linear #1>``) instead of being expanded again. Nothing here
+reference naming where it was first shown (``<shared Linear: same object as
+.encoder>``) instead of being expanded again. Nothing here
 defines ``_repr_html_`` (treescope calling back into it would recurse).
 """
 
@@ -22,6 +23,23 @@ from treescope import rendering_parts as rp
 _SEEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "nnx_display_seen", default=None
 )
+
+
+def _register_with_treescope() -> None:
+    # treescope annotates every object it meets twice with "# Repeated python obj
+    # at 0x...". We mark shared Objects and Variables ourselves, by path, so tell
+    # treescope not to add its own comment for them (its registry is keyed by
+    # base class: subclasses are covered).
+    from treescope import type_registries
+
+    from nnxlike._object import Object
+    from nnxlike._variables import Variable
+
+    for cls in (Object, Variable):
+        type_registries.IMMUTABLE_TYPES_REGISTRY.setdefault(cls, True)
+
+
+_register_with_treescope()
 
 
 def render_text(obj: Any) -> str:
@@ -154,15 +172,24 @@ def _constructor(
     )
 
 
+def _where(path: Any, n_seen: int) -> str:
+    """How a later reference names this first occurrence: its path, else the root."""
+    if path:
+        return path if path.startswith(".") else "." + path
+    return "the root" if n_seen == 0 else f"object #{n_seen + 1}"
+
+
+def _shared_marker(obj: Any, first: str, path: Any):
+    text = f"<shared {type(obj).__name__}: same object as {first}>"
+    return rp.build_one_line_tree_node(rp.comment_color(rp.text(text)), path)
+
+
 def render_object(obj: Any, path: Any, subtree_renderer: Any):
     with _seen_scope() as seen:
-        ref = seen.get(id(obj))
-        if ref is not None:
-            return rp.build_one_line_tree_node(
-                rp.comment_color(rp.text(f"<shared {type(obj).__name__} #{ref}>")),
-                path,
-            )
-        seen[id(obj)] = len(seen) + 1
+        first = seen.get(id(obj))
+        if first is not None:
+            return _shared_marker(obj, first, path)
+        seen[id(obj)] = _where(path, len(seen))
         is_root = len(seen) == 1
         items = [(str(k), v) for k, v in obj._nnx_children()]
         comment = _summary_comment(obj) if is_root else ""
@@ -176,13 +203,10 @@ def render_variable(var: Any, path: Any, subtree_renderer: Any):
 
     with _seen_scope() as seen:
         if isinstance(var, Variable):
-            ref = seen.get(id(var))
-            if ref is not None:
-                return rp.build_one_line_tree_node(
-                    rp.comment_color(rp.text(f"<shared {type(var).__name__} #{ref}>")),
-                    path,
-                )
-            seen[id(var)] = len(seen) + 1
+            first = seen.get(id(var))
+            if first is not None:
+                return _shared_marker(var, first, path)
+            seen[id(var)] = _where(path, len(seen))
             cls = type(var)
             items = [("value", var._raw_value), *var._metadata.items()]
         else:

@@ -53,7 +53,8 @@ def test_children_statics_and_nested_values_render():
 def test_shared_submodule_is_marked_the_second_time():
     text = repr(Model())
     assert text.count("first=Block(") == 1
-    assert "second=<shared Block #" in text
+    assert "second=<shared Block: same object as .first>" in text
+    assert "Repeated python obj" not in text  # treescope's own comment is not added
     assert "second=Block(" not in text
 
 
@@ -61,7 +62,10 @@ def test_shared_variable_is_marked():
     m = nnx.Module()
     m.a = nnx.Param(jnp.ones(1))
     m.b = m.a
-    assert "b=<shared Param #" in repr(m)
+    assert "b=<shared Param: same object as .a>" in repr(m)
+    m.inner = nnx.Module()
+    m.inner.c = m.a
+    assert "c=<shared Param: same object as .a>" in repr(m)
 
 
 def test_cycle_renders_without_recursing():
