@@ -447,3 +447,16 @@ def test_repeated_eager_vmap_calls_reuse_compilations():
             logger.removeHandler(handler)
     compiles = [r for r in records if "Compiling" in r.getMessage()]
     assert compiles == []
+
+
+@pytest.mark.parametrize("transform", [nnx.vmap, nnx.scan])
+def test_keyword_arguments_get_a_clear_error(transform):
+    def f(x, *, scale):
+        return x * scale
+
+    with pytest.raises(
+        TypeError,
+        match=r"nnx\.(vmap|scan)\(.*f\): got keyword argument\(s\) \['scale'\].*"
+        r"functools\.partial",
+    ):
+        transform(f)(jnp.ones(3), scale=2.0)

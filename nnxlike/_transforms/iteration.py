@@ -168,6 +168,16 @@ def _out_axes_for(
     return axes
 
 
+def _no_kwargs(name: str, f: Callable, kwargs: dict) -> None:
+    fname = getattr(f, "__qualname__", repr(f))
+    raise TypeError(
+        f"nnx.{name}({fname}): got keyword argument(s) {sorted(kwargs)}, but "
+        f"in_axes only describes positional arguments. Pass them positionally "
+        f"(and give each an in_axes entry), or bind constants first with "
+        f"functools.partial({fname}, ...)."
+    )
+
+
 def vmap(
     f: Callable | None = None,
     *,
@@ -204,7 +214,9 @@ def vmap(
         )
 
     @functools.wraps(f)
-    def wrapper(*args: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            _no_kwargs("vmap", f, kwargs)
         axes = _per_arg(in_axes, len(args), "vmap")
         lifted = _core.Lifted.from_args(args)
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
@@ -395,7 +407,9 @@ def scan(
         )
 
     @functools.wraps(f)
-    def wrapper(*args: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            _no_kwargs("scan", f, kwargs)
         axes = _per_arg(in_axes, len(args), "scan")
         carry_args = [i for i, a in enumerate(axes) if isinstance(a, _CarryType)]
         if len(carry_args) > 1:
