@@ -119,3 +119,35 @@ def test_pool_errors():
         nnx.max_pool(jnp.ones((4, 4)), (2, 2))
     with pytest.raises(ValueError, match="one \\(low, high\\) pair per spatial axis"):
         nnx.avg_pool(jnp.ones((1, 4, 4, 1)), (2, 2), padding=((1, 1),))
+
+
+def test_pools_are_differentiable():
+    # Regression: `init` reached lax.reduce_window as a jit argument (a tracer), so
+    # it could not see the identity and fell back to a form with no reverse-mode
+    # rule: jax.grad of max_pool/avg_pool raised "Linearization failed".
+    x = jnp.asarray(X)  # distinct values: each 2x2 window has one maximum
+    # X is (2, 5, 4, 3): rows 0..3 form 2x2 windows, row 4 is dropped (VALID).
+    blocks = np.asarray(X)[:, :4].reshape(2, 2, 2, 2, 2, 3)  # n, i, di, j, dj, c
+    is_max = blocks == blocks.max(axis=(2, 4), keepdims=True)
+    want_max = np.zeros_like(X)
+    want_max[:, :4] = is_max.reshape(2, 4, 4, 3)
+    grad = jax.grad(lambda x: nnx.max_pool(x, (2, 2), (2, 2)).sum())
+    close(grad(x), want_max)
+    close(jax.jit(grad)(x), want_max)  # the identity is built under the outer trace
+    close(jax.grad(lambda x: -nnx.min_pool(-x, (2, 2), (2, 2)).sum())(x), want_max)
+    want_avg = np.zeros_like(X)
+    want_avg[:, :4] = 0.25
+    close(jax.grad(lambda x: nnx.avg_pool(x, (2, 2), (2, 2)).sum())(x), want_avg)
+    # count_include_pad=False and the generic pool, under jit as in a train step.
+    grad_excl = jax.jit(
+        jax.grad(
+            lambda x: nnx.avg_pool(
+                x, (3, 3), padding="SAME", count_include_pad=False
+            ).sum()
+        )
+    )
+    assert np.isfinite(np.asarray(grad_excl(x))).all()
+    summed = jax.grad(
+        lambda x: nnx.pool(x, 0.0, jax.lax.add, (2, 2), (2, 2), "VALID").sum()
+    )
+    close(summed(x), want_avg * 4)

@@ -6,14 +6,17 @@ leading batch axes works, including none (a singleton batch is added for
 ``lax.reduce_window`` and removed). ``max_pool``/``min_pool`` start from the
 dtype's lowest/highest value (``-inf``/``inf`` for floats), so integer inputs work.
 Arguments are checked in Python; the reduction is one ``jax.jit``-compiled call
-(window, strides and padding static), compiled once per input shape.
+(window, strides and padding static), compiled once per input shape. ``init`` is
+static too and rebuilt inside as a numpy constant: ``lax.reduce_window`` only
+uses its differentiable sum/max/min forms when it can see that ``init`` is the
+identity, so a traced ``init`` would make pooling fail under ``jax.grad``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,14 +55,29 @@ def pool(
     window_shape, strides, padding = _canonicalize(
         inputs, window_shape, strides, padding
     )
-    return _pool(
-        inputs,
-        init,
-        reduce_fn=reduce_fn,
-        window_shape=window_shape,
-        strides=strides,
-        padding=padding,
+    static = dict(
+        reduce_fn=reduce_fn, window_shape=window_shape, strides=strides, padding=padding
     )
+    try:
+        init = _static_init(init)
+    except jax.errors.TracerArrayConversionError:
+        return _reduce(inputs, init, **static)  # a traced init: no cached jit
+    return _pool(inputs, init=init, **static)
+
+
+class _Init(NamedTuple):
+    """A concrete ``init`` as hashable static data (value and dtype name)."""
+
+    value: Any
+    dtype: str
+
+
+def _static_init(init: Any) -> Any:
+    # Python scalars stay as they are (weakly typed, like lax.reduce_window's).
+    if isinstance(init, (bool, int, float, complex)):
+        return init
+    value = np.asarray(init)  # raises TracerArrayConversionError for a tracer
+    return _Init(value.item(), value.dtype.name)
 
 
 def _canonicalize(inputs: Any, window_shape: Any, strides: Any, padding: Any):
@@ -89,9 +107,23 @@ def _canonicalize(inputs: Any, window_shape: Any, strides: Any, padding: Any):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("reduce_fn", "window_shape", "strides", "padding")
+    jax.jit,
+    static_argnames=("init", "reduce_fn", "window_shape", "strides", "padding"),
 )
-def _pool(inputs, init, *, reduce_fn, window_shape, strides, padding) -> jax.Array:
+def _pool(inputs, *, init, reduce_fn, window_shape, strides, padding) -> jax.Array:
+    if isinstance(init, _Init):  # a numpy constant: concrete under the trace
+        init = np.asarray(init.value, init.dtype)
+    return _reduce(
+        inputs,
+        init,
+        reduce_fn=reduce_fn,
+        window_shape=window_shape,
+        strides=strides,
+        padding=padding,
+    )
+
+
+def _reduce(inputs, init, *, reduce_fn, window_shape, strides, padding) -> jax.Array:
     inputs = jnp.asarray(inputs)
     n = len(window_shape)
     n_batch = inputs.ndim - n - 1
@@ -107,20 +139,21 @@ def _pool(inputs, init, *, reduce_fn, window_shape, strides, padding) -> jax.Arr
     return y[0] if single else y
 
 
+# numpy, not jnp: under an outer jit a jnp constant is a tracer (see the note).
 def _lowest(dtype: Any) -> Any:
     if jnp.issubdtype(dtype, jnp.inexact):
-        return jnp.array(-jnp.inf, dtype)
+        return np.array(-np.inf, dtype)
     if dtype == jnp.bool_:
-        return jnp.array(False)
-    return jnp.array(jnp.iinfo(dtype).min, dtype)
+        return np.array(False)
+    return np.array(jnp.iinfo(dtype).min, dtype)
 
 
 def _highest(dtype: Any) -> Any:
     if jnp.issubdtype(dtype, jnp.inexact):
-        return jnp.array(jnp.inf, dtype)
+        return np.array(np.inf, dtype)
     if dtype == jnp.bool_:
-        return jnp.array(True)
-    return jnp.array(jnp.iinfo(dtype).max, dtype)
+        return np.array(True)
+    return np.array(jnp.iinfo(dtype).max, dtype)
 
 
 def max_pool(
@@ -206,9 +239,9 @@ def _avg_pool(inputs, *, window_shape, strides, padding, count_include_pad):
     inputs = jnp.asarray(inputs)
     if not jnp.issubdtype(inputs.dtype, jnp.inexact):
         inputs = inputs.astype(jnp.float32)
-    zero = jnp.array(0, inputs.dtype)
+    zero = np.zeros((), inputs.dtype)  # numpy, so reduce_window sees the identity
     static = dict(window_shape=window_shape, strides=strides, padding=padding)
-    y = _pool(inputs, zero, reduce_fn=jax.lax.add, **static)
+    y = _reduce(inputs, zero, reduce_fn=jax.lax.add, **static)
     if count_include_pad:
         return y / np.prod(window_shape)
     # Count the real elements under each window: pool a field of ones with the
@@ -216,6 +249,6 @@ def _avg_pool(inputs, *, window_shape, strides, padding, count_include_pad):
     n = len(window_shape)
     spatial = inputs.shape[inputs.ndim - n - 1 : -1]
     ones = jnp.ones((1, *spatial, 1), inputs.dtype)
-    counts = _pool(ones, zero, reduce_fn=jax.lax.add, **static)
+    counts = _reduce(ones, zero, reduce_fn=jax.lax.add, **static)
     counts = jnp.reshape(counts, (1,) * (y.ndim - n - 1) + counts.shape[1:])
     return y / counts
