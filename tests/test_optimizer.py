@@ -274,3 +274,54 @@ def test_metadata_goes_to_the_mirrored_parameter_only():
 def test_tx_must_be_a_gradient_transformation():
     with pytest.raises(TypeError, match="optax GradientTransformation"):
         nnx.Optimizer(MLP(rngs=nnx.Rngs(0)), optax.adam, wrt=nnx.Param)
+
+
+def test_equal_tx_configurations_share_one_compiled_step():
+    traces = []
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        traces.append(None)
+        loss, grads = nnx.value_and_grad(model_loss)(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+
+    x, y = jnp.ones((5, 3)), jnp.zeros((5, 2))
+
+    def run(make_tx):
+        model = MLP(rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
+        step(model, optimizer, x, y)
+        return optimizer
+
+    def schedule_chain(steps):
+        return lambda: optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.adamw(optax.cosine_decay_schedule(1e-3, steps), mask=_no_bias),
+        )
+
+    first = run(lambda: optax.adam(1e-3))
+    run(lambda: optax.adam(1e-3))  # a new, equal transformation: no new trace
+    assert len(traces) == 1
+    run(lambda: optax.adam(2e-3))  # another learning rate: another program
+    run(lambda: optax.sgd(1e-3))
+    assert len(traces) == 3
+    run(schedule_chain(10))
+    run(schedule_chain(10))
+    run(schedule_chain(20))
+    assert len(traces) == 5
+    # optimizer.tx is still an optax transformation for optax's own utilities
+    assert isinstance(first.tx, optax.GradientTransformationExtraArgs)
+    params = {"w": jnp.ones(2)}
+    updates, _ = first.tx.update(params, first.tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-3 * np.ones(2), rtol=1e-5)
+
+
+def test_tx_with_unhashable_captures_falls_back_to_identity():
+    lr = jnp.asarray(1e-3)  # an array captured in the closure
+    a, b = optax.sgd(lr), optax.sgd(lr)
+    model = MLP(rngs=nnx.Rngs(0))
+    oa = nnx.Optimizer(model, a, wrt=nnx.Param)
+    ob = nnx.Optimizer(model, b, wrt=nnx.Param)
+    assert oa.tx == oa.tx
+    assert nnx.graphdef(oa) != nnx.graphdef(ob)  # no structural claim on arrays
