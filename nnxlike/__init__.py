@@ -5,13 +5,17 @@ for it. Everything is re-exported here as ``Name as Name`` from private modules.
 """
 
 from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
+from nnxlike import checkpoint as checkpoint
 from nnxlike import filterlib as filterlib
+from nnxlike import interop as interop
 from nnxlike import metrics as metrics
+from nnxlike import spmd as spmd
 from nnxlike._containers import Dict as Dict
 from nnxlike._containers import List as List
 from nnxlike._containers import Sequential as Sequential
 from nnxlike._display import display as display
 from nnxlike._errors import NnxError as NnxError
+from nnxlike._errors import ShardingError as ShardingError
 from nnxlike._errors import StructureError as StructureError
 from nnxlike._errors import TraceContextError as TraceContextError
 from nnxlike._filters import All as All
@@ -48,7 +52,6 @@ from nnxlike._train_state import TrainState as TrainState
 from nnxlike._transforms.autodiff import DiffState as DiffState
 from nnxlike._transforms.autodiff import grad as grad
 from nnxlike._transforms.autodiff import value_and_grad as value_and_grad
-from nnxlike._transforms.control import checkpoint as checkpoint
 from nnxlike._transforms.control import cond as cond
 from nnxlike._transforms.control import custom_vjp as custom_vjp
 from nnxlike._transforms.control import eval_shape as eval_shape
@@ -71,8 +74,17 @@ from nnxlike._variables import RngCount as RngCount
 from nnxlike._variables import RngKey as RngKey
 from nnxlike._variables import RngState as RngState
 from nnxlike._variables import Variable as Variable
+from nnxlike._variables import VariableMetadata as VariableMetadata
 from nnxlike._variables import VariableState as VariableState
+from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
+from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
 from nnxlike.nn import *  # noqa: F403
 from nnxlike.nn import initializers as initializers
+from nnxlike.spmd import get_abstract_model as get_abstract_model
+from nnxlike.spmd import get_logical_axis_rules as get_logical_axis_rules
+from nnxlike.spmd import get_named_sharding as get_named_sharding
+from nnxlike.spmd import get_partition_spec as get_partition_spec
+from nnxlike.spmd import logical_axis_rules as logical_axis_rules
+from nnxlike.spmd import with_partitioning as with_partitioning
 
 __version__ = "0.1.0"

@@ -16,33 +16,42 @@ import contextvars
 from typing import Any
 
 import numpy as np
-import treescope
-from treescope import formatting_util
-from treescope import rendering_parts as rp
 
 _SEEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "nnx_display_seen", default=None
 )
 
 
-def _register_with_treescope() -> None:
-    # treescope annotates every object it meets twice with "# Repeated python obj
-    # at 0x...". We mark shared Objects and Variables ourselves, by path, so tell
-    # treescope not to add its own comment for them (its registry is keyed by
-    # base class: subclasses are covered).
-    from treescope import type_registries
-
-    from nnxlike._object import Object
-    from nnxlike._variables import Variable
-
-    for cls in (Object, Variable):
-        type_registries.IMMUTABLE_TYPES_REGISTRY.setdefault(cls, True)
+_TREESCOPE: tuple | None = None
 
 
-_register_with_treescope()
+def _treescope() -> tuple:
+    """``(treescope, formatting_util, rendering_parts)``, imported on first use.
+
+    treescope pulls in IPython when it is installed (a quarter of a second), so
+    ``import nnxlike`` does not import it; the first display does.
+    """
+    global _TREESCOPE
+    if _TREESCOPE is None:
+        import treescope
+        from treescope import formatting_util, type_registries
+        from treescope import rendering_parts as rp
+
+        from nnxlike._object import Object
+        from nnxlike._variables import Variable
+
+        # treescope annotates every object it meets twice with "# Repeated python
+        # obj at 0x...". We mark shared Objects and Variables ourselves, by path,
+        # so tell treescope not to add its own comment for them (its registry is
+        # keyed by base class: subclasses are covered).
+        for cls in (Object, Variable):
+            type_registries.IMMUTABLE_TYPES_REGISTRY.setdefault(cls, True)
+        _TREESCOPE = (treescope, formatting_util, rp)
+    return _TREESCOPE
 
 
 def render_text(obj: Any) -> str:
+    treescope = _treescope()[0]
     return treescope.render_to_text(obj, ignore_exceptions=True)
 
 
@@ -56,13 +65,13 @@ def display(*objs: Any) -> None:
         in_notebook = False
     for obj in objs:
         if in_notebook:
-            treescope.display(obj)
+            _treescope()[0].display(obj)
         else:
             print(render_text(obj))
 
 
 def _color(cls: type) -> str:
-    return formatting_util.color_from_string(cls.__qualname__)
+    return _treescope()[1].color_from_string(cls.__qualname__)
 
 
 def _nbytes(value: Any) -> int:
@@ -144,6 +153,7 @@ def _constructor(
     comment: str = "",
     color: str | None = None,
 ):
+    rp = _treescope()[2]
     prefix = [rp.maybe_qualified_type_name(cls), "("]
     if comment:
         prefix.append(rp.comment_color(rp.text(" " + comment)))
@@ -181,6 +191,7 @@ def _where(path: Any, n_seen: int) -> str:
 
 def _shared_marker(obj: Any, first: str, path: Any):
     text = f"<shared {type(obj).__name__}: same object as {first}>"
+    rp = _treescope()[2]
     return rp.build_one_line_tree_node(rp.comment_color(rp.text(text)), path)
 
 
@@ -229,6 +240,7 @@ def render_state(state: Any, path: Any, subtree_renderer: Any):
 def render_graphdef(gd: Any, path: Any, subtree_renderer: Any):
     lines = _graphdef_lines(gd.tree, 0)
     text = "GraphDef(\n" + "\n".join(lines) + "\n)"
+    rp = _treescope()[2]
     return rp.build_one_line_tree_node(rp.text(text), path)
 
 

@@ -20,6 +20,10 @@ class StructureError(NnxError, ValueError):
     """An object graph or State does not have the structure an operation needs."""
 
 
+class ShardingError(NnxError, ValueError):
+    """A sharding annotation does not fit the value or the device mesh."""
+
+
 VARIABLE_INPLACE = (
     "In-place `{op}` on a {cls} would rebind the name to a plain array and lose "
     "the Variable. Write through the Variable instead: `var[...] {op} x` "
@@ -61,6 +65,53 @@ UNMATCHED_FILTER = (
     "split: the Variable at path {path!r} ({type}) matches none of the filters "
     "{filters}. Every Variable must fall into exactly one State; add a catch-all "
     "filter at the end: `nnx.split(node, {first}, ...)`."
+)
+
+CHECKPOINT_MISMATCH = (
+    "restore: the checkpoint {file} does not match the target at {n} path(s):\n"
+    "{lines}\n"
+    "Nothing was restored. Build the target like the tree that was saved, or "
+    "restore the paths that match and keep the target's values elsewhere: "
+    "`nnx.checkpoint.restore(path, target, strict=False)` (it warns with this list)."
+)
+
+CHECKPOINT_CORRUPT = (
+    "restore: the file {file} {what}. Its values cannot be trusted and nothing was "
+    "restored; restore an earlier checkpoint (a CheckpointManager keeps the last "
+    "max_to_keep) or save again."
+)
+
+
+SHARDING_RANK = (
+    "{where}: sharding_names={names} has {n} entries but the value has shape "
+    "{shape} (rank {rank}). Give one entry per axis, a mesh axis or logical name, "
+    "or None for an axis that is not sharded: `sharding_names={example}`."
+)
+
+SHARDING_UNKNOWN_NAME = (
+    "{where}: sharding name {name!r} (axis {dim} of sharding_names={names}) is "
+    "neither an axis of the mesh {mesh_axes} nor a logical name in the rules "
+    "{rules}. Use a mesh axis name, or map the logical name to one: "
+    "`with nnx.logical_axis_rules([({name!r}, {suggest!r})]): ...` (or pass "
+    "`rules=` to get_partition_spec/get_named_sharding/get_abstract_model)."
+)
+
+SHARDING_BAD_RULE_TARGET = (
+    "{where}: the logical axis rule ({name!r}, {target!r}) maps axis {dim} to mesh "
+    "axis {axis!r}, but the mesh has only the axes {mesh_axes}. Map {name!r} to "
+    "one of those axes (or to None to replicate it)."
+)
+
+SHARDING_DUPLICATE_AXIS = (
+    "{where}: mesh axis {axis!r} shards two axes of the value (sharding_names="
+    "{names}); a mesh axis can shard at most one axis of an array. Use None for "
+    "one of them or a different mesh axis."
+)
+
+SHARDING_INDIVISIBLE = (
+    "{where}: axis {dim} of shape {shape} has size {size}, which the mesh axes "
+    "{axes} ({devices} devices) cannot split evenly. Make that size a multiple "
+    "of {devices}, or shard the axis over fewer devices (None replicates it)."
 )
 
 

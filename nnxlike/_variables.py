@@ -71,6 +71,15 @@ class Variable:
         if isinstance(value, Variable):
             metadata = {**value._metadata, **metadata}
             value = value._raw_value
+        elif type(value) is VariableMetadata:
+            metadata = {**value.metadata, **metadata}
+            value = value.raw_value
+        if "sharding_names" in metadata:
+            # Only annotated Variables pay for this (merge/unflatten never come
+            # here): under a mesh the value is placed as annotated (nnxlike.spmd).
+            from nnxlike import spmd
+
+            value = spmd.shard_value(value, metadata, type(self))
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
@@ -317,6 +326,39 @@ Variable.__neg__ = lambda self: -self._raw_value
 Variable.__pos__ = lambda self: +self._raw_value
 Variable.__abs__ = lambda self: abs(self._raw_value)
 Variable.__invert__ = lambda self: ~self._raw_value
+
+
+class VariableMetadata:
+    """A value plus metadata for the Variable that will hold it.
+
+    Initializers wrapped by ``nnx.with_partitioning`` return one; a Variable built
+    from it (``Param(init(key, shape))``) takes the value and the metadata, and
+    keywords given to the Variable win over the wrapped ones.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> p = nnx.Param(nnx.VariableMetadata(jnp.ones(2), {"note": "x"}))
+    >>> p.shape, p.note
+    ((2,), 'x')
+    """
+
+    __slots__ = ("raw_value", "metadata")
+
+    def __init__(self, raw_value: Any, metadata: dict[str, Any] | None = None):
+        self.raw_value = raw_value
+        self.metadata = dict(metadata or {})
+
+    @property
+    def shape(self) -> tuple:
+        return np.shape(self.raw_value)
+
+    @property
+    def dtype(self) -> Any:
+        return getattr(self.raw_value, "dtype", None)
+
+    def __repr__(self) -> str:
+        shape = getattr(self.raw_value, "shape", None)
+        return f"VariableMetadata(shape={shape}, metadata={self.metadata!r})"
 
 
 class Param(Variable):

@@ -23,6 +23,7 @@ TIMEOUT_S = 600
 # Tutorials whose last cell prints this after its final assertions.
 ENDS_WITH_ALL_CHECKS = {"jax_in_15_minutes", "state_outside_objects", "under_the_hood"}
 ENDS_WITH_ALL_CHECKS |= {"titanic"}
+ENDS_WITH_ALL_CHECKS |= {"sharding"}
 
 
 def _tutorials() -> list[Path]:

@@ -538,6 +538,10 @@ def _has_tracer(variables: list) -> bool:
 def _constrain(x: Any, sharding: Any) -> Any:
     if sharding is None:
         return x
+    # On a mesh of Explicit axes with_sharding_constraint only asserts; reshard moves.
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", None)
+    if types and all(t == jax.sharding.AxisType.Explicit for t in types):
+        return jax.tree.map(lambda a: jax.sharding.reshard(a, sharding), x)
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), x)
 
 

@@ -194,7 +194,11 @@ def _verify(split: str, url: str, body: bytes) -> bytes:
 
 
 def _write_atomic(dest: Path, payload: bytes) -> None:
-    """Write via a fsynced temp file in the same folder and ``os.replace``."""
+    """Write via a fsynced temp file in the same folder and ``os.replace``.
+
+    Same protocol as ``nnxlike._atomic.atomic_write``, restated here because this
+    file stays standalone (no nnxlike or jax import; it can be copied to Kaggle).
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:

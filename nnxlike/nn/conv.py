@@ -173,6 +173,9 @@ class Conv(Module):
         precision: ``jax.lax.Precision`` of the convolution.
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
+        kernel_metadata: metadata of the kernel Param, e.g.
+            ``{"sharding_names": (None, None, None, "model")}``.
+        bias_metadata: metadata of the bias Param.
         rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
@@ -194,6 +197,8 @@ class Conv(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
+        kernel_metadata: dict | None = None,
+        bias_metadata: dict | None = None,
         rngs: Rngs,
     ):
         kernel_size = _kernel_size(kernel_size)
@@ -225,9 +230,15 @@ class Conv(Module):
             in_features // feature_group_count,
             out_features,
         )
-        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
+        self.kernel = Param(
+            kernel_init(rngs.params(), self.kernel_shape, param_dtype),
+            **(kernel_metadata or {}),
+        )
         self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype))
+            Param(
+                bias_init(rngs.params(), (out_features,), param_dtype),
+                **(bias_metadata or {}),
+            )
             if use_bias
             else None
         )
@@ -357,6 +368,8 @@ class ConvTranspose(Module):
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
         transpose_kernel: flip the kernel spatially and swap its channel axes.
+        kernel_metadata: metadata of the kernel Param (e.g. ``sharding_names``).
+        bias_metadata: metadata of the bias Param.
         rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
@@ -378,6 +391,8 @@ class ConvTranspose(Module):
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
         transpose_kernel: bool = False,
+        kernel_metadata: dict | None = None,
+        bias_metadata: dict | None = None,
         rngs: Rngs,
     ):
         where = "ConvTranspose"
@@ -411,9 +426,15 @@ class ConvTranspose(Module):
             self.kernel_shape = kernel_size + (out_features // g, in_features)
         else:
             self.kernel_shape = kernel_size + (in_features // g, out_features)
-        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
+        self.kernel = Param(
+            kernel_init(rngs.params(), self.kernel_shape, param_dtype),
+            **(kernel_metadata or {}),
+        )
         self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype))
+            Param(
+                bias_init(rngs.params(), (out_features,), param_dtype),
+                **(bias_metadata or {}),
+            )
             if use_bias
             else None
         )

@@ -19,10 +19,17 @@ import numpy as np
 
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
-from nnxlike._variables import Param
+from nnxlike._variables import Param, VariableMetadata
 from nnxlike.nn import initializers
 
 Initializer = Any
+
+
+def _reshape_init(x: Any, shape: tuple) -> Any:
+    """Reshape an initializer's result, keeping ``with_partitioning`` metadata."""
+    if isinstance(x, VariableMetadata):
+        return VariableMetadata(jnp.reshape(x.raw_value, shape), x.metadata)
+    return jnp.reshape(x, shape)
 
 
 class Linear(Module):
@@ -187,6 +194,9 @@ class LinearGeneral(Module):
             ``(prod(batch + in), prod(out))`` so fan-in/fan-out are the true ones.
         bias_init: initializer for the (flattened) bias.
         precision: ``jax.lax.Precision`` of the contraction.
+        kernel_metadata: metadata of the kernel Param, e.g.
+            ``{"sharding_names": (None, "model")}`` (one name per kernel axis).
+        bias_metadata: metadata of the bias Param.
         rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
@@ -203,6 +213,8 @@ class LinearGeneral(Module):
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
         precision: Any = None,
+        kernel_metadata: dict | None = None,
+        bias_metadata: dict | None = None,
         rngs: Rngs,
     ):
         self.in_features = _as_tuple(in_features)
@@ -234,11 +246,13 @@ class LinearGeneral(Module):
             int(np.prod(self.out_features)),
         )
         kernel = kernel_init(rngs.params(), flat, param_dtype)
-        self.kernel = Param(jnp.reshape(kernel, kernel_shape))
+        self.kernel = Param(
+            _reshape_init(kernel, kernel_shape), **(kernel_metadata or {})
+        )
         if use_bias:
             bias_shape = batch_shape + self.out_features
             bias = bias_init(rngs.params(), (int(np.prod(bias_shape)),), param_dtype)
-            self.bias = Param(jnp.reshape(bias, bias_shape))
+            self.bias = Param(_reshape_init(bias, bias_shape), **(bias_metadata or {}))
         else:
             self.bias = None
 
@@ -333,6 +347,9 @@ class Einsum(Module):
         precision: ``jax.lax.Precision`` of the contraction.
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
+        kernel_metadata: metadata of the kernel Param, e.g.
+            ``{"sharding_names": ...}`` (one name per kernel axis).
+        bias_metadata: metadata of the bias Param.
         rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
@@ -347,6 +364,8 @@ class Einsum(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
+        kernel_metadata: dict | None = None,
+        bias_metadata: dict | None = None,
         rngs: Rngs,
     ):
         einsum_str, _, rhs, _ = _parse_einsum(einsum_str, "Einsum")
@@ -357,10 +376,16 @@ class Einsum(Module):
                 f"{len(rhs)} axes but kernel_shape {kernel_shape} has "
                 f"{len(kernel_shape)}."
             )
-        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        self.kernel = Param(
+            kernel_init(rngs.params(), kernel_shape, param_dtype),
+            **(kernel_metadata or {}),
+        )
         if bias_shape is not None:
             bias_shape = _as_tuple(bias_shape)
-            self.bias = Param(bias_init(rngs.params(), bias_shape, param_dtype))
+            self.bias = Param(
+                bias_init(rngs.params(), bias_shape, param_dtype),
+                **(bias_metadata or {}),
+            )
         else:
             self.bias = None
         self.einsum_str = einsum_str
@@ -424,6 +449,8 @@ class Embed(Module):
         dtype: dtype of the looked-up vectors (default: the parameter dtype).
         param_dtype: dtype of the table.
         embedding_init: initializer for the ``(num_embeddings, features)`` table.
+        embedding_metadata: metadata of the table Param, e.g.
+            ``{"sharding_names": ("vocab", None)}``.
         rngs: the ``params`` stream is drawn for the table.
     """
 
@@ -435,10 +462,12 @@ class Embed(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         embedding_init: Initializer = default_embed_init,
+        embedding_metadata: dict | None = None,
         rngs: Rngs,
     ):
         self.embedding = Param(
-            embedding_init(rngs.params(), (num_embeddings, features), param_dtype)
+            embedding_init(rngs.params(), (num_embeddings, features), param_dtype),
+            **(embedding_metadata or {}),
         )
         self.num_embeddings = num_embeddings
         self.features = features

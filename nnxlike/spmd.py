@@ -1,0 +1,465 @@
+"""Sharding over a JAX device mesh: annotations on Variables; JAX does the SPMD.
+
+Design note: nnxlike adds no parallel runtime. ``jax.jit`` partitions the
+computation; this module only records and applies *where each array lives*.
+
+- The annotation is Variable metadata ``sharding_names``: one entry per array
+  axis, each a mesh axis name, a logical name, a tuple of names, or None (not
+  sharded). ``with_partitioning`` wraps an initializer so the Variable a layer
+  builds carries it; ``nnx.Param(x, sharding_names=...)`` and the layers'
+  ``kernel_metadata=``/``bias_metadata=`` do the same. The metadata key is
+  ``sharding_names`` only: ``.sharding`` is not an alias, because on arrays
+  ``.sharding`` is the concrete ``jax.sharding.Sharding``.
+- Logical names map to mesh axes through rules (``logical_axis_rules`` or a
+  ``rules=`` argument), pairs ``(logical, mesh_axes)`` in order of precedence:
+  the first rule whose mesh axes are still unused in that array wins, None
+  replicates (flax linen's semantics).
+- A Variable created with ``sharding_names`` while a mesh is known
+  (``jax.set_mesh(mesh)``, or ``mesh=`` in ``with_partitioning``) is placed at
+  once: ``jax.device_put`` outside a trace, ``with_sharding_constraint`` inside
+  one (``jax.sharding.reshard`` on a mesh of Explicit axes). The check sits in
+  ``Variable.__init__`` behind one dict lookup; ``merge`` and the transforms
+  rebuild Variables without ``__init__`` and never pay for it. Without a mesh the
+  annotation is only recorded, so the same model runs on one device.
+- ``get_partition_spec`` / ``get_named_sharding`` / ``get_abstract_model`` turn the
+  annotations into the trees ``nnx.jit(in_shardings=...)``, ``jax.device_put``
+  and checkpoint restores take.
+
+Deliberately not done: activations are not sharded automatically (use
+``jax.lax.with_sharding_constraint`` in ``__call__``), and ``nnx.vmap``/``nnx.scan``
+do not add a mesh axis to the metadata of the Variables they stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from nnxlike import _errors
+from nnxlike._variables import Variable, VariableMetadata, VariableState
+
+ShardingNames = Sequence[str | tuple[str, ...] | None]
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+_RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar(
+    "nnxlike_logical_axis_rules", default=()
+)
+
+
+# -- annotations -----------------------------------------------------------------
+
+
+def _normalize_names(names: Any, where: str) -> tuple:
+    """``sharding_names`` as a hashable tuple (it is part of the GraphDef)."""
+    if isinstance(names, PartitionSpec):
+        names = tuple(names)
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+        raise TypeError(
+            f"{where}: sharding_names must be a tuple with one entry per array axis "
+            f"(a mesh axis or logical name, a tuple of names, or None), got "
+            f"{names!r}. Example: `sharding_names=(None, 'model')`."
+        )
+    out = []
+    for n in names:
+        if n is None or isinstance(n, str):
+            out.append(n)
+        elif isinstance(n, (tuple, list)) and all(isinstance(a, str) for a in n):
+            out.append(tuple(n))
+        else:
+            raise TypeError(
+                f"{where}: each entry of sharding_names must be a name, a tuple of "
+                f"names or None, got {n!r} in {tuple(names)!r}."
+            )
+    return tuple(out)
+
+
+def with_partitioning(
+    initializer: Callable[..., Any],
+    sharding_names: ShardingNames,
+    mesh: jax.sharding.Mesh | None = None,
+    **metadata: Any,
+) -> Callable[..., VariableMetadata]:
+    """Wrap ``initializer`` so the Variable built from its result is annotated.
+
+    The returned initializer gives a ``VariableMetadata``; the layer's ``Param``
+    takes its value and the metadata ``sharding_names`` (plus ``mesh`` when given,
+    and any other keyword). Created under ``jax.set_mesh(mesh)`` (or with
+    ``mesh=``), the Param is placed on the mesh as annotated; without a mesh
+    the annotation is only recorded. Prefer ``jax.set_mesh`` to ``mesh=``: a
+    Mesh in the metadata holds devices, which cannot be pickled.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+    >>> layer = nnx.Linear(4, 8, kernel_init=init, rngs=nnx.Rngs(0))
+    >>> layer.kernel.sharding_names, layer.kernel.shape
+    ((None, 'model'), (4, 8))
+    >>> nnx.get_partition_spec(layer).kernel.value
+    P(None, 'model')
+    """
+    names = _normalize_names(sharding_names, "with_partitioning")
+    extra = dict(metadata, sharding_names=names)
+    if mesh is not None:
+        extra["mesh"] = mesh
+
+    @functools.wraps(initializer)
+    def init(*args: Any, **kwargs: Any) -> VariableMetadata:
+        return VariableMetadata(initializer(*args, **kwargs), extra)
+
+    return init
+
+
+# -- logical axis rules ------------------------------------------------------------
+
+
+def _normalize_rules(rules: Any) -> tuple:
+    if rules is None:
+        return ()
+    out = []
+    for rule in rules:
+        ok = isinstance(rule, (tuple, list)) and len(rule) == 2
+        if ok:
+            name, target = rule
+            if isinstance(target, list):
+                target = tuple(target)
+            ok = isinstance(name, str) and (
+                target is None
+                or isinstance(target, str)
+                or (
+                    isinstance(target, tuple)
+                    and all(isinstance(a, str) for a in target)
+                )
+            )
+        if not ok:
+            raise TypeError(
+                f"logical axis rules: each rule is a pair (logical_name, mesh_axes) "
+                f"where mesh_axes is a mesh axis name, a tuple of them or None; got "
+                f"{rule!r}. Example: `[('batch', 'data'), ('hidden', 'model'), "
+                f"('embed', None)]`."
+            )
+        out.append((name, target))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def logical_axis_rules(rules: Rules) -> Iterator[tuple]:
+    """Map logical axis names to mesh axes inside the ``with`` block.
+
+    Rules are ``(logical_name, mesh_axes)`` pairs in order of precedence; for
+    each array the first rule for a name whose mesh axes are still unused wins,
+    and ``None`` means "not sharded". Names without a rule must be mesh axes.
+    The rules apply to Variables created in the block and to
+    ``get_partition_spec``/``get_named_sharding`` called in it.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> w = nnx.Param(jnp.ones((4, 8)), sharding_names=("embed", "hidden"))
+    >>> with nnx.logical_axis_rules([("embed", None), ("hidden", "model")]):
+    ...     nnx.get_partition_spec(w)
+    P(None, 'model')
+    """
+    token = _RULES.set(_normalize_rules(rules))
+    try:
+        yield _RULES.get()
+    finally:
+        _RULES.reset(token)
+
+
+def get_logical_axis_rules() -> tuple:
+    """The rules set by the innermost ``logical_axis_rules`` block (or ``()``)."""
+    return _RULES.get()
+
+
+# -- names -> PartitionSpec --------------------------------------------------------
+
+
+def _as_axes(target: Any) -> tuple:
+    if target is None:
+        return ()
+    return (target,) if isinstance(target, str) else tuple(target)
+
+
+def _resolve(
+    names: tuple, shape: tuple, *, rules: tuple, mesh: Any, where: str
+) -> PartitionSpec:
+    """The PartitionSpec of mesh axes for ``names`` (checked against ``mesh``)."""
+    if len(names) != len(shape):
+        example = tuple(names[: len(shape)]) + (None,) * (len(shape) - len(names))
+        raise _errors.ShardingError(
+            _errors.SHARDING_RANK.format(
+                where=where,
+                names=names,
+                n=len(names),
+                shape=tuple(shape),
+                rank=len(shape),
+                example=example,
+            )
+        )
+    mesh_axes = tuple(mesh.axis_names) if mesh is not None else None
+    used: set = set()
+    spec = []
+    for dim, entry in enumerate(names):
+        axes: tuple = ()
+        for name in _as_axes(entry):
+            candidates = [t for n, t in rules if n == name]
+            if candidates:
+                for target in candidates:
+                    t = _as_axes(target)
+                    if not used.intersection(t):
+                        for axis in t:
+                            if mesh_axes is not None and axis not in mesh_axes:
+                                raise _errors.ShardingError(
+                                    _errors.SHARDING_BAD_RULE_TARGET.format(
+                                        where=where,
+                                        name=name,
+                                        target=target,
+                                        dim=dim,
+                                        axis=axis,
+                                        mesh_axes=mesh_axes,
+                                    )
+                                )
+                        break
+                else:
+                    t = ()  # every candidate's axes already used: replicate
+            else:
+                if mesh_axes is not None and name not in mesh_axes:
+                    raise _errors.ShardingError(
+                        _errors.SHARDING_UNKNOWN_NAME.format(
+                            where=where,
+                            name=name,
+                            dim=dim,
+                            names=names,
+                            mesh_axes=mesh_axes,
+                            rules=rules or "(none set)",
+                            suggest=mesh_axes[-1] if mesh_axes else None,
+                        )
+                    )
+                if name in used:
+                    raise _errors.ShardingError(
+                        _errors.SHARDING_DUPLICATE_AXIS.format(
+                            where=where, axis=name, names=names
+                        )
+                    )
+                t = (name,)
+            used.update(t)
+            axes += t
+        if mesh is not None and axes:
+            devices = math.prod(mesh.shape[a] for a in axes)
+            if shape[dim] % devices:
+                raise _errors.ShardingError(
+                    _errors.SHARDING_INDIVISIBLE.format(
+                        where=where,
+                        dim=dim,
+                        shape=tuple(shape),
+                        size=shape[dim],
+                        axes=axes,
+                        devices=devices,
+                    )
+                )
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def _shape_of(value: Any) -> tuple | None:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if isinstance(value, (bool, int, float, complex, np.generic)):
+        return ()
+    return None
+
+
+def _all_explicit(mesh: Any) -> bool:
+    types = tuple(getattr(mesh, "axis_types", ()) or ())
+    return bool(types) and all(t == AxisType.Explicit for t in types)
+
+
+def shard_value(value: Any, metadata: dict, cls: type = Variable) -> Any:
+    """Place ``value`` as ``metadata['sharding_names']`` says, if a mesh is known.
+
+    Called by ``Variable.__init__`` for annotated Variables (it normalizes the
+    annotation in ``metadata`` to a tuple). The mesh is ``metadata['mesh']`` or the
+    one set with ``jax.set_mesh``; with none, ``value`` is returned unchanged.
+    ``eager_sharding=False`` metadata opts a Variable out.
+    """
+    names = metadata["sharding_names"]
+    if names is None:
+        return value
+    # Lists become tuples: the metadata is part of the (hashable) GraphDef.
+    names = metadata["sharding_names"] = _normalize_names(
+        names, f"{cls.__name__}(sharding_names=...)"
+    )
+    if metadata.get("eager_sharding", True) is False:
+        return value
+    mesh = metadata.get("mesh")
+    context = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+    if context.empty:
+        return value
+    shape = _shape_of(value)
+    if shape is None:
+        return value
+    rules = _normalize_rules(metadata.get("sharding_rules")) or _RULES.get()
+    where = f"creating {cls.__name__} of shape {shape} (not yet attached to a model)"
+    spec = _resolve(names, shape, rules=rules, mesh=context, where=where)
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(
+            value.shape, value.dtype, sharding=NamedSharding(context, spec)
+        )
+    if not isinstance(value, jax.core.Tracer):
+        concrete = mesh
+        if concrete is None:
+            try:
+                concrete = jax.sharding.get_mesh()
+            except ValueError:  # a concrete value inside jit: constrain it below
+                concrete = None
+        if concrete is not None and not concrete.empty:
+            return jax.device_put(value, NamedSharding(concrete, spec))
+    target = spec if mesh is None else NamedSharding(mesh, spec)
+    if _all_explicit(context):
+        return jax.sharding.reshard(value, target)
+    return jax.lax.with_sharding_constraint(value, target)
+
+
+# -- trees of shardings --------------------------------------------------------------
+
+
+def _path_str(keypath: tuple) -> str:
+    parts: list = []
+    for k in keypath:
+        if isinstance(k, jtu.DictKey):
+            parts.append(k.key)
+        elif isinstance(k, jtu.SequenceKey):
+            parts.append(k.idx)
+        elif isinstance(k, jtu.GetAttrKey):
+            parts.append(k.name)
+        else:
+            parts.append(str(k))
+    return _errors.path_str(tuple(parts))
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, (Variable, VariableState))
+
+
+def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
+    """Map every Variable/VariableState/array leaf of ``tree`` to ``make(spec)``."""
+    from nnxlike import _graph
+
+    if _graph.is_graph_node(tree) and not isinstance(tree, Variable):
+        tree = _graph.state(tree)
+    if rules is None:
+        rules = _RULES.get()
+    else:
+        rules = _normalize_rules(rules)
+
+    def one(keypath: tuple, x: Any) -> Any:
+        if isinstance(x, VariableState):
+            kind, value, meta = x.type.__name__, x.value, x._metadata
+        elif isinstance(x, Variable):
+            kind, value, meta = type(x).__name__, x._raw_value, x._metadata
+        else:
+            kind, value, meta = type(x).__name__, x, {}
+        names = meta.get("sharding_names")
+        shape = _shape_of(value)
+        if names is None or shape is None:
+            spec = PartitionSpec()
+        else:
+            own_rules = _normalize_rules(meta.get("sharding_rules")) or rules
+            where = f"{kind} at path {_path_str(keypath)!r}"
+            names = _normalize_names(names, where)
+            spec = _resolve(names, shape, rules=own_rules, mesh=mesh, where=where)
+        out = make(spec)
+        return x.replace(out) if isinstance(x, VariableState) else out
+
+    return jtu.tree_map_with_path(one, tree, is_leaf=_is_variable)
+
+
+def get_partition_spec(tree: Any, rules: Rules | None = None) -> Any:
+    """The ``PartitionSpec`` of every Variable, in the shape of ``tree``.
+
+    ``tree`` is a model (or any object graph: its ``nnx.state`` is used), a
+    ``State``, or a pytree holding Variables, VariableStates or arrays. In a State
+    each VariableState keeps its kind and metadata and gets the spec as value.
+    Variables without ``sharding_names`` (and raw arrays) get ``PartitionSpec()``
+    (replicated). Logical names are mapped with ``rules`` (default: the
+    ``logical_axis_rules`` in effect); names are not checked against a mesh here
+    (``get_named_sharding`` does that).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(4, 8, kernel_metadata={"sharding_names": ("embed", "mlp")},
+    ...                    rngs=nnx.Rngs(0))
+    >>> specs = nnx.get_partition_spec(model, rules=[("embed", None), ("mlp", "model")])
+    >>> specs.kernel.value, specs.bias.value
+    (P(None, 'model'), P())
+    """
+    return _map_specs(tree, rules, None, lambda spec: spec)
+
+
+def get_named_sharding(
+    tree: Any, mesh: jax.sharding.Mesh, rules: Rules | None = None
+) -> Any:
+    """Like ``get_partition_spec`` but with ``NamedSharding(mesh, spec)`` leaves.
+
+    Every name is checked against ``mesh`` (after the rules), and each sharded
+    axis must divide evenly; errors name the Variable's path and the fix. The
+    result fits ``nnx.jit(in_shardings=...)`` for an object argument and
+    ``jax.device_put(nnx.state(model), shardings)``.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> mesh = jax.make_mesh((1,), ("model",))
+    >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+    >>> model = nnx.Linear(4, 8, kernel_init=init, rngs=nnx.Rngs(0))
+    >>> shardings = nnx.get_named_sharding(model, mesh)
+    >>> shardings.kernel.value.spec, shardings.bias.value.spec
+    (P(None, 'model'), P())
+    """
+    return _map_specs(tree, rules, mesh, lambda spec: NamedSharding(mesh, spec))
+
+
+def get_abstract_model(
+    init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Rules | None = None
+) -> tuple[Any, Any]:
+    """``(graphdef, abstract_state)`` of the model ``init_fn()`` builds, on ``mesh``.
+
+    ``init_fn`` runs abstractly (``nnx.eval_shape``) under ``jax.set_mesh(mesh)``,
+    so no parameter memory is allocated; each leaf of the State is a
+    ``jax.ShapeDtypeStruct`` carrying its ``NamedSharding``: the target to restore
+    a checkpoint into, or to size a model before building it.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> mesh = jax.make_mesh((1,), ("model",))
+    >>> init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+    >>> graphdef, abstract = nnx.get_abstract_model(
+    ...     lambda: nnx.Linear(1024, 4096, kernel_init=init, rngs=nnx.Rngs(0)), mesh)
+    >>> kernel = abstract.kernel.value
+    >>> type(kernel).__name__, kernel.shape, kernel.sharding.spec
+    ('ShapeDtypeStruct', (1024, 4096), P(None, 'model'))
+    """
+    from nnxlike import _graph
+    from nnxlike._transforms.control import eval_shape
+
+    rules_ctx = (
+        logical_axis_rules(rules) if rules is not None else contextlib.nullcontext()
+    )
+    with jax.set_mesh(mesh), rules_ctx:
+        abstract = eval_shape(init_fn)
+        graphdef, state = _graph.split(abstract)
+        shardings = get_named_sharding(state, mesh)
+    state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        state,
+        shardings,
+    )
+    return graphdef, state
