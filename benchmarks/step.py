@@ -1,6 +1,7 @@
 """Train-step overhead of ``nnx.jit`` against plain ``jax.jit`` + optax (and flax.nnx).
 
 Run:  python benchmarks/step.py [--repeats 7] [--calls 500] [--json out.json]
+      [--cases titanic/train,deep/empty,deep/train]
 
 Every variant runs in this one process, interleaved round by round; the figure
 per variant is the median over rounds of the mean time per call, and each ratio
@@ -105,8 +106,8 @@ def make_nnx_steps(ns, kind):
 
 
 def plain_titanic(params, key, tx):
-    def fwd(p, x, key):
-        k1, k2 = jax.random.split(key)
+    def fwd(p, x, keys):
+        k1, k2 = keys
 
         def drop(h, k):
             mask = jax.random.bernoulli(k, 0.99, h.shape)
@@ -118,10 +119,13 @@ def plain_titanic(params, key, tx):
 
     @jax.jit
     def step(p, opt_state, key, count, x, y):
-        k = jax.random.fold_in(key, count)
-        loss, g = jax.value_and_grad(lambda p: bce(fwd(p, x, k)[:, 0], y))(p)
+        # Two dropout keys drawn as an nnx Rngs stream draws them (fold_in of a
+        # counter that advances by one per draw): the same computation as the
+        # nnx step, not a cheaper one.
+        keys = (jax.random.fold_in(key, count), jax.random.fold_in(key, count + 1))
+        loss, g = jax.value_and_grad(lambda p: bce(fwd(p, x, keys)[:, 0], y))(p)
         updates, opt_state = tx.update(g, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, count + 1, loss
+        return optax.apply_updates(p, updates), opt_state, count + 2, loss
 
     return step
 
@@ -267,13 +271,13 @@ def _temp_bytes(compiled):
         return None
 
 
-def run(repeats, calls):
+CASES = ("titanic/train", "deep/empty", "deep/train")
+
+
+def run(repeats, calls, cases=CASES):
     results = {}
-    for model_name, kind in [
-        ("titanic", "train"),
-        ("deep", "empty"),
-        ("deep", "train"),
-    ]:
+    for case in cases:
+        model_name, kind = case.split("/")
         variants = build_variants(model_name, kind)
         times = {name: [] for name in variants}
         for _ in range(repeats):
@@ -314,8 +318,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument(
+        "--cases", type=str, default=",".join(CASES), help="comma-separated subset"
+    )
     args = parser.parse_args()
-    results = run(args.repeats, args.calls)
+    cases = tuple(c for c in args.cases.split(",") if c)
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; choose from {CASES}")
+    results = run(args.repeats, args.calls, cases)
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

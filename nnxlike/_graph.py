@@ -21,6 +21,8 @@ dicts are shared by identity like Objects.
 
 from __future__ import annotations
 
+import functools
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,6 +90,29 @@ class GraphDef:
         return _display.render_graphdef(self, path, subtree_renderer)
 
 
+def _gc_paused(fn: Callable) -> Callable:
+    """Run ``fn`` with CPython's cyclic garbage collector paused.
+
+    A walk allocates a few container objects per Variable, all of them reachable
+    (no cyclic garbage), yet each allocation threshold crossed triggers a
+    collection that rescans the young objects: with the collector on, ``split``
+    of 4,000 Variables cost 19 µs per Variable instead of 4. Reference counting
+    still frees everything as usual; only the cycle scan waits for the walk to end.
+    """
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():  # nested walk, or the caller paused it
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
+
+
 def is_graph_node(x: Any) -> bool:
     """True for the things ``split`` treats as part of a graph (not static values)."""
     return isinstance(x, (Object, Variable))
@@ -142,6 +167,7 @@ def _classify(t: type) -> int:
     return k
 
 
+@_gc_paused
 def flatten(node: Any, *, track: bool = False, origin: dict | None = None) -> Flat:
     """Walk ``node`` once; see the module note.
 
@@ -254,6 +280,7 @@ def _new_variable(cls: type, value: Any, meta: tuple, trace_state: Any) -> Varia
     return var
 
 
+@_gc_paused
 def unflatten(
     graphdef: GraphDef,
     values: list,
@@ -377,6 +404,7 @@ def _to_state_leaf(x: Any) -> Any:
     return x
 
 
+@_gc_paused
 def split(node: Any, *filters: Filter) -> tuple:
     """Split an object graph into a ``GraphDef`` and one ``State`` per filter.
 
@@ -427,6 +455,7 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
     return values
 
 
+@_gc_paused
 def merge(graphdef: GraphDef, *states: Any) -> Any:
     """Rebuild objects from a GraphDef and the States ``split`` produced.
 
@@ -449,6 +478,7 @@ def graphdef(node: Any) -> GraphDef:
     return flatten(node).graphdef
 
 
+@_gc_paused
 def state(node: Any, *filters: Filter) -> Any:
     """The ``State`` of ``node``; with several filters, one State per filter.
 
@@ -467,6 +497,7 @@ def state(node: Any, *filters: Filter) -> Any:
     return tuple(_partition(flat, (*filters, ...))[:-1])
 
 
+@_gc_paused
 def update(node: Any, *states: Any) -> None:
     """Write the values of ``states`` into the Variables of ``node`` in place.
 
@@ -547,6 +578,7 @@ def _child(parent: Any, key: Any) -> Any:
     return getattr(parent, key)
 
 
+@_gc_paused
 def clone(node: Any) -> Any:
     """A deep copy of the graph with new Variables (arrays are shared, immutable)."""
     flat = flatten(node)
@@ -557,6 +589,7 @@ def _leaf_value(x: Any) -> Any:
     return x._raw_value if isinstance(x, Variable) else x
 
 
+@_gc_paused
 def pop(node: Any, *filters: Filter) -> Any:
     """Remove the Variables matching ``filters`` from ``node``; return their State(s).
 

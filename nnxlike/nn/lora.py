@@ -126,7 +126,9 @@ class LoRALinear(Linear):
         in_features: input size.
         out_features: output size.
         lora_rank: rank of the update.
-        lora_dtype: computation dtype of the adapter.
+        lora_dtype: computation dtype of the adapter (default: the layer's
+            ``dtype``, so ``dtype=jnp.bfloat16`` gives a bf16 output; flax.nnx
+            leaves the adapter in float32 there and the sum comes out float32).
         lora_param_dtype: dtype of the adapter weights.
         a_initializer: initializer of ``lora_a``.
         b_initializer: initializer of ``lora_b``.
@@ -154,7 +156,7 @@ class LoRALinear(Linear):
             in_features,
             lora_rank,
             out_features,
-            dtype=lora_dtype,
+            dtype=lora_dtype if lora_dtype is not None else kwargs.get("dtype"),
             param_dtype=lora_param_dtype,
             a_initializer=a_initializer,
             b_initializer=b_initializer,
