@@ -8,6 +8,7 @@ PATH, one built page is loaded headless and its rendered DOM checked.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -42,12 +43,21 @@ def site(tmp_path_factory) -> Path:
             "pip install mkdocs-material 'mkdocstrings[python]' mkdocs-jupyter jupytext"
         )
     out = tmp_path_factory.mktemp("site")
+    # Tutorials are executed by the build (their outputs are part of the pages);
+    # their files (plots, submission.csv) go to a temporary folder.
+    env = {
+        **os.environ,
+        "NNXLIKE_DOCS_EXECUTE": "true",
+        "NNXLIKE_TUTORIAL_OUT": str(tmp_path_factory.mktemp("tutorial_out")),
+        "MPLBACKEND": "Agg",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
+        env=env,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-6000:]}"
     return out
@@ -67,6 +77,10 @@ def test_site_builds_with_every_page(site):
         "tutorials/jax_in_15_minutes/index.html",
         "tutorials/state_outside_objects/index.html",
         "tutorials/under_the_hood/index.html",
+        "tutorials/randomness_dropout_batchnorm/index.html",
+        "tutorials/sharding/index.html",
+        "checkpoints/index.html",
+        "pytorch_weights/index.html",
     ]:
         assert (site / page).is_file(), page
 
@@ -83,6 +97,20 @@ def test_tutorial_page_renders_markdown_and_code_cells(site):
     html = (site / "tutorials" / "titanic" / "index.html").read_text(encoding="utf-8")
     assert "From PyTorch to nnxlike: Titanic survival" in html
     assert "class TitanicMLP" in html or "TitanicMLP" in re.sub(r"<[^>]+>", "", html)
+
+
+def test_tutorial_pages_show_their_outputs(site):
+    text = re.sub(r"<[^>]+>", "", _page(site, "tutorials/titanic/index.html"))
+    match = re.search(r"eval accuracy: (0\.\d+) \(best epoch", text)
+    assert match, "the Titanic page lacks the executed training output"
+    assert float(match.group(1)) >= 0.78
+    assert "data:image/png;base64," in _page(site, "tutorials/titanic/index.html")
+    for name in ("jax_in_15_minutes", "state_outside_objects", "sharding"):
+        assert "all checks passed" in _page(site, f"tutorials/{name}/index.html"), name
+
+
+def _page(site: Path, page: str) -> str:
+    return (site / page).read_text(encoding="utf-8")
 
 
 def test_getting_started_example_runs():
