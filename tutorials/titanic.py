@@ -34,7 +34,7 @@
 # the new values back, so the loop looks like a PyTorch loop.
 #
 # It runs in well under two minutes on a 2-core CPU. Outputs go to
-# `tutorials/outputs/` (or `$NNXLIKE_TUTORIAL_OUT`).
+# `tutorials/outputs/` (on Kaggle to `/kaggle/working`, or `$NNXLIKE_TUTORIAL_OUT`).
 
 # %%
 import csv
@@ -64,6 +64,8 @@ except NameError:
     _default_out = Path(
         "tutorials/outputs" if Path("tutorials").is_dir() else "outputs"
     )
+if Path("/kaggle/working").is_dir():  # on Kaggle: where "Submit" looks for the file
+    _default_out = Path("/kaggle/working")
 OUT = Path(os.environ.get("NNXLIKE_TUTORIAL_OUT") or _default_out)
 OUT.mkdir(parents=True, exist_ok=True)
 
