@@ -46,10 +46,11 @@ elsewhere, and warns once with a ``CheckpointMismatchWarning`` whose
 ``.mismatches`` lists the rest. Variable kinds are recorded but not compared.
 
 **Atomic writes.** ``save`` writes to a temporary file in the same directory
-(``.NAME.tmp-PID-RANDOM``), flushes and ``fsync``s it, renames it onto the final
+(``.NAME.tmp-HOST-PID-RANDOM``), flushes and ``fsync``s it, renames it onto the final
 name with ``os.replace`` and ``fsync``s the directory. A crash or ``kill -9`` at
 any moment leaves either the previous file or the new one under the final name,
-never a partial file (a temporary file may be left behind; delete it freely).
+never a partial file (a temporary file may be left behind; ``CheckpointManager``
+removes those whose writer on this host is gone, and they are safe to delete).
 
 **Format (version 1).** No pickle: loading parses JSON and copies bytes, so it can
 never run code. One file; every integer little-endian:
@@ -107,6 +108,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from nnxlike import _errors, _graph
+from nnxlike._atomic import remove_stale_temporaries
 from nnxlike._checkpoint_file import (
     PY_DTYPES,
     PY_TYPES,
@@ -523,7 +525,7 @@ class CheckpointManager:
     Files are named ``step_<step>.nnx`` (zero-padded to 8 digits). The steps are
     read from the directory listing, so a new manager on the same directory
     resumes where the last one stopped; temporary files of interrupted saves do
-    not count.
+    not count, and each ``save`` deletes those whose writer (on this host) is gone.
 
     Args:
         directory: where the checkpoints live (created if needed).
@@ -594,6 +596,7 @@ class CheckpointManager:
         if not force and step % self.save_interval_steps:
             return False
         save(self.path(step), tree, overwrite=True)
+        remove_stale_temporaries(self.directory, _STEP_FILE)
         if self.max_to_keep is not None:
             for old in self.all_steps()[: -self.max_to_keep]:
                 if old != step:  # after a rewind the new save is the oldest

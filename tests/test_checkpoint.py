@@ -631,3 +631,32 @@ def test_nnx_checkpoint_is_both_the_module_and_remat():
         return jnp.sum(m(x)) * k
 
     assert float(scaled(model, 2)) == pytest.approx(2 * float(jnp.sum(model(x))))
+
+
+def test_manager_removes_temporaries_of_dead_writers_only(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    names = {
+        "dead": f".step_00000004.nnx.tmp-{host}-{dead_pid}-0123abcd",
+        "alive": f".step_00000004.nnx.tmp-{host}-{os.getpid()}-0123abcd",
+        "other_host": f".step_00000004.nnx.tmp-not-{host}-{dead_pid}-0123abcd",
+        "not_ours": f".notes.txt.tmp-{host}-{dead_pid}-0123abcd",
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"partial")
+    manager = ckpt.CheckpointManager(tmp_path)
+    assert manager.save(2, {"w": jnp.ones(2)})
+    left = set(os.listdir(tmp_path))
+    assert names["dead"] not in left
+    assert {names["alive"], names["other_host"], names["not_ours"]} <= left
+    assert manager.all_steps() == [2]
