@@ -80,6 +80,7 @@ from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
 from nnxlike.nn import *  # noqa: F403
 from nnxlike.nn import initializers as initializers
+from nnxlike.spmd import PARTITION_NAME as PARTITION_NAME
 from nnxlike.spmd import get_abstract_model as get_abstract_model
 from nnxlike.spmd import get_logical_axis_rules as get_logical_axis_rules
 from nnxlike.spmd import get_named_sharding as get_named_sharding

@@ -25,9 +25,13 @@ computation; this module only records and applies *where each array lives*.
   annotations into the trees ``nnx.jit(in_shardings=...)``, ``jax.device_put``
   and checkpoint restores take.
 
+- ``nnx.vmap``/``nnx.scan`` keep ``sharding_names`` in step with the arrays they
+  stack: a new axis gets the name given as ``transform_metadata={PARTITION_NAME:
+  name}`` (else None), and an axis mapped into the transform is removed inside it
+  and put back after (``_transforms/iteration.py``).
+
 Deliberately not done: activations are not sharded automatically (use
-``jax.lax.with_sharding_constraint`` in ``__call__``), and ``nnx.vmap``/``nnx.scan``
-do not add a mesh axis to the metadata of the Variables they stack.
+``jax.lax.with_sharding_constraint`` in ``__call__``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from nnxlike import _errors
 from nnxlike._variables import Variable, VariableMetadata, VariableState
+
+# Key of ``transform_metadata`` (``nnx.vmap``/``nnx.scan``): the sharding name of
+# the axis the transform adds to the Variables it stacks.
+PARTITION_NAME = "partition_name"
 
 ShardingNames = Sequence[str | tuple[str, ...] | None]
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]

@@ -460,3 +460,104 @@ def test_keyword_arguments_get_a_clear_error(transform):
         r"functools\.partial",
     ):
         transform(f)(jnp.ones(3), scale=2.0)
+
+
+# -- sharding metadata of stacked Variables ---------------------------------------
+
+SHARDED = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+
+
+class ShardedBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(2, 2, kernel_init=SHARDED, rngs=rngs)
+        self.scale = nnx.Param(jnp.ones(2))  # no sharding_names
+
+    def __call__(self, x):
+        return self.lin(x) * self.scale
+
+
+def make_sharded_stack(**transform_metadata):
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=transform_metadata)
+    def make(rngs):
+        return ShardedBlock(rngs)
+
+    return make(nnx.Rngs(0).split(N))
+
+
+def test_vmap_partition_name_is_inserted_into_created_variables():
+    stack = make_sharded_stack(**{nnx.PARTITION_NAME: "layers"})
+    assert stack.lin.kernel.shape == (N, 2, 2)
+    assert stack.lin.kernel.sharding_names == ("layers", None, "model")
+    assert "sharding_names" not in stack.scale._metadata  # untouched
+    assert stack.scale.shape == (N, 2)
+    specs = nnx.get_partition_spec(stack)
+    assert specs.lin.kernel.value == jax.sharding.PartitionSpec("layers", None, "model")
+    assert specs.scale.value == jax.sharding.PartitionSpec()
+
+
+def test_vmap_without_transform_metadata_inserts_none():
+    stack = make_sharded_stack()
+    assert stack.lin.kernel.sharding_names == (None, None, "model")
+    spec = nnx.get_partition_spec(stack).lin.kernel.value
+    assert spec == jax.sharding.PartitionSpec(None, None, "model")
+
+
+def test_vmap_out_axis_decides_where_the_name_goes():
+    @nnx.vmap(
+        in_axes=None,
+        out_axes=1,
+        axis_size=N,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def make(rngs):
+        return ShardedBlock(rngs)
+
+    stack = make(nnx.Rngs(0))
+    assert stack.lin.kernel.shape == (2, N, 2)
+    assert stack.lin.kernel.sharding_names == (None, "layers", "model")
+
+
+def test_scan_sees_per_layer_names_inside_and_restores_them():
+    stack = make_sharded_stack(**{nnx.PARTITION_NAME: "layers"})
+    seen = []
+
+    @nnx.scan(
+        in_axes=(nnx.Carry, 0),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def forward(x, block):
+        assert block.lin.kernel.sharding_names == (None, "model")
+        seen.append(block.lin.kernel.sharding_names)
+        assert "sharding_names" not in block.scale._metadata
+        return block(x)
+
+    y = forward(X, stack)
+    expected = X
+    for i in range(N):
+        expected = member(stack, i)(expected)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    assert seen == [(None, "model")]
+    assert stack.lin.kernel.sharding_names == ("layers", None, "model")
+    assert "sharding_names" not in stack.scale._metadata
+
+
+def test_vmap_mapped_in_names_are_put_back_after_a_structure_change():
+    stack = make_sharded_stack(**{nnx.PARTITION_NAME: "layers"})
+
+    def f(block, x):
+        assert block.lin.kernel.sharding_names == (None, "model")
+        block.out = nnx.Intermediate(block(x))  # new attribute: slow write-back
+        return block.out.value
+
+    y = nnx.vmap(in_axes=(0, None))(f)(stack, X)
+    assert y.shape == (N, 2)
+    assert stack.out.shape == (N, 2)
+    assert stack.lin.kernel.sharding_names == ("layers", None, "model")
+    assert "sharding_names" not in stack.scale._metadata
+    assert "sharding_names" not in stack.out._metadata
+
+
+def test_transform_metadata_unknown_key_error():
+    with pytest.raises(ValueError, match="PARTITION_NAME"):
+        nnx.vmap(lambda x: x, transform_metadata={"partition": "layers"})

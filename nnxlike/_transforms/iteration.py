@@ -16,20 +16,30 @@ same numbers in every lane.
 iteration to the next (RNG counters and BatchNorm statistics keep advancing);
 state with an int axis is sliced per iteration and the per-iteration results are
 stacked back (scan over a stack of layers). The structure must not change inside.
+
+Sharding metadata (``sharding_names``, one entry per array axis) follows the
+arrays: a Variable mapped into the transform along axis ``a`` sees its names
+without entry ``a`` inside, and gets that entry back afterwards; a Variable
+created inside gets ``transform_metadata[nnx.PARTITION_NAME]`` (default None)
+inserted at its out axis, so ``nnx.get_partition_spec`` works on a stack. Only
+Variables that carry ``sharding_names`` are touched, by rewriting their metadata
+in the GraphDef: the lifted one inside, the collected one for the write-back.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
-from nnxlike import _errors
+from nnxlike import _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._transforms import _core
@@ -168,6 +178,141 @@ def _out_axes_for(
     return axes
 
 
+# -- sharding metadata of stacked Variables ----------------------------------------
+
+_NO_METADATA: Mapping = MappingProxyType({})
+_NAMES = "sharding_names"
+
+
+def _partition_name(transform_metadata: Mapping, name: str) -> Any:
+    """The sharding name for the new axis, from ``transform_metadata``."""
+    from nnxlike import spmd
+
+    unknown = [k for k in transform_metadata if k != spmd.PARTITION_NAME]
+    if unknown:
+        raise ValueError(
+            f"nnx.{name}: transform_metadata has unknown key(s) {unknown}; the one "
+            f"key is nnx.PARTITION_NAME, e.g. "
+            f"`transform_metadata={{nnx.PARTITION_NAME: 'layers'}}`."
+        )
+    entry = transform_metadata.get(spmd.PARTITION_NAME)
+    where = f"nnx.{name}(transform_metadata={{nnx.PARTITION_NAME: ...}})"
+    return spmd._normalize_names((entry,), where)[0]
+
+
+def _map_vars(tree: tuple, fn: Callable) -> tuple:
+    """``tree`` with ``fn(leaf_index, entry)`` applied to every VAR entry.
+
+    Subtrees where nothing changed are the same tuples (no copy).
+    """
+    pos = 0
+
+    def walk(d: tuple) -> tuple:
+        nonlocal pos
+        kind = d[0]
+        if kind == _graph.VAR:
+            pos += 1
+            return fn(pos - 1, d)
+        if kind == _graph.LEAF:
+            pos += 1
+            return d
+        if kind != _graph.NODE:
+            return d
+        if d[1] in (list, tuple):
+            new = tuple([walk(c) for c in d[3]])
+            same = all(n is c for n, c in zip(new, d[3]))
+        else:
+            new = tuple([(k, walk(c)) for k, c in d[3]])
+            same = all(n[1] is c[1] for n, c in zip(new, d[3]))
+        return d if same else (d[0], d[1], d[2], new)
+
+    return walk(tree)
+
+
+def _with_names(d: tuple, names: tuple) -> tuple:
+    meta = tuple((k, names if k == _NAMES else m) for k, m in d[3])
+    return (d[0], d[1], d[2], meta)
+
+
+def _strip_mapped_names(lifted: _core.Lifted, var_axis: list) -> tuple:
+    """Remove the mapped axis from the ``sharding_names`` seen inside.
+
+    Returns the Lifted to rebuild and collect with (``lifted`` itself when no
+    mapped Variable has names) and ``{input object index: (axis, entry)}``. Names
+    whose length is not the array's rank are left as they are.
+    """
+    removed: dict[int, tuple] = {}  # leaf index -> (axis, entry)
+    leaves = lifted.flat.leaves
+    for i, a in enumerate(var_axis):
+        if not isinstance(a, int):
+            continue
+        names = getattr(leaves[i], "_metadata", {}).get(_NAMES)
+        if not isinstance(names, tuple):
+            continue
+        ndim = np.ndim(leaves[i]._raw_value)
+        if ndim == 0 or len(names) != ndim:
+            continue
+        removed[i] = (a % ndim, names[a % ndim])
+    if not removed:
+        return lifted, {}
+
+    def strip(j: int, d: tuple) -> tuple:
+        r = removed.get(j)
+        if r is None:
+            return d
+        names = dict(d[3])[_NAMES]
+        return _with_names(d, names[: r[0]] + names[r[0] + 1 :])
+
+    flat = lifted.flat
+    inner = _graph.GraphDef(_map_vars(flat.graphdef.tree, strip), flat.graphdef.paths)
+    obj_of = {id(o): k for k, o in enumerate(flat.objects)}
+    by_obj = {obj_of[id(leaves[i])]: r for i, r in removed.items()}
+    stripped = _core.Lifted(
+        lifted.treedef,
+        lifted.leaves,
+        lifted.graph_pos,
+        lifted.nodes,
+        _graph.Flat(inner, flat.leaves, flat.objects),
+    )
+    return stripped, by_obj
+
+
+def _restack_names(
+    static: tuple, arr_axes: list, shapes: list, removed: dict, partition_name: Any
+) -> tuple:
+    """``static`` with the out axes inserted into the collected ``sharding_names``.
+
+    A Variable mapped in gets back the entry removed on the way in; one created
+    inside gets ``partition_name`` at its out axis (if its names match the
+    per-lane rank, read from the probe's ``shapes``).
+    """
+    graphdef, origins = static[0], static[1]
+
+    def add(j: int, d: tuple) -> tuple:
+        if not d[3]:
+            return d
+        names = dict(d[3]).get(_NAMES)
+        if not isinstance(names, tuple):
+            return d
+        origin = origins[d[2]]
+        if origin >= 0:
+            if origin not in removed:
+                return d
+            ax, entry = removed[origin]
+        else:
+            ax, entry = arr_axes[j], partition_name
+            rank = len(shapes[j].shape) - 1  # the probe stacked along axis 0
+            if not isinstance(ax, int) or len(names) != rank:
+                return d
+            ax %= rank + 1
+        return _with_names(d, names[:ax] + (entry,) + names[ax:])
+
+    tree = _map_vars(graphdef.tree, add)
+    if tree is graphdef.tree:
+        return static
+    return (_graph.GraphDef(tree, graphdef.paths), *static[1:])
+
+
 def _no_kwargs(name: str, f: Callable, kwargs: dict) -> None:
     fname = getattr(f, "__qualname__", repr(f))
     raise TypeError(
@@ -187,8 +332,16 @@ def vmap(
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
     split_rngs: bool = True,
+    transform_metadata: Mapping = _NO_METADATA,
 ) -> Any:
     """``jax.vmap`` over functions taking objects (see the module note).
+
+    ``transform_metadata={nnx.PARTITION_NAME: "layers"}`` names the new axis in
+    the ``sharding_names`` of the Variables the function creates (a stack of
+    layers sharded along "layers"). Without it the new axis is named None, so the
+    names still have one entry per array axis (flax.nnx leaves them one short).
+    A Variable mapped in along axis ``a`` sees its names without entry ``a``
+    inside the function and has them as before afterwards.
 
     An ensemble of 4 models, created in one call:
 
@@ -211,7 +364,9 @@ def vmap(
             axis_size=axis_size,
             spmd_axis_name=spmd_axis_name,
             split_rngs=split_rngs,
+            transform_metadata=transform_metadata,
         )
+    partition_name = _partition_name(transform_metadata, "vmap")
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -220,6 +375,7 @@ def vmap(
         axes = _per_arg(in_axes, len(args), "vmap")
         lifted = _core.Lifted.from_args(args)
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
+        lifted, removed = _strip_mapped_names(lifted, var_axis)
         name = axis_name if axis_name is not None else _fresh_axis_name()
         fold = [
             i
@@ -268,7 +424,7 @@ def vmap(
             axis_size=axis_size,
             spmd_axis_name=spmd_axis_name,
         )
-        jax.eval_shape(probe, lifted.arrays(), jleaves)
+        probe_arrays, _ = jax.eval_shape(probe, lifted.arrays(), jleaves)
         static = statics[-1]
         out_leaf_axes = _graph_as_none(leaf_axes_box[-1], static)
         default_new = out_axes if isinstance(out_axes, int) else 0
@@ -283,7 +439,12 @@ def vmap(
             spmd_axis_name=spmd_axis_name,
         )
         new_arrays, out_leaves = mapped(lifted.arrays(), jleaves)
-        return _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+        static = statics[-1]
+        if not static[4]:  # structure changed: the GraphDef carries the metadata
+            static = _restack_names(
+                static, arr_axes, probe_arrays, removed, partition_name
+            )
+        return _core.write_back(lifted, static, new_arrays, out_leaves)
 
     return wrapper
 
@@ -379,8 +540,15 @@ def scan(
     unroll: int | bool = 1,
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
+    transform_metadata: Mapping = _NO_METADATA,
 ) -> Any:
     """``jax.lax.scan`` over functions taking objects (see the module note).
+
+    Inside the function a scanned Variable's ``sharding_names`` lack the entry of
+    the scanned axis (they match the per-iteration array); the caller's Variable
+    keeps its stacked names. Carried state is untouched. ``transform_metadata``
+    (``{nnx.PARTITION_NAME: name}``) is accepted as in ``vmap``; since ``scan``
+    creates no Variables, each scanned one simply gets its own entry back.
 
     Scan over a stack of layers made with ``vmap``:
 
@@ -404,7 +572,9 @@ def scan(
             unroll=unroll,
             in_axes=in_axes,
             out_axes=out_axes,
+            transform_metadata=transform_metadata,
         )
+    _partition_name(transform_metadata, "scan")  # validated; see the docstring
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -416,6 +586,7 @@ def scan(
             raise ValueError("scan: at most one argument can be nnx.Carry.")
         lifted = _core.Lifted.from_args(args)
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
+        lifted, _ = _strip_mapped_names(lifted, var_axis)
         carried_vars = [i for i, a in enumerate(var_axis) if not isinstance(a, int)]
         scanned_vars = [i for i, a in enumerate(var_axis) if isinstance(a, int)]
         carried_leaves = [
