@@ -46,6 +46,15 @@ from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
 from nnxlike._state import FlatState as FlatState
 from nnxlike._state import State as State
+from nnxlike._state import filter_state as filter_state
+from nnxlike._state import from_flat_state as from_flat_state
+from nnxlike._state import map_state as map_state
+from nnxlike._state import merge_state as merge_state
+from nnxlike._state import replace_by_pure_dict as replace_by_pure_dict
+from nnxlike._state import restore_int_paths as restore_int_paths
+from nnxlike._state import split_state as split_state
+from nnxlike._state import to_flat_state as to_flat_state
+from nnxlike._state import to_pure_dict as to_pure_dict
 from nnxlike._summary import summary as summary
 from nnxlike._summary import tabulate as tabulate
 from nnxlike._train_state import TrainState as TrainState
@@ -63,7 +72,9 @@ from nnxlike._transforms.iteration import Carry as Carry
 from nnxlike._transforms.iteration import StateAxes as StateAxes
 from nnxlike._transforms.iteration import scan as scan
 from nnxlike._transforms.iteration import vmap as vmap
+from nnxlike._transforms.jit import cached_partial as cached_partial
 from nnxlike._transforms.jit import jit as jit
+from nnxlike._transforms.jit import jit_partial as jit_partial
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
 from nnxlike._variables import Intermediate as Intermediate
@@ -78,6 +89,9 @@ from nnxlike._variables import VariableMetadata as VariableMetadata
 from nnxlike._variables import VariableState as VariableState
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
+from nnxlike.metrics import EMA as EMA
+from nnxlike.metrics import Metric as Metric
+from nnxlike.metrics import MultiMetric as MultiMetric
 from nnxlike.nn import *  # noqa: F403
 from nnxlike.nn import initializers as initializers
 from nnxlike.spmd import PARTITION_NAME as PARTITION_NAME

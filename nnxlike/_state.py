@@ -278,3 +278,77 @@ def _unflatten(keys: tuple, children: Any) -> State:
 
 
 jtu.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
+
+
+# -- module-level forms (flax.nnx exports these as functions) ------------------------
+
+
+def to_pure_dict(state: State) -> dict:
+    """``state.to_pure_dict()``: nested plain dicts of raw values."""
+    return _as_state(state, "to_pure_dict").to_pure_dict()
+
+
+def replace_by_pure_dict(state: State, pure: dict, replace_fn: Any = None) -> None:
+    """``state.replace_by_pure_dict(pure)``: replace values in place."""
+    _as_state(state, "replace_by_pure_dict").replace_by_pure_dict(pure, replace_fn)
+
+
+def restore_int_paths(pure: dict) -> dict:
+    """Turn digit-string keys back into ints (list indices a checkpointer stringified).
+
+    >>> restore_int_paths({"layers": {"0": {"w": 1}, "name": {"x": 2}}})
+    {'layers': {0: {'w': 1}, 'name': {'x': 2}}}
+    """
+    return {
+        (int(k) if isinstance(k, str) and k.isdigit() else k): (
+            restore_int_paths(v) if isinstance(v, dict) else v
+        )
+        for k, v in pure.items()
+    }
+
+
+def to_flat_state(state: State) -> FlatState:
+    """``state.flat_state()``: the ``(path, leaf)`` pairs."""
+    return _as_state(state, "to_flat_state").flat_state()
+
+
+def from_flat_state(flat: Any) -> State:
+    """A State from ``(path, leaf)`` pairs (a FlatState, a list or a dict)."""
+    items = list(flat.items()) if isinstance(flat, dict) else list(flat)
+    return State.from_flat([p for p, _ in items], [v for _, v in items])
+
+
+def filter_state(state: State, *filters: Any) -> Any:
+    """``state.filter(*filters)``."""
+    return _as_state(state, "filter_state").filter(*filters)
+
+
+def split_state(state: State, *filters: Any) -> Any:
+    """``state.split(*filters)``."""
+    return _as_state(state, "split_state").split(*filters)
+
+
+def merge_state(state: State, /, *states: State) -> State:
+    """``State.merge(state, *states)``: later States win on equal paths."""
+    return State.merge(_as_state(state, "merge_state"), *states)
+
+
+def map_state(f: Any, state: State) -> State:
+    """A new State with every leaf replaced by ``f(path, leaf)``.
+
+    >>> import nnxlike as nnx
+    >>> s = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> nnx.map_state(lambda path, v: v.shape, s).to_pure_dict()
+    {'kernel': (2, 3), 'bias': (3,)}
+    """
+    flat = _as_state(state, "map_state").flat_state()
+    return State.from_flat(flat.paths, [f(p, v) for p, v in flat])
+
+
+def _as_state(state: Any, name: str) -> State:
+    if isinstance(state, State):
+        return state
+    raise TypeError(
+        f"nnx.{name}: expected a State (from nnx.state or nnx.split), got "
+        f"{type(state).__name__}. For a model, call `nnx.state(model)` first."
+    )

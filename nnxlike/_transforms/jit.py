@@ -616,3 +616,30 @@ def jit(
     if fun is None:
         return lambda f: JitWrapped(f, **kwargs)
     return JitWrapped(fun, **kwargs)
+
+
+def cached_partial(f: Callable, *cached_args: Any) -> Callable:
+    """``functools.partial(f, *cached_args)`` for an ``nnx.jit`` function ``f``.
+
+    flax.nnx needs this to skip the graph walk of ``cached_args`` on each call;
+    ``nnx.jit`` already skips it for arguments that did not change structure, so
+    here it is only a partial application, kept so flax.nnx code runs unchanged.
+    Structural changes to ``cached_args`` between calls are still honoured.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> forward = nnx.cached_partial(nnx.jit(lambda m, x: m(x)), model)
+    >>> forward(jnp.ones((1, 2))).shape
+    (1, 3)
+    """
+    return functools.partial(f, *cached_args)
+
+
+def jit_partial(fun: Callable, *partial_args: Any, **jit_kwargs: Any) -> Callable:
+    """``nnx.jit(fun, **jit_kwargs)`` with ``partial_args`` bound first.
+
+    Argument numbers in ``jit_kwargs`` (``static_argnums``, ``donate_argnums``,
+    ``in_shardings`` entries) count ``fun``'s own positions, bound ones included.
+    """
+    return functools.partial(jit(fun, **jit_kwargs), *partial_args)
