@@ -44,6 +44,7 @@ from nnxlike._optimizer import Optimizer as Optimizer
 from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import reseed as reseed
+from nnxlike._rngs import split_rngs as split_rngs
 from nnxlike._state import FlatState as FlatState
 from nnxlike._state import State as State
 from nnxlike._state import filter_state as filter_state

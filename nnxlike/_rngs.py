@@ -10,6 +10,7 @@ the caller. Keys are typed (``jax.random.key``). Unknown stream names fall back 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -185,3 +186,103 @@ def reseed(node: Any, /, **seeds: Any) -> None:
 def split_rngs_keys(rngs: Rngs | RngStream, n: int) -> Any:
     """Helper: the Rngs for ``n`` vmap lanes (used by transforms)."""
     return rngs.split(n) if isinstance(rngs, Rngs) else rngs.fork(split=n)
+
+
+# -- split_rngs: flax.nnx's way to give vmap lanes their own keys -------------------
+
+
+class _SplitBackups:
+    """Undoes a ``split_rngs``: each stream gets back its key (count advanced)."""
+
+    def __init__(self, saved: list):
+        self._saved = saved
+
+    def restore(self) -> None:
+        for stream, key, count in self._saved:
+            stream.key.value = key
+            stream.count.value = count
+
+    def __enter__(self) -> _SplitBackups:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+
+def _selected_streams(nodes: tuple, only: Any) -> list:
+    from nnxlike._filters import to_predicate
+
+    pred = to_predicate(only)
+    seen: set[int] = set()
+    streams = []
+    for node in nodes:
+        if not _graph.is_graph_node(node) and not isinstance(node, (list, tuple, dict)):
+            continue
+        for path, value in _graph.iter_graph(node):
+            if isinstance(value, RngStream) and id(value) not in seen:
+                if pred((*path, value.tag), value):
+                    seen.add(id(value))
+                    streams.append(value)
+    return streams
+
+
+def _split_now(nodes: tuple, splits: Any, only: Any, squeeze: bool) -> _SplitBackups:
+    saved = []
+    for stream in _selected_streams(nodes, only):
+        if stream.key.value.ndim != 0:
+            _SplitBackups(saved).restore()  # leave the earlier streams as they were
+            raise ValueError(
+                f"split_rngs: the {stream.tag!r} stream is already split (its key "
+                f"has shape {stream.key.value.shape}); split it once."
+            )
+        key = stream()  # advances the caller's counter by one draw
+        saved.append((stream, stream.key.value, stream.count.value))
+        new = jax.random.split(key, splits)
+        if squeeze:
+            new = new[0] if np.ndim(splits) == 0 and splits == 1 else new
+        stream.key.value = new
+        stream.count.value = jnp.zeros(new.shape, dtype=jnp.uint32)
+    return _SplitBackups(saved)
+
+
+def split_rngs(
+    node_or_fn: Any = None,
+    /,
+    *,
+    splits: int | tuple[int, ...],
+    only: Any = ...,
+    squeeze: bool = False,
+) -> Any:
+    """Give every selected ``RngStream`` ``splits`` keys, for ``vmap``/``scan`` lanes.
+
+    flax.nnx's spelling, kept so its code runs unchanged. As a decorator the keys
+    are split for the call and restored afterwards (the streams advance by one
+    draw); called on objects it splits them now and returns a context manager
+    that restores them. ``only`` filters streams by tag (``'params'``) or any
+    filter. nnxlike's ``nnx.vmap`` already gives each lane different randomness
+    when the Rngs is not mapped (``in_axes=None``); this is for code that maps it.
+
+    >>> import nnxlike as nnx
+    >>> @nnx.split_rngs(splits=3)
+    ... @nnx.vmap(in_axes=0, out_axes=0)
+    ... def make(rngs):
+    ...     return nnx.Linear(2, 2, rngs=rngs)
+    >>> rngs = nnx.Rngs(0)
+    >>> make(rngs).kernel.shape, rngs.default.key.value.shape
+    ((3, 2, 2), ())
+    >>> with nnx.split_rngs(rngs, splits=4):
+    ...     rngs.default.key.value.shape
+    (4,)
+    """
+    if node_or_fn is None:
+        return lambda f: split_rngs(f, splits=splits, only=only, squeeze=squeeze)
+    if callable(node_or_fn) and not _graph.is_graph_node(node_or_fn):
+        fn = node_or_fn
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _split_now((*args, *kwargs.values()), splits, only, squeeze):
+                return fn(*args, **kwargs)
+
+        return wrapper
+    return _split_now((node_or_fn,), splits, only, squeeze)

@@ -200,3 +200,46 @@ def test_draws_inside_jit_advance_the_counter_without_recompiling():
     assert float(a) != float(b)
     assert int(rngs.default.count.value) == 2
     assert len(traces) == 1
+
+
+def test_split_rngs_decorator_gives_lanes_their_own_keys_and_restores():
+    rngs = nnx.Rngs(params=0)
+    key_before = rngs.params.key.value
+
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+        assert rngs.params.key.value.shape == ()  # one key per lane inside
+        return nnx.Linear(2, 2, rngs=rngs)
+
+    stack = make(rngs)
+    k = stack.kernel.value
+    assert k.shape == (3, 2, 2)
+    assert not np.allclose(k[0], k[1]) and not np.allclose(k[1], k[2])
+    # lane i is the layer built from key i of a split of the stream's next draw
+    lane_keys = jax.random.split(jax.random.fold_in(key_before, 0), 3)
+    for i in range(3):
+        ref = nnx.Linear(2, 2, rngs=nnx.Rngs(params=lane_keys[i]))
+        np.testing.assert_allclose(k[i], ref.kernel.value, rtol=1e-6)
+    # restored: the caller's stream holds its scalar key, advanced by one draw
+    assert rngs.params.key.value.shape == ()
+    assert jnp.array_equal(
+        jax.random.key_data(rngs.params.key.value), jax.random.key_data(key_before)
+    )
+    assert int(rngs.params.count.value) == 1
+
+
+def test_split_rngs_context_manager():
+    rngs = nnx.Rngs(0)
+    with nnx.split_rngs(rngs, splits=(2, 3)):
+        assert rngs.default.key.value.shape == (2, 3)
+        assert rngs.default.count.value.shape == (2, 3)
+    assert rngs.default.key.value.shape == ()
+    two = nnx.Rngs(params=0, dropout=1)
+    with nnx.split_rngs(two, splits=4, only="dropout"):
+        assert two.dropout.key.value.shape == (4,)
+        assert two.params.key.value.shape == ()  # not selected by `only`
+    assert int(two.dropout.count.value) == 1 and int(two.params.count.value) == 0
+    with pytest.raises(ValueError, match="already split"):
+        with nnx.split_rngs(rngs, splits=2):
+            nnx.split_rngs(rngs, splits=2)
