@@ -31,6 +31,7 @@ from nnxlike._graph import graphdef as graphdef
 from nnxlike._graph import iter_graph as iter_graph
 from nnxlike._graph import merge as merge
 from nnxlike._graph import pop as pop
+from nnxlike._graph import set_metadata as set_metadata
 from nnxlike._graph import split as split
 from nnxlike._graph import state as state
 from nnxlike._graph import update as update
@@ -101,6 +102,7 @@ from nnxlike.spmd import get_logical_axis_rules as get_logical_axis_rules
 from nnxlike.spmd import get_named_sharding as get_named_sharding
 from nnxlike.spmd import get_partition_spec as get_partition_spec
 from nnxlike.spmd import logical_axis_rules as logical_axis_rules
+from nnxlike.spmd import with_metadata as with_metadata
 from nnxlike.spmd import with_partitioning as with_partitioning
 
 __version__ = "0.1.0"

@@ -118,10 +118,23 @@ def with_partitioning(
     extra = dict(metadata, sharding_names=names)
     if mesh is not None:
         extra["mesh"] = mesh
+    return with_metadata(initializer, **extra)
+
+
+def with_metadata(
+    initializer: Callable[..., Any], **metadata: Any
+) -> Callable[..., VariableMetadata]:
+    """Wrap ``initializer`` so the Variable built from its result carries ``metadata``.
+
+    >>> import nnxlike as nnx
+    >>> init = nnx.with_metadata(nnx.initializers.zeros, note="frozen")
+    >>> nnx.Linear(2, 3, bias_init=init, rngs=nnx.Rngs(0)).bias.note
+    'frozen'
+    """
 
     @functools.wraps(initializer)
     def init(*args: Any, **kwargs: Any) -> VariableMetadata:
-        return VariableMetadata(initializer(*args, **kwargs), extra)
+        return VariableMetadata(initializer(*args, **kwargs), metadata)
 
     return init
 

@@ -107,3 +107,28 @@ def test_jit_partial_binds_first_arguments_and_keeps_argnums():
 def test_metrics_at_top_level():
     assert nnx.MultiMetric is nnx.metrics.MultiMetric
     assert nnx.Metric is nnx.metrics.Metric and nnx.EMA is nnx.metrics.EMA
+
+
+def test_with_metadata_and_set_metadata():
+    init = nnx.with_metadata(nnx.initializers.ones, note="tied")
+    layer = nnx.Linear(2, 3, kernel_init=init, rngs=nnx.Rngs(0))
+    assert layer.kernel.note == "tied"
+    np.testing.assert_array_equal(layer.kernel.value, np.ones((2, 3)))
+    assert not hasattr(layer.bias, "note")
+
+    model = Net(nnx.Rngs(0))
+    seen = []
+
+    @nnx.jit
+    def tags(model):
+        seen.append(getattr(model.bn.mean, "tag", None))
+        return model.layers[0].kernel.value.sum()
+
+    tags(model)
+    nnx.set_metadata(model, nnx.BatchStat, tag="stats")
+    tags(model)  # metadata is structure: the next call sees it
+    assert seen == [None, "stats"]
+    assert model.bn.var.tag == "stats" and not hasattr(model.bn.scale, "tag")
+    nnx.set_metadata(model, "kernel", nnx.BatchStat, group=1)
+    assert model.layers[1].kernel.group == 1 and model.bn.mean.group == 1
+    assert not hasattr(model.layers[1].bias, "group")
