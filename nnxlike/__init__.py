@@ -77,6 +77,9 @@ from nnxlike._transforms.iteration import vmap as vmap
 from nnxlike._transforms.jit import cached_partial as cached_partial
 from nnxlike._transforms.jit import jit as jit
 from nnxlike._transforms.jit import jit_partial as jit_partial
+from nnxlike._transforms.linearize import jvp as jvp
+from nnxlike._transforms.linearize import vjp as vjp
+from nnxlike._transforms.shard_map import shard_map as shard_map
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
 from nnxlike._variables import Intermediate as Intermediate

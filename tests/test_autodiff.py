@@ -310,3 +310,173 @@ def test_non_scalar_loss_error_comes_from_jax():
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="scalar"):
         nnx.grad(lambda m: m(X))(model)
+
+
+# -- nnx.jvp / nnx.vjp ---------------------------------------------------------------
+
+XB = jnp.array([[0.5, -1.0], [2.0, 0.25], [-0.3, 0.7]])
+
+
+def lin_out(model, x):
+    return jnp.tanh(model(x))
+
+
+def ref_out(p, x):
+    return jnp.tanh(x @ p["kernel"] + p["bias"][None])
+
+
+def tangent_dict(seed: int, like: dict) -> dict:
+    keys = jax.random.split(jax.random.key(seed), len(like))
+    return {
+        k: jax.random.normal(key, v.shape) for key, (k, v) in zip(keys, like.items())
+    }
+
+
+def test_jvp_model_and_array_match_jax_jvp():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+    tp = tangent_dict(1, p)
+    tx = jax.random.normal(jax.random.key(2), XB.shape)
+    out, out_dot = nnx.jvp(lin_out, (model, XB), (nnx.State(tp), tx))
+    want, want_dot = jax.jvp(ref_out, (p, XB), (tp, tx))
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_allclose(out_dot, want_dot, rtol=1e-5, atol=1e-6)
+
+
+def test_jvp_tangent_forms_state_object_and_partial():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+    tp = tangent_dict(3, p)
+    zx = jnp.zeros_like(XB)
+    _, want = jax.jvp(ref_out, (p, XB), (tp, zx))
+    # A State mapped from nnx.state(model, Param), with VariableState leaves.
+    state = nnx.state(model, nnx.Param)
+    state["kernel"].value, state["bias"].value = tp["kernel"], tp["bias"]
+    _, got = nnx.jvp(lin_out, (model, XB), (state, zx))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # An object of the same structure holding the tangents.
+    t_model = nnx.clone(model)
+    t_model.kernel.value, t_model.bias.value = tp["kernel"], tp["bias"]
+    _, got = nnx.jvp(lin_out, (model, XB), (t_model, zx))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Paths left out get a zero tangent.
+    _, got = nnx.jvp(lin_out, (model, XB), ({"kernel": tp["kernel"]}, zx))
+    _, want_k = jax.jvp(
+        ref_out, (p, XB), ({"kernel": tp["kernel"], "bias": jnp.zeros(3)}, zx)
+    )
+    np.testing.assert_allclose(got, want_k, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not differentiated"):
+        nnx.jvp(lin_out, (model, XB), ({"nope": tp["bias"]}, zx))
+
+
+def test_vjp_model_and_array_match_jax_vjp():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+    out, vjp_fn = nnx.vjp(lin_out, model, XB)
+    want, ref_fn = jax.vjp(ref_out, p, XB)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    ct = jax.random.normal(jax.random.key(4), out.shape)
+    g_model, g_x = vjp_fn(ct)
+    r_model, r_x = ref_fn(ct)
+    assert list(g_model.flat_dict()) == [("kernel",), ("bias",)]
+    assert all(v.type is nnx.Param for v in g_model.flat_dict().values())
+    assert_state_close(g_model, r_model)
+    np.testing.assert_allclose(g_x, r_x, rtol=1e-5, atol=1e-6)
+
+
+def test_vjp_has_aux_and_batchnorm_stats_written_back():
+    class Net(nnx.Module):
+        def __init__(self):
+            self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+            self.bn = nnx.BatchNorm(3, momentum=0.5, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.bn(self.lin(x))
+
+    net = Net()
+    ref_net = nnx.clone(net)
+    before = net.bn.mean.value
+    y, vjp_fn, aux = nnx.vjp(lambda m, x: (m(x), {"n": 1}), net, XB, has_aux=True)
+    assert aux == {"n": 1}
+    # The gradient reference runs on a copy taken before any update.
+    g_ref = nnx.grad(lambda m, x: jnp.sum(m(x) * (1.0 + x[:, :1])))(
+        nnx.clone(ref_net), XB
+    )
+    ref_y = ref_net(XB)  # eager: updates ref_net's running stats
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(net.bn.mean.value, before)
+    np.testing.assert_allclose(net.bn.mean.value, ref_net.bn.mean.value, rtol=1e-6)
+    np.testing.assert_allclose(net.bn.var.value, ref_net.bn.var.value, rtol=1e-6)
+    g_net, g_x = vjp_fn(jnp.ones_like(y) * (1.0 + XB[:, :1]))
+    assert "mean" not in g_net["bn"]  # BatchStats are not differentiated
+    assert_state_close(g_net, g_ref.to_pure_dict())
+    assert g_x.shape == XB.shape
+
+
+def test_jvp_writes_back_and_matches_vjp_by_duality():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    model.count = nnx.BatchStat(jnp.zeros(()))
+
+    def f(m, x):
+        m.count.value = m.count.value + 1
+        return lin_out(m, x)
+
+    p = params_of(model)
+    tp = tangent_dict(5, p)
+    tx = jax.random.normal(jax.random.key(6), XB.shape)
+    out, out_dot = nnx.jvp(f, (model, XB), (nnx.State(tp), tx))
+    assert float(model.count.value) == 1.0
+    _, vjp_fn = nnx.vjp(f, model, XB)
+    assert float(model.count.value) == 2.0
+    ct = jax.random.normal(jax.random.key(7), out.shape)
+    g_model, g_x = vjp_fn(ct)
+    # <ct, J t> == <J^T ct, t>
+    lhs = jnp.sum(ct * out_dot)
+    g = g_model.to_pure_dict()
+    rhs = sum(jnp.sum(g[k] * tp[k]) for k in tp) + jnp.sum(g_x * tx)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+def test_jvp_vjp_plain_functions_like_jax():
+    def f(a, b):
+        return jnp.sin(a) * b["w"]
+
+    a, b = jnp.arange(3.0), {"w": jnp.ones(3) * 2.0}
+    ta, tb = jnp.ones(3), {"w": jnp.arange(3.0)}
+    got = nnx.jvp(f, (a, b), (ta, tb))
+    want = jax.jvp(f, (a, b), (ta, tb))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    out, fn = nnx.vjp(f, a, b)
+    _, ref_fn = jax.vjp(f, a, b)
+    for g, w in zip(jax.tree.leaves(fn(out)), jax.tree.leaves(ref_fn(out))):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_jvp_vjp_inside_jit():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+    tp = tangent_dict(8, p)
+
+    @nnx.jit
+    def both(m, x, t):
+        _, out_dot = nnx.jvp(lin_out, (m, x), (t, jnp.zeros_like(x)))
+        out, fn = nnx.vjp(lin_out, m, x)
+        g_m, _ = fn(jnp.ones_like(out))
+        return out_dot, g_m
+
+    out_dot, g_m = both(model, XB, nnx.State(tp))
+    _, want_dot = jax.jvp(ref_out, (p, XB), (tp, jnp.zeros_like(XB)))
+    _, ref_fn = jax.vjp(ref_out, p, XB)
+    np.testing.assert_allclose(out_dot, want_dot, rtol=1e-5, atol=1e-6)
+    assert_state_close(g_m, ref_fn(jnp.ones((3, 3)))[0])
+
+
+def test_jvp_vjp_errors():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="one tangent per primal"):
+        nnx.jvp(lin_out, (model, XB), (nnx.State({}),))
+    with pytest.raises(TypeError, match="pair"):
+        nnx.vjp(lin_out, model, XB, has_aux=True)
+    with pytest.raises(TypeError, match="aux output"):
+        nnx.vjp(lambda m: m, model)

@@ -561,3 +561,15 @@ def test_vmap_mapped_in_names_are_put_back_after_a_structure_change():
 def test_transform_metadata_unknown_key_error():
     with pytest.raises(ValueError, match="PARTITION_NAME"):
         nnx.vmap(lambda x: x, transform_metadata={"partition": "layers"})
+
+
+def test_vmap_in_axes_prefix_with_lists_matches_jax_vmap():
+    def add(xs):
+        return xs[0] * 2 + xs[1]
+
+    xs = [jnp.arange(6.0).reshape(3, 2), jnp.array([10.0, 20.0])]
+    want = jax.vmap(add, in_axes=([0, None],))(xs)
+    np.testing.assert_array_equal(nnx.vmap(add, in_axes=([0, None],))(xs), want)
+    layer = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    out = nnx.vmap(lambda pair: pair[0](pair[1]), in_axes=([None, 0],))([layer, xs[0]])
+    np.testing.assert_allclose(out, layer(xs[0]), rtol=1e-6)

@@ -299,3 +299,126 @@ def test_instancenorm_formula_and_torch():
     close(y, np.moveaxis(t["y"], 1, -1), tol=1e-4)
     with pytest.raises(ValueError, match="include axis 0, which is the batch axis"):
         nnx.InstanceNorm(2, feature_axes=0, rngs=nnx.Rngs(0))(jnp.ones((2, 3)))
+
+
+# -- WeightNorm / SpectralNorm -----------------------------------------------------
+
+
+def wn_kernel(w, scale, eps=1e-12):
+    """Each output feature (last axis) of ``w`` scaled to norm ``scale``."""
+    axes = tuple(range(w.ndim - 1))
+    scale = jnp.broadcast_to(scale, w.shape[-1:])
+    norm = jnp.sqrt(jnp.sum(w**2, axis=axes, keepdims=True) + eps)
+    return w / norm * jnp.reshape(scale, (1,) * (w.ndim - 1) + (-1,))
+
+
+def test_weightnorm_linear_matches_formula_and_gradients():
+    lin = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    wn = nnx.WeightNorm(lin, rngs=nnx.Rngs(1))
+    assert list(wn.scales) == ["kernel"]  # the default filter: kernels only
+    assert isinstance(wn.scales["kernel"], nnx.Param)
+    scale = jnp.asarray(rand(3, 4, shift=1.0))
+    wn.scales["kernel"].value = scale
+    x = jnp.asarray(rand(4, 5, 3))
+    w, b = lin.kernel.value, lin.bias.value
+
+    def ref(w, b, scale, x):
+        return x @ wn_kernel(w, scale) + b[None]
+
+    close(wn(x), ref(w, b, scale, x))
+    assert lin.kernel.value is w  # the raw weights are back after the call
+    grads = nnx.grad(lambda m, x: jnp.sum(m(x) ** 2))(wn, x)
+    gw, gb, gs = jax.grad(lambda *a: jnp.sum(ref(*a) ** 2), argnums=(0, 1, 2))(
+        w, b, scale, x
+    )
+    close(grads["layer_instance"]["kernel"].value, gw, tol=1e-4)
+    close(grads["layer_instance"]["bias"].value, gb, tol=1e-4)
+    close(grads["scales"]["kernel"].value, gs, tol=1e-4)
+
+
+def test_weightnorm_conv_normalizes_each_output_channel():
+    conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
+    wn = nnx.WeightNorm(conv, rngs=nnx.Rngs(1))
+    assert wn.scales["kernel"].shape == (3,)
+    scale = jnp.asarray(rand(5, 3, shift=1.0))
+    wn.scales["kernel"].value = scale
+    x = jnp.asarray(rand(6, 2, 5, 5, 2))
+    raw = conv.kernel.value
+    want_conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
+    want_conv.kernel.value = wn_kernel(raw, scale)
+    close(wn(x), want_conv(x), tol=1e-5)
+    close(conv.kernel.value, raw)
+
+
+def test_weightnorm_options():
+    lin = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    every = nnx.WeightNorm(lin, variable_filter=None, rngs=nnx.Rngs(1))
+    assert sorted(every.scales) == ["bias", "kernel"]
+    bare = nnx.WeightNorm(lin, use_scale=False, rngs=nnx.Rngs(1))
+    assert len(bare.scales) == 0
+    x = jnp.asarray(rand(7, 2, 3))
+    close(bare(x), x @ wn_kernel(lin.kernel.value, 1.0) + lin.bias.value[None])
+    whole = nnx.WeightNorm(lin, feature_axes=None, use_scale=False, rngs=nnx.Rngs(1))
+    w = lin.kernel.value
+    close(whole(x), x @ (w / jnp.linalg.norm(w)) + lin.bias.value[None])
+
+
+def test_spectralnorm_sigma_converges_and_output_uses_kernel_over_sigma():
+    lin = nnx.Linear(5, 4, rngs=nnx.Rngs(0))
+    sn = nnx.SpectralNorm(lin, n_steps=3, rngs=nnx.Rngs(1))
+    assert isinstance(sn.u["kernel"], nnx.BatchStat)
+    assert isinstance(sn.sigma["kernel"], nnx.BatchStat)
+    assert sn.u["kernel"].shape == (1, 4) and sn.sigma["kernel"].shape == ()
+    assert "bias" not in sn.u  # vectors are left alone
+    x = jnp.asarray(rand(8, 3, 5))
+    for _ in range(20):
+        y = sn(x)
+    w = lin.kernel.value
+    top = jnp.linalg.svd(w, compute_uv=False)[0]
+    sigma = sn.sigma["kernel"].value
+    close(sigma, top, tol=1e-4)
+    close(y, x @ (w / sigma) + lin.bias.value[None], tol=1e-5)
+    # The spectral norm of the weights the layer sees is 1.
+    close(jnp.linalg.svd(w / sigma, compute_uv=False)[0], 1.0, tol=1e-4)
+
+
+def test_spectralnorm_update_stats_false_leaves_u_unchanged():
+    sn = nnx.SpectralNorm(nnx.Linear(5, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    u0, s0 = sn.u["kernel"].value, sn.sigma["kernel"].value
+    x = jnp.asarray(rand(9, 2, 5))
+    y1 = sn(x, update_stats=False)
+    assert sn.u["kernel"].value is u0 and sn.sigma["kernel"].value is s0
+    y2 = sn(x, update_stats=False)
+    close(y1, y2)
+    sn(x)  # update_stats=True by default
+    assert not np.allclose(sn.u["kernel"].value, u0)
+
+
+def test_spectralnorm_conv_kernel_as_matrix_and_error_on_non_matrix():
+    conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
+    sn = nnx.SpectralNorm(conv, n_steps=50, rngs=nnx.Rngs(1))
+    assert sn.u["kernel"].shape == (1, 3)
+    x = jnp.asarray(rand(10, 1, 5, 5, 2))
+    sn(x)
+    mat = conv.kernel.value.reshape(-1, 3)
+    close(sn.sigma["kernel"].value, jnp.linalg.svd(mat, compute_uv=False)[0], 1e-4)
+    with pytest.raises(ValueError, match="error_on_non_matrix"):
+        nnx.SpectralNorm(conv, error_on_non_matrix=True, rngs=nnx.Rngs(1))
+
+
+def test_spectralnorm_under_jit_writes_stats_back():
+    lin = nnx.Linear(5, 4, rngs=nnx.Rngs(0))
+    eager = nnx.SpectralNorm(lin, n_steps=2, rngs=nnx.Rngs(1))
+    jitted = nnx.clone(eager)
+    x = jnp.asarray(rand(11, 3, 5))
+    step = nnx.jit(lambda m, x, update: m(x, update_stats=update), static_argnums=2)
+    for _ in range(3):
+        close(step(jitted, x, True), eager(x), tol=1e-5)
+        close(jitted.u["kernel"].value, eager.u["kernel"].value, tol=1e-5)
+        close(jitted.sigma["kernel"].value, eager.sigma["kernel"].value, tol=1e-5)
+    u = jitted.u["kernel"].value
+    step(jitted, x, False)
+    close(jitted.u["kernel"].value, u)
+    # Gradients reach the raw kernel (u and sigma are not differentiated).
+    grads = nnx.grad(lambda m, x: jnp.sum(m(x)))(jitted, x)
+    assert set(grads.to_pure_dict()) == {"layer_instance"}

@@ -140,17 +140,28 @@ def _broadcast_prefix(axes: Any, out: Any) -> list:
     """One axis per leaf of ``out`` (graph nodes as leaves) from a prefix tree."""
     if isinstance(axes, (int, _CarryType)) or axes is None:
         return [axes] * len(jtu.tree_leaves(out, is_leaf=is_graph_node))
+    # Each prefix leaf expands to one axis per leaf of its subtree. The expansion
+    # is wrapped in a tuple subclass so that lists inside ``axes`` itself (an
+    # ``in_axes=([0, None],)`` prefix) are not mistaken for expansions.
     per_sub = jax.tree.map(
-        lambda ax, sub: [ax] * len(jtu.tree_leaves(sub, is_leaf=is_graph_node)),
+        lambda ax, sub: _Expanded(
+            [ax] * len(jtu.tree_leaves(sub, is_leaf=is_graph_node))
+        ),
         axes,
         out,
         is_leaf=lambda x: x is None or is_graph_node(x),
     )
     return list(
         itertools.chain.from_iterable(
-            jtu.tree_leaves(per_sub, is_leaf=lambda x: isinstance(x, list))
+            jtu.tree_leaves(per_sub, is_leaf=lambda x: isinstance(x, _Expanded))
         )
     )
+
+
+class _Expanded(tuple):
+    """Not a registered pytree node type: a leaf for ``jax.tree`` functions."""
+
+    __slots__ = ()
 
 
 def _out_axes_for(

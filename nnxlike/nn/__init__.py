@@ -24,6 +24,8 @@ from nnxlike.nn.normalization import GroupNorm as GroupNorm
 from nnxlike.nn.normalization import InstanceNorm as InstanceNorm
 from nnxlike.nn.normalization import LayerNorm as LayerNorm
 from nnxlike.nn.normalization import RMSNorm as RMSNorm
+from nnxlike.nn.normalization import SpectralNorm as SpectralNorm
+from nnxlike.nn.normalization import WeightNorm as WeightNorm
 from nnxlike.nn.pooling import avg_pool as avg_pool
 from nnxlike.nn.pooling import max_pool as max_pool
 from nnxlike.nn.pooling import min_pool as min_pool

@@ -1,5 +1,5 @@
 """Normalization layers: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``,
-``InstanceNorm``.
+``InstanceNorm``, and the weight wrappers ``WeightNorm`` and ``SpectralNorm``.
 
 Design note: every layer is "compute statistics, then normalize" with two shared
 helpers, ``_compute_stats`` and ``_normalize``. Statistics are computed in at least
@@ -12,11 +12,15 @@ biased (divide by N), as in flax. ``BatchNorm`` keeps running statistics in
 (PyTorch's ``momentum`` is ``1 -`` this one); ``eval()`` switches it to them. Shape
 checks run in Python; the array math of a call is one ``jax.jit``-compiled
 function (configuration static), so an eager call compiles once per input shape
-rather than once per primitive, and is inlined under ``nnx.jit``.
+rather than once per primitive, and is inlined under ``nnx.jit``. ``WeightNorm``
+and ``SpectralNorm`` wrap another layer: for one call they put the normalized
+weights into its Params and restore the raw ones afterwards (so gradients reach
+the raw weights, and the wrapped layer needs no change).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -25,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnxlike._containers import Dict
+from nnxlike._graph import iter_graph
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
-from nnxlike._variables import BatchStat, Param
+from nnxlike._variables import BatchStat, Param, Variable
 from nnxlike.nn import initializers
 
 Initializer = Any
@@ -703,3 +709,269 @@ class InstanceNorm(Module):
             use_fast_variance=self.use_fast_variance,
         )
         return y
+
+
+# -- Weight reparameterizations ----------------------------------------------------
+
+
+def _path_key(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def _params_of(layer: Module) -> list[tuple[str, Param]]:
+    """``(key, Param)`` for every Param in ``layer``, each once, in graph order."""
+    return [(_path_key(p), v) for p, v in iter_graph(layer) if isinstance(v, Param)]
+
+
+@contextlib.contextmanager
+def _swapped(pairs: list[tuple[Param, jax.Array]]):
+    """Give each Param a new value for the duration of the block, then restore."""
+    old = [v.value for v, _ in pairs]
+    try:
+        for v, new in pairs:
+            v.value = new
+        yield
+    finally:
+        for (v, _), value in zip(pairs, old):
+            v.value = value
+
+
+@functools.partial(jax.jit, static_argnames=("feature_axes", "epsilon", "dtype"))
+def _weight_norm(value, scale, *, feature_axes, epsilon, dtype):
+    """``value`` l2-normalized over every axis but ``feature_axes``, times scale."""
+    reduction = tuple(a for a in range(value.ndim) if a not in feature_axes)
+    sq = jnp.sum(_abs_sq(value), axis=reduction, keepdims=True)
+    out = value * jax.lax.rsqrt(sq + epsilon)
+    if scale is not None:
+        shape = [d if a in feature_axes else 1 for a, d in enumerate(value.shape)]
+        out = out * jnp.reshape(scale, shape)
+    return out if dtype is None else jnp.asarray(out, dtype)
+
+
+class WeightNorm(Module):
+    """L2 weight normalization (Salimans & Kingma, 2016) around another layer.
+
+    Every ``Param`` of ``layer_instance`` whose path (joined with ``/``) contains
+    one of the strings in ``variable_filter`` is replaced, for each call, by
+    ``w / ||w|| * scale``: the norm is taken over every axis but
+    ``feature_axes`` (for a ``Linear`` or ``Conv`` kernel with the default ``-1``:
+    one norm per output feature) and ``scale`` is a learned ``Param`` with the
+    shape of the feature axes. The wrapped layer keeps the unnormalized
+    weights; gradients flow to them and to the scales.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> wn = nnx.WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    >>> list(wn.scales), wn.scales["kernel"].shape
+    (['kernel'], (2,))
+    >>> wn(jnp.ones((4, 3))).shape
+    (4, 2)
+
+    Args:
+        layer_instance: the layer whose parameters are normalized.
+        epsilon: added to the squared norm.
+        dtype: dtype of the normalized weights (default: unchanged).
+        param_dtype: dtype of the scales.
+        use_scale: learn a ``scale`` per feature (otherwise unit norm).
+        scale_init: initializer for the scales.
+        feature_axes: axes of each weight that keep their own norm (``None``:
+            one norm for the whole weight).
+        variable_filter: substrings of the Param paths to normalize; ``None``
+            normalizes every Param.
+        rngs: the ``params`` stream is drawn for the scales.
+    """
+
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Initializer = initializers.ones,
+        feature_axes: Axes | None = -1,
+        variable_filter: Iterable[str] | None = frozenset({"kernel"}),
+        rngs: Rngs,
+    ):
+        self.layer_instance = layer_instance
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.feature_axes = _static_axes(feature_axes)
+        self.variable_filter = (
+            None if variable_filter is None else tuple(sorted(set(variable_filter)))
+        )
+        scales = {}
+        for key, v in self._selected():
+            axes = self._axes(v.value, "WeightNorm")
+            if use_scale:
+                shape = tuple(v.value.shape[a] for a in axes)
+                scales[key] = Param(scale_init(rngs.params(), shape, param_dtype))
+        self.scales = Dict(scales)
+
+    def _selected(self) -> list[tuple[str, Param]]:
+        pairs = _params_of(self.layer_instance)
+        if self.variable_filter is None:
+            return pairs
+        return [(k, v) for k, v in pairs if any(f in k for f in self.variable_filter)]
+
+    def _axes(self, value: Any, where: str) -> tuple[int, ...]:
+        if self.feature_axes is None:
+            return ()
+        return _canonicalize_axes(np.ndim(value), self.feature_axes, where)
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped layer with its selected weights normalized."""
+        pairs = []
+        for key, v in self._selected():
+            scale = self.scales[key].value if self.use_scale else None
+            new = _weight_norm(
+                v.value,
+                scale,
+                feature_axes=self._axes(v.value, "WeightNorm.__call__"),
+                epsilon=self.epsilon,
+                dtype=self.dtype,
+            )
+            pairs.append((v, new))
+        with _swapped(pairs):
+            return self.layer_instance(x, *args, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=("n_steps", "epsilon"))
+def _power_iteration(w, u, *, n_steps, epsilon):
+    """``n_steps`` of power iteration on the matrix ``w``: ``(u, sigma)``."""
+
+    def unit(a):
+        return a * jax.lax.rsqrt(jnp.sum(_abs_sq(a)) + epsilon)
+
+    v = None
+    for _ in range(n_steps):
+        v = unit(u @ w.T)  # (1, rows)
+        u = unit(v @ w)  # (1, cols)
+    if v is None:  # n_steps == 0: only the stored u
+        v = unit(u @ w.T)
+    u = jax.lax.stop_gradient(u)
+    v = jax.lax.stop_gradient(v)
+    sigma = (v @ w @ u.T)[0, 0]
+    return u, sigma
+
+
+def _stat_type(collection_name: str) -> type[Variable]:
+    """The Variable type for flax's ``collection_name`` (``batch_stats``: BatchStat)."""
+    if collection_name == "batch_stats":
+        return BatchStat
+    t = _STAT_TYPES.get(collection_name)
+    if t is None:
+        name = "".join(p.capitalize() for p in collection_name.split("_")) or "Stat"
+        t = type(name, (Variable,), {"__module__": __name__})
+        _STAT_TYPES[collection_name] = t
+    return t
+
+
+_STAT_TYPES: dict[str, type[Variable]] = {}
+
+
+class SpectralNorm(Module):
+    """Spectral normalization (Miyato et al., 2018) around another layer.
+
+    Every ``Param`` of ``layer_instance`` with at least two dimensions is divided,
+    for each call, by an estimate of its largest singular value ``sigma``
+    (weights of more than two dimensions are seen as a matrix
+    ``(-1, shape[-1])``; 0-d and 1-d Params are left alone). The estimate comes
+    from ``n_steps`` of power iteration started from a stored vector ``u``;
+    with ``update_stats=True`` (the default) each call stores the new ``u`` and
+    ``sigma``, so the estimate sharpens over training, and with
+    ``update_stats=False`` the stored ``u`` is used and nothing changes. ``u``
+    and ``sigma`` live in ``self.u[path]`` and ``self.sigma[path]``, as
+    ``BatchStat`` Variables (or a Variable type named after another
+    ``collection_name``).
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> sn = nnx.SpectralNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    >>> sn.u["kernel"].shape, sn.sigma["kernel"].shape
+    ((1, 2), ())
+    >>> sn(jnp.ones((4, 3))).shape
+    (4, 2)
+
+    Args:
+        layer_instance: the layer whose parameters are normalized.
+        n_steps: power-iteration steps per call.
+        epsilon: added to the squared norms in the power iteration.
+        dtype: dtype of the normalized weights (default: unchanged).
+        param_dtype: dtype of ``u`` and ``sigma``.
+        error_on_non_matrix: raise on Params of more than two dimensions instead
+            of reshaping them.
+        collection_name: ``"batch_stats"`` stores the statistics as
+            ``BatchStat``; another name makes a Variable type of that name.
+        rngs: the ``params`` stream is drawn for the initial ``u``.
+    """
+
+    def __init__(
+        self,
+        layer_instance: Module,
+        *,
+        n_steps: int = 1,
+        epsilon: float = 1e-12,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        error_on_non_matrix: bool = False,
+        collection_name: str = "batch_stats",
+        rngs: Rngs,
+    ):
+        self.layer_instance = layer_instance
+        self.n_steps = int(n_steps)
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.error_on_non_matrix = error_on_non_matrix
+        self.collection_name = collection_name
+        stat = _stat_type(collection_name)
+        u, sigma = {}, {}
+        for key, v in self._selected():
+            cols = np.shape(v.value)[-1]
+            init = jax.random.normal(rngs.params(), (1, cols), param_dtype)
+            u[key] = stat(init)
+            sigma[key] = stat(jnp.ones((), param_dtype))
+        self.u = Dict(u)
+        self.sigma = Dict(sigma)
+
+    def _selected(self) -> list[tuple[str, Param]]:
+        out = []
+        for key, v in _params_of(self.layer_instance):
+            ndim = np.ndim(v.value)
+            if ndim < 2:
+                continue
+            if ndim > 2 and self.error_on_non_matrix:
+                raise ValueError(
+                    f"SpectralNorm: Param {key!r} has shape {np.shape(v.value)}, "
+                    "not a matrix; pass error_on_non_matrix=False to normalize it "
+                    "as a (-1, shape[-1]) matrix."
+                )
+            out.append((key, v))
+        return out
+
+    def __call__(
+        self, x: Any, *args: Any, update_stats: bool = True, **kwargs: Any
+    ) -> Any:
+        """Call the wrapped layer with its weights divided by their ``sigma``."""
+        pairs = []
+        for key, v in self._selected():
+            w = v.value
+            u, sigma = _power_iteration(
+                jnp.reshape(w, (-1, w.shape[-1])),
+                self.u[key].value,
+                n_steps=self.n_steps,
+                epsilon=self.epsilon,
+            )
+            new = w / jnp.where(sigma != 0, sigma, 1).astype(w.dtype)
+            if self.dtype is not None:
+                new = jnp.asarray(new, self.dtype)
+            pairs.append((v, new))
+            if update_stats:
+                self.u[key].value = u.astype(self.u[key].value.dtype)
+                self.sigma[key].value = sigma.astype(self.sigma[key].value.dtype)
+        with _swapped(pairs):
+            return self.layer_instance(x, *args, **kwargs)

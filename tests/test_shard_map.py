@@ -1,0 +1,159 @@
+"""nnx.shard_map: training on 8 simulated devices (in a subprocess), write-back, errors.
+
+Errors run here on a 1-device mesh; the multi-device cases run in
+``tests/shard_map_worker.py`` and are compared with single-device training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+
+import nnxlike as nnx
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "shard_map_worker.py"
+
+
+@pytest.fixture(scope="module")
+def worker() -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "dp", "writeback"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    facts = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("SHMAP "):
+            record = json.loads(line[6:])
+            facts[record.pop("case")] = record
+    assert set(facts) == {"dp", "writeback"}, proc.stdout[-2000:]
+    return facts
+
+
+@pytest.mark.parametrize("run", ["vma_False", "vma_True"])
+def test_data_parallel_batchnorm_training_matches_one_device(worker, run):
+    dp = worker["dp"]
+    facts = dp[run]
+    np.testing.assert_allclose(facts["losses"], dp["ref_losses"], rtol=1e-5)
+    assert facts["params"]["allclose"], facts["params"]
+    assert facts["batch_stats"]["allclose"], facts["batch_stats"]
+    assert facts["opt_state"]["allclose"], facts["opt_state"]
+    assert facts["stats_moved"] and facts["step"] == 3
+
+
+def test_per_device_batchnorm_statistics_would_differ(worker):
+    # The control: the comparison above does detect per-shard statistics.
+    assert not worker["dp"]["local_bn"]["batch_stats"]["allclose"]
+
+
+def test_changes_are_written_back(worker):
+    wb = worker["writeback"]
+    assert wb["count"] == 3  # one eager call, two under nnx.jit
+    # Sharded P("data"): each device added its x + axis_index, 3 times.
+    assert wb["per_device"] == [6.0 * i for i in range(8)]
+    assert wb["y"] == [2.0 * i for i in range(8)]
+    assert wb["seen"] == 16.0  # a new attribute, created inside
+    assert wb["new_kernel_shape"] == [3, 1] and wb["new_kernel_equal"]
+    assert wb["y2_shape"] == [8, 3]
+    assert wb["returned_is_caller"]
+
+
+# -- in-process, one device ---------------------------------------------------------
+
+
+def _mesh():
+    return jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,))
+
+
+class Counter(nnx.Module):
+    def __init__(self):
+        self.count = nnx.Variable(jnp.zeros((), jnp.int32))
+        self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+
+def test_counter_write_back_on_one_device():
+    c = Counter()
+
+    @nnx.shard_map(mesh=_mesh(), in_specs=P(), out_specs=P())
+    def tick(c):
+        c.count.value += 1
+
+    tick(c)
+    nnx.jit(tick)(c)
+    assert int(c.count.value) == 2
+
+
+def _call(in_specs, *args):
+    return nnx.shard_map(
+        lambda *a: None, mesh=_mesh(), in_specs=in_specs, out_specs=P()
+    )(*args)
+
+
+def test_error_object_spec_is_not_a_partition_spec():
+    with pytest.raises(TypeError) as err:
+        _call((0, P()), Counter(), jnp.ones(2))
+    msg = str(err.value)
+    assert "in_specs[0] is 0 for argument 0, a Counter" in msg
+    assert "nnx.StateAxes({nnx.BatchStat: P(), ...: P()})" in msg
+    with pytest.raises(ValueError) as err:
+        _call((P(), [()]), jnp.ones(2), [Counter()])
+    msg = str(err.value)
+    assert "in_specs[1] = [()] does not match the structure" in msg
+    assert "[<Counter object>]" in msg
+    with pytest.raises(TypeError, match=r"in_specs\[1\] gives None for a Counter"):
+        _call((P(), [None]), jnp.ones(2), [Counter()])
+
+
+def test_error_variable_matching_no_filter_names_its_path():
+    spec = nnx.StateAxes({nnx.Param: P()})
+    with pytest.raises(nnx.StructureError) as err:
+        _call((spec,), Counter())
+    msg = str(err.value)
+    assert "'count' (Variable) matches none of the StateAxes filters" in msg
+    assert "`...: P()`" in msg
+
+
+def test_error_state_axes_value_and_spec_rank():
+    with pytest.raises(TypeError, match="maps filter 'Param' to 0"):
+        _call((nnx.StateAxes({nnx.Param: 0, ...: P()}),), Counter())
+    with pytest.raises(ValueError) as err:
+        _call((P(None, "data"),), nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    msg = str(err.value)
+    assert "Param at 'bias' has shape (3,)" in msg and "`P(None,)`" in msg
+
+
+def test_error_arguments_and_specs_disagree():
+    with pytest.raises(ValueError, match="in_specs has 1 entries but the function got"):
+        _call((P(),), jnp.ones(2), jnp.ones(2))
+    with pytest.raises(TypeError, match="StateAxes is for objects"):
+        _call((nnx.StateAxes({...: P()}),), jnp.ones(2))
+    with pytest.raises(TypeError, match="keyword argument"):
+        nnx.shard_map(lambda x: x, mesh=_mesh(), in_specs=P(), out_specs=P())(x=1)
+
+
+def test_worker_import_has_no_side_effects():
+    before = os.environ.get("XLA_FLAGS")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_shard_map_worker_probe", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert os.environ.get("XLA_FLAGS") == before
+    assert module.main(["nope"]) == 2
