@@ -183,17 +183,7 @@ def value_and_grad(
             if kind < 0:
                 grads.append(next(plain_iter))
                 continue
-            grads.append(
-                State.from_flat(
-                    [p for p, _ in chosen],
-                    [
-                        VariableState(
-                            type(variables[i]), grad_of[i], dict(variables[i]._metadata)
-                        )
-                        for _, i in chosen
-                    ],
-                )
-            )
+            grads.append(state_of(chosen, grad_of, variables))
         g = grads[0] if single else tuple(grads)
         value = (loss, aux) if has_aux else loss
         return value, g
@@ -243,3 +233,18 @@ def grad(
         return (g, value[1]) if has_aux else g
 
     return wrapper
+
+
+def state_of(chosen: list, value_of: dict, variables: list) -> State:
+    """A State holding ``value_of[i]`` for each ``(path, i)`` in ``chosen``.
+
+    Each leaf keeps the kind and metadata of Variable ``variables[i]`` (gradients,
+    tangents and cotangents look like the parameters they belong to).
+    """
+    return State.from_flat(
+        [p for p, _ in chosen],
+        [
+            VariableState(type(variables[i]), value_of[i], dict(variables[i]._metadata))
+            for _, i in chosen
+        ],
+    )

@@ -23,7 +23,7 @@ from nnxlike._filters import Filter, to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._state import State
 from nnxlike._transforms import _core
-from nnxlike._transforms.autodiff import _contains_graph, _describe
+from nnxlike._transforms.autodiff import _contains_graph, _describe, state_of
 from nnxlike._variables import Param, Variable, VariableState
 
 
@@ -113,17 +113,7 @@ class _Plan:
             if picked is None:
                 out.append(None)
                 continue
-            out.append(
-                State.from_flat(
-                    [p for p, _ in picked],
-                    [
-                        VariableState(
-                            type(variables[i]), by_idx[i], dict(variables[i]._metadata)
-                        )
-                        for _, i in picked
-                    ],
-                )
-            )
+            out.append(state_of(picked, by_idx, variables))
         return out
 
 
