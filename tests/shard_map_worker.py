@@ -9,20 +9,11 @@ module (as pytest's ``--doctest-modules`` does) has no side effects.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-DEVICES = 8
+from multidevice import DEVICES, worker_main
+
 STEPS = 3
-
-
-def _setup() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    flag = f"--xla_force_host_platform_device_count={DEVICES}"
-    if flag not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
-    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _mesh():
@@ -204,18 +195,7 @@ CASES = {"dp": case_dp, "writeback": case_writeback}
 
 
 def main(argv: list[str]) -> int:
-    unknown = [c for c in argv if c not in CASES]
-    if not argv or unknown:
-        print(f"usage: shard_map_worker.py CASE [CASE ...], cases: {sorted(CASES)}")
-        return 2
-    _setup()
-    import jax
-
-    assert jax.device_count() == DEVICES, jax.devices()
-    for case in argv:
-        facts = CASES[case]()
-        print("SHMAP " + json.dumps({"case": case, **facts}), flush=True)
-    return 0
+    return worker_main(argv, CASES, "SHMAP")
 
 
 if __name__ == "__main__":

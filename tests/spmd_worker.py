@@ -10,20 +10,11 @@ CPU devices before it imports JAX, so importing this module (as pytest's
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-DEVICES = 8
+from multidevice import DEVICES, worker_main
+
 STEPS = 5
-
-
-def _setup() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    flag = f"--xla_force_host_platform_device_count={DEVICES}"
-    if flag not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
-    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _models():
@@ -309,19 +300,7 @@ CASES = {"dp": case_dp, "tp": case_tp, "placement": case_placement}
 
 
 def main(argv: list[str]) -> int:
-    unknown = [c for c in argv if c not in CASES]
-    if not argv or unknown:
-        print(f"usage: spmd_worker.py CASE [CASE ...], cases: {sorted(CASES)}")
-        return 2
-    _setup()
-    import jax
-
-    jax.config.update("jax_numpy_rank_promotion", "raise")
-    assert jax.device_count() == DEVICES, jax.devices()
-    for case in argv:
-        facts = CASES[case]()
-        print("SPMD " + json.dumps({"case": case, **facts}, default=list), flush=True)
-    return 0
+    return worker_main(argv, CASES, "SPMD")
 
 
 if __name__ == "__main__":

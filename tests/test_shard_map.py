@@ -6,10 +6,7 @@ Errors run here on a 1-device mesh; the multi-device cases run in
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -18,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
+from multidevice import run_worker
 
 import nnxlike as nnx
 
@@ -27,24 +25,7 @@ WORKER = Path(__file__).resolve().parent / "shard_map_worker.py"
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), "dp", "writeback"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    facts = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("SHMAP "):
-            record = json.loads(line[6:])
-            facts[record.pop("case")] = record
-    assert set(facts) == {"dp", "writeback"}, proc.stdout[-2000:]
-    return facts
+    return run_worker(WORKER, ["dp", "writeback"], "SHMAP")
 
 
 @pytest.mark.parametrize("run", ["vma_False", "vma_True"])

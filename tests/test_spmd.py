@@ -8,10 +8,7 @@ subprocess (``tests/spmd_worker.py``), compared with single-device training.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -21,6 +18,7 @@ import optax
 import pytest
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from multidevice import run_worker
 
 import nnxlike as nnx
 from nnxlike import spmd
@@ -370,24 +368,7 @@ def test_no_sharding_work_for_unannotated_variables_or_merge(monkeypatch):
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), "dp", "tp", "placement"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    facts = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("SPMD "):
-            record = json.loads(line[5:])
-            facts[record.pop("case")] = record
-    assert set(facts) == {"dp", "tp", "placement"}, proc.stdout[-2000:]
-    return facts
+    return run_worker(WORKER, ["dp", "tp", "placement"], "SPMD")
 
 
 def _specs(layout: dict) -> dict:
