@@ -118,15 +118,7 @@ def value_and_grad(
         for argnum, filt in specs:
             arg = args[argnum]
             if _contains_graph(arg):
-                pred = to_predicate(filt)
-                flat = flatten(arg)
-                chosen = []
-                for path, v in zip(flat.graphdef.paths, flat.leaves):
-                    idx = var_index.get(id(v))
-                    if idx is not None and pred(path, v):
-                        chosen.append((path, idx))
-                        if idx not in diff_idx:
-                            diff_idx.append(idx)
+                chosen = select_variables(arg, filt, var_index, diff_idx)
                 graph_specs.append((len(graph_specs) + len(plain_argnums), chosen))
             else:
                 plain_argnums.append(argnum % len(args))
@@ -137,11 +129,7 @@ def value_and_grad(
         box: dict[str, Any] = {}
 
         def pure(diff_arrays, plain_diff, nondiff_arrays):
-            full: list = [None] * len(arrays)
-            for i, a in zip(diff_idx, diff_arrays):
-                full[i] = a
-            for i, a in zip(nondiff_idx, nondiff_arrays):
-                full[i] = a
+            full = interleave(diff_idx, diff_arrays, nondiff_idx, nondiff_arrays)
             (args2, kwargs2), copies = lifted.rebuild(full)
             args2 = list(args2)
             for k, argnum in enumerate(plain_argnums):
@@ -248,3 +236,31 @@ def state_of(chosen: list, value_of: dict, variables: list) -> State:
             for _, i in chosen
         ],
     )
+
+
+def select_variables(arg: Any, filt: Any, var_index: dict, diff_idx: list) -> list:
+    """``[(path, index)]`` of the Variables in ``arg`` that ``filt`` picks.
+
+    ``var_index`` maps ``id(variable)`` to its index among the lifted Variables;
+    each picked index is appended to ``diff_idx`` once (shared Variables).
+    """
+    pred = to_predicate(filt)
+    flat = flatten(arg)
+    chosen = []
+    for path, v in zip(flat.graphdef.paths, flat.leaves):
+        idx = var_index.get(id(v))
+        if idx is not None and pred(path, v):
+            chosen.append((path, idx))
+            if idx not in diff_idx:
+                diff_idx.append(idx)
+    return chosen
+
+
+def interleave(diff_idx: list, diff: list, nondiff_idx: list, nondiff: list) -> list:
+    """The lifted arrays in order, from the differentiated and the other ones."""
+    full: list = [None] * (len(diff_idx) + len(nondiff_idx))
+    for i, a in zip(diff_idx, diff):
+        full[i] = a
+    for i, a in zip(nondiff_idx, nondiff):
+        full[i] = a
+    return full

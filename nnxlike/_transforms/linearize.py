@@ -19,11 +19,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnxlike._filters import Filter, to_predicate
+from nnxlike._filters import Filter
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._state import State
 from nnxlike._transforms import _core
-from nnxlike._transforms.autodiff import _contains_graph, _describe, state_of
+from nnxlike._transforms.autodiff import (
+    _contains_graph,
+    _describe,
+    interleave,
+    select_variables,
+    state_of,
+)
 from nnxlike._variables import Param, Variable, VariableState
 
 
@@ -33,7 +39,6 @@ class _Plan:
     def __init__(self, primals: tuple, wrt: Filter):
         self.lifted = _core.Lifted.from_args((primals, {}))
         var_index = {id(v): i for i, v in enumerate(self.lifted.flat.leaves)}
-        pred = to_predicate(wrt)
         # Per primal: None for a plain primal, else [(path, variable index)].
         self.chosen: list[list[tuple] | None] = []
         self.diff_idx: list[int] = []
@@ -41,15 +46,7 @@ class _Plan:
             if not _contains_graph(p):
                 self.chosen.append(None)
                 continue
-            flat = flatten(p)
-            picked = []
-            for path, v in zip(flat.graphdef.paths, flat.leaves):
-                idx = var_index.get(id(v))
-                if idx is not None and pred(path, v):
-                    picked.append((path, idx))
-                    if idx not in self.diff_idx:
-                        self.diff_idx.append(idx)
-            self.chosen.append(picked)
+            self.chosen.append(select_variables(p, wrt, var_index, self.diff_idx))
         diff = set(self.diff_idx)
         n = len(self.lifted.flat.leaves)
         self.nondiff_idx = [i for i in range(n) if i not in diff]
@@ -67,11 +64,7 @@ class _Plan:
         """``(diff_arrays, plain_primals) -> (out, (new_arrays, aux_leaves))``."""
 
         def run(diff_arrays: list, plain: tuple):
-            full: list = [None] * (len(self.diff_idx) + len(self.nondiff_idx))
-            for i, a in zip(self.diff_idx, diff_arrays):
-                full[i] = a
-            for i, a in zip(self.nondiff_idx, nondiff):
-                full[i] = a
+            full = interleave(self.diff_idx, diff_arrays, self.nondiff_idx, nondiff)
             (args, _), copies = self.lifted.rebuild(full)
             args = list(args)
             for k, pos in enumerate(self.plain):
