@@ -44,8 +44,13 @@ from nnxlike._object import Object as Object
 from nnxlike._optimizer import Optimizer as Optimizer
 from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
+from nnxlike._rngs import SplitBackups as SplitBackups
+from nnxlike._rngs import backup_keys as backup_keys
+from nnxlike._rngs import fork_rngs as fork_rngs
 from nnxlike._rngs import reseed as reseed
+from nnxlike._rngs import restore_rngs as restore_rngs
 from nnxlike._rngs import split_rngs as split_rngs
+from nnxlike._rngs import with_rngs as with_rngs
 from nnxlike._state import FlatState as FlatState
 from nnxlike._state import State as State
 from nnxlike._state import filter_state as filter_state

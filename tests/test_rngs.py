@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,13 +59,13 @@ def test_unknown_stream_without_default_names_stream_and_fix():
     rngs = nnx.Rngs(params=0)
     with pytest.raises(
         AttributeError,
-        match=r"Rngs has no stream 'dropout' and no 'default' stream.*\['params'\]"
-        r".*`nnx.Rngs\(dropout=0, \.\.\.\)`",
+        match=r"No RngStream named 'dropout' found in Rngs, and no 'default' stream"
+        r".*\['params'\].*`nnx.Rngs\(dropout=0, \.\.\.\)`",
     ):
         rngs.dropout()
-    with pytest.raises(AttributeError, match="no stream 'x'"):
+    with pytest.raises(AttributeError, match="No RngStream named 'x'"):
         rngs["x"]
-    with pytest.raises(AttributeError, match="no stream 'default'"):
+    with pytest.raises(AttributeError, match="No RngStream named 'default'"):
         rngs()
 
 
@@ -157,9 +159,11 @@ def test_nnx_reseed_reaches_every_stream_with_the_tag():
     m = Model()
     m.a.dropout(), m.b[0].dropout(), m.a.params()
     nnx.reseed(m, dropout=7)
-    expected = data(nnx.Rngs(7)())
-    np.testing.assert_array_equal(data(m.a.dropout()), expected)
-    np.testing.assert_array_equal(data(m.b[0].dropout()), expected)
+    # as flax.nnx: the streams get successive draws of Rngs(dropout=7), count 0
+    seed = jax.random.key(7)
+    for i, stream in enumerate((m.a.dropout, m.b[0].dropout)):
+        expected = jax.random.fold_in(jax.random.fold_in(seed, i), 0)
+        np.testing.assert_array_equal(data(stream()), data(expected))
     assert int(m.a.params.count.value) == 1  # other tags untouched
 
 
@@ -243,3 +247,218 @@ def test_split_rngs_context_manager():
     with pytest.raises(ValueError, match="already split"):
         with nnx.split_rngs(rngs, splits=2):
             nnx.split_rngs(rngs, splits=2)
+
+
+# -- numbers equal flax.nnx 0.12.8's (tests/fixtures/flax_rngs.npz) -------------------
+
+FLAX = np.load(Path(__file__).parent / "fixtures" / "flax_rngs.npz")
+
+
+def test_samplers_draw_flax_numbers_from_the_named_stream():
+    rngs = nnx.Rngs(0, params=1)
+    got = {
+        "normal_32x20": rngs.normal((32, 20)),
+        "uniform_3x4": rngs.uniform((3, 4), minval=-2.0, maxval=3.0),
+        "params_uniform_5": rngs.params.uniform((5,)),
+        "lecun_normal_4x3": rngs.lecun_normal()((4, 3)),
+        "params_glorot_uniform_3x5": rngs.params.glorot_uniform()((3, 5)),
+        "randint_6": rngs.randint((6,), 0, 10),
+        "bernoulli_7": rngs.bernoulli(0.3, (7,)),
+        "permutation_8": rngs.permutation(8),
+        "truncated_normal_4": rngs.truncated_normal(-1.0, 1.0, (4,)),
+        "variance_scaling_2x6": rngs.variance_scaling(2.0, "fan_out", "uniform")(
+            (2, 6)
+        ),
+    }
+    for name, value in got.items():
+        np.testing.assert_array_equal(np.asarray(value), FLAX[name], err_msg=name)
+    np.testing.assert_array_equal(
+        [int(rngs.default.count.value), int(rngs.params.count.value)],
+        FLAX["counts_after_samplers"],
+    )
+
+
+def test_sampler_is_jax_random_on_fold_in_of_key_and_count():
+    rngs = nnx.Rngs(0, params=1)
+    x = rngs.normal((2, 3))
+    ref = jax.random.normal(jax.random.fold_in(jax.random.key(0), 0), (2, 3))
+    np.testing.assert_array_equal(x, ref)
+    init = rngs.params.lecun_uniform()  # the key is drawn at each call, not here
+    assert int(rngs.params.count.value) == 0
+    w = init((2, 3))
+    ref = jax.nn.initializers.lecun_uniform()(
+        jax.random.fold_in(jax.random.key(1), 0), (2, 3)
+    )
+    np.testing.assert_array_equal(w, ref)
+    assert callable(nnx.RngStream(0, tag="t").multinomial)
+    assert set(nnx._rngs.RANDOM_FUNCTIONS) <= set(dir(nnx.Rngs))
+
+
+def test_fork_split_broadcast_match_flax():
+    rngs = nnx.Rngs(params=3, dropout=4)
+    np.testing.assert_array_equal(
+        data(rngs.fork().params.key.value), FLAX["fork_params_key"]
+    )
+    np.testing.assert_array_equal(
+        data(rngs.split({"params": 3}).params.key.value), FLAX["split_params_key"]
+    )
+    # a stream no rule matches restarts from its key (flax.nnx rebuilds it)
+    np.testing.assert_array_equal(
+        data(rngs.split({"params": 3}).dropout.key.value), FLAX["split_dropout_key"]
+    )
+    np.testing.assert_array_equal(
+        data(rngs.params.broadcast(2).key.value), FLAX["broadcast_params_key"]
+    )
+    np.testing.assert_array_equal(
+        data(rngs.dropout.split((2, 2)).key.value), FLAX["stream_split_key"]
+    )
+    np.testing.assert_array_equal(
+        [int(rngs.params.count.value), int(rngs.dropout.count.value)],
+        FLAX["counts_after_fork"],
+    )
+
+
+def test_layer_initialisations_equal_flax():
+    lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(lin.kernel.value), FLAX["linear_kernel"])
+    rngs = nnx.Rngs(params=5)
+    a, b = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+    both = np.concatenate(
+        [np.asarray(a.kernel.value).ravel(), np.asarray(b.kernel.value).ravel()]
+    )
+    np.testing.assert_array_equal(both, FLAX["two_linears_kernels"])
+
+
+def test_graph_helpers_match_flax():
+    rngs = nnx.Rngs(params=0, dropout=1)
+    backups = nnx.split_rngs(rngs, splits=3, only="params")
+    np.testing.assert_array_equal(
+        data(rngs.params.key.value), FLAX["split_rngs_params_key"]
+    )
+    nnx.restore_rngs(backups)
+    backups = nnx.fork_rngs(rngs)
+    np.testing.assert_array_equal(
+        data(rngs.dropout.key.value), FLAX["fork_rngs_dropout_key"]
+    )
+    nnx.restore_rngs(backups)
+    new = nnx.with_rngs(rngs, split={"params": 2}, fork=...)
+    np.testing.assert_array_equal(
+        data(new.params.key.value), FLAX["with_rngs_params_key"]
+    )
+    np.testing.assert_array_equal(
+        data(new.dropout.key.value), FLAX["with_rngs_dropout_key"]
+    )
+    np.testing.assert_array_equal(
+        [int(rngs.params.count.value), int(rngs.dropout.count.value)],
+        FLAX["counts_after_helpers"],
+    )
+
+
+def test_reseed_derives_keys_as_flax():
+    class Two(nnx.Module):
+        def __init__(self):
+            self.a = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+            self.b = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))
+
+    two = Two()
+    nnx.reseed(two, dropout=9)
+    got = np.stack([data(two.a.rngs.key.value), data(two.b.rngs.key.value)])
+    np.testing.assert_array_equal(got, FLAX["reseed_two_keys"])
+
+
+# -- the graph helpers: in place with backups, or copies --------------------------
+
+
+def test_split_rngs_copy_leaves_the_input_whole():
+    rngs = nnx.Rngs(params=0, dropout=1)
+    copy = nnx.split_rngs(rngs, splits=5, graph_updates=False)
+    assert copy is not rngs and isinstance(copy, nnx.Rngs)
+    assert copy.params.key.value.shape == (5,) and copy.dropout.count.value.shape == (
+        5,
+    )
+    assert rngs.params.key.value.shape == () and int(rngs.params.count.value) == 1
+    lanes = jax.random.split(jax.random.fold_in(jax.random.key(0), 0), 5)
+    np.testing.assert_array_equal(data(copy.params.key.value), data(lanes))
+    one = nnx.split_rngs(rngs, splits=1, squeeze=True, graph=False)
+    assert one.params.key.value.shape == ()
+    with pytest.raises(
+        ValueError, match=r"squeeze=True .* needs splits=1, got splits=2"
+    ):
+        nnx.split_rngs(rngs, splits=2, squeeze=True)
+
+
+def test_split_rngs_copy_of_a_model_shares_nothing():
+    model = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+    copy = nnx.split_rngs(model, splits=2, graph_updates=False)
+    assert copy.rngs.key.value.shape == (2,) and model.rngs.key.value.shape == ()
+    assert copy.rngs is not model.rngs
+    decorated = nnx.split_rngs(splits=4, graph_updates=False)(
+        lambda m, n=1: (m.rngs.key.value.shape, n)
+    )
+    assert decorated(model, n=2) == ((4,), 2)
+    assert model.rngs.key.value.shape == ()
+
+
+def test_fork_rngs_in_place_restores_and_as_copy():
+    rngs = nnx.Rngs(params=0, dropout=1)
+    before = data(rngs.params.key.value)
+    backups = nnx.fork_rngs(rngs)
+    assert isinstance(backups, nnx.SplitBackups) and len(list(backups)) == 2
+    forked = jax.random.fold_in(jax.random.key(0), 0)
+    np.testing.assert_array_equal(data(rngs.params.key.value), data(forked))
+    assert int(rngs.params.count.value) == 0
+    nnx.restore_rngs(backups)
+    np.testing.assert_array_equal(data(rngs.params.key.value), before)
+    assert int(rngs.params.count.value) == 1  # the fork's draw stays counted
+    copy = nnx.fork_rngs(rngs, split={"dropout": 3}, graph_updates=False)
+    assert copy.dropout.key.value.shape == (3,) and copy.params.key.value.shape == ()
+    np.testing.assert_array_equal(data(rngs.params.key.value), before)
+
+    @nnx.fork_rngs(split=2)
+    def shapes(r):
+        return r.params.key.value.shape
+
+    assert shapes(rngs) == (2,) and rngs.params.key.value.shape == ()
+
+
+def test_with_rngs_rules():
+    rngs = nnx.Rngs(params=0, dropout=1, noise=2)
+    new = nnx.with_rngs(rngs, split={"params": 4, ...: (2, 3)}, graph=False)
+    assert new.params.key.value.shape == (4,)
+    assert new.dropout.key.value.shape == (2, 3) and new.noise.key.value.shape == (2, 3)
+    new = nnx.with_rngs(rngs, broadcast={"params": 5}, fork="noise")
+    b = data(new.params.key.value)
+    assert b.shape == (5, 2) and (b == b[:1]).all()
+    assert new.dropout is not rngs.dropout
+    np.testing.assert_array_equal(
+        data(new.dropout.key.value), data(rngs.dropout.key.value)
+    )
+    new = nnx.with_rngs(rngs, split=2, only="dropout")
+    assert new.dropout.key.value.shape == (2,) and new.params.key.value.shape == ()
+    with pytest.raises(ValueError, match=r"matches multiple rules:\n  - split"):
+        nnx.with_rngs(rngs, split={"params": 4}, fork="params")
+    with pytest.raises(TypeError, match=r"with_rngs\(split=\): expected an int"):
+        nnx.with_rngs(rngs, split="params")
+    tree = {"a": nnx.RngStream(0, tag="params"), "b": [nnx.RngStream(1, tag="x")]}
+    new_tree = nnx.with_rngs(tree, split=4)
+    assert new_tree["a"].key.value.shape == (4,) and new_tree["b"][0].tag == "x"
+    assert tree["a"].key.value.shape == ()
+
+
+def test_reseed_policies_for_split_streams():
+    rngs = nnx.Rngs(params=0).split(3)
+    with pytest.raises(ValueError, match=r"reseed: the stream at path \('params',\)"):
+        nnx.reseed(rngs, params=1)
+    nnx.reseed(rngs, policy="match_shape", params=1)
+    expected = jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 3)
+    np.testing.assert_array_equal(data(rngs.params.key.value), data(expected))
+    with pytest.raises(ValueError, match="policy must be"):
+        nnx.reseed(rngs, policy="nope", params=1)
+
+
+def test_rngs_mapping_iteration_and_dunders():
+    rngs = nnx.Rngs({"params": 0}, dropout=1)
+    assert list(rngs) == ["params", "dropout"] and len(rngs) == 2
+    assert nnx.Rngs(default=3).default.tag == "default"
+    with pytest.raises(AttributeError):
+        rngs.__json__  # noqa: B018
