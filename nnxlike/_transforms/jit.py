@@ -20,6 +20,12 @@ What the traced function returns besides arrays (output structure, whether the
 graph changed) is learnt at trace time. JAX retraces per input shapes, so it is
 recorded per (spec, input avals); only when two avals of one spec gave different
 structures does a call pay for computing its avals to pick the right one.
+
+Threads: one wrapper may be called from several threads at once (two models
+trained side by side with one jitted step). Nothing about one call lives on the
+shared wrapper: a trace reports its output structure to the calling thread's
+sink (JAX traces in the calling thread), the tables it records into are keyed
+by (spec, avals), and the argument cache is only edited under a lock.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -142,7 +149,6 @@ class _Entry:
         "variables",
         "out_static",
         "written",
-        "written_key",
     )
 
     def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
@@ -151,8 +157,9 @@ class _Entry:
         self.version = version
         self.variables = lifted.flat.leaves
         self.out_static = None
-        self.written_key = None  # the `changed` tuple `written` was built for
-        self.written: list = []
+        # (changed, [Variables]): one attribute, so that two threads calling with
+        # the same objects never pair a `changed` tuple with another's list.
+        self.written: tuple = (None, [])
 
 
 class JitWrapped:
@@ -199,8 +206,9 @@ class JitWrapped:
         self._cache: OrderedDict = OrderedDict()
         self._out_static: dict[_Spec, dict] = {}
         self._ambiguous: set[_Spec] = set()
-        self._traces = 0
-        self._last_out: tuple | None = None
+        # Per thread: the list a trace of _pure appends its output structure to.
+        self._sink = threading.local()
+        self._cache_lock = threading.Lock()
         # Positional layout of _pure: (spec, donated, kept, leaves_d, leaves_k).
         self._jitted = jax.jit(
             self._pure,
@@ -298,8 +306,9 @@ class JitWrapped:
         variants[_avals(donated, kept, leaves_donated, leaves_kept)] = static
         if len(set(variants.values())) > 1:
             self._ambiguous.add(spec)
-        self._last_out = static
-        self._traces += 1
+        sink = getattr(self._sink, "out", None)
+        if sink is not None:  # the call that is tracing us, in this thread
+            sink.append(static)
         return new_arrays, collected.out_leaves
 
     # -- slow path: full flatten -------------------------------------------------------
@@ -425,9 +434,10 @@ class JitWrapped:
         if entry is None or entry.version != _tracking.STRUCTURE_VERSION[0]:
             entry = self._build_entry(dyn_args, dyn_kwargs, static_args)
             if not _has_tracer(entry.variables):
-                self._cache[key] = entry
-                if len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
+                with self._cache_lock:
+                    self._cache[key] = entry
+                    if len(self._cache) > _CACHE_SIZE:
+                        self._cache.popitem(last=False)
         spec = entry.spec
         variables = entry.variables
         # Gather: raw arrays of the cached Variables, plain leaves as they came.
@@ -444,20 +454,27 @@ class JitWrapped:
         else:
             leaves_d = []
             leaves_k = [leaves[i] for i in spec.jax_leaf_pos]
-        traces = self._traces
-        if self._ambiguous and spec in self._ambiguous:
-            sig = _avals(donated, kept, leaves_d, leaves_k)  # before donation
-        new_arrays, out_leaves = self._jitted(spec, donated, kept, leaves_d, leaves_k)
-        # Which output structure: this call's trace, or the cached one.
-        if self._traces != traces:
-            out_static = self._last_out
+        local = self._sink
+        outer = getattr(local, "out", None)  # a call of this wrapper we are inside
+        local.out = traced = []
+        try:
+            new_arrays, out_leaves = self._jitted(
+                spec, donated, kept, leaves_d, leaves_k
+            )
+        finally:
+            local.out = outer
+        # Which output structure: this call's trace, or the recorded one.
+        if traced:
+            out_static = traced[-1]
             entry.out_static = None if spec in self._ambiguous else out_static
         elif spec in self._ambiguous:
+            # Avals survive donation (a deleted array keeps its aval).
+            sig = _avals(donated, kept, leaves_d, leaves_k)
             out_static = self._out_static[spec][sig]
         else:
             out_static = entry.out_static
             if out_static is None:
-                out_static = next(iter(self._out_static[spec].values()))
+                out_static = list(self._out_static[spec].values())[0]
                 entry.out_static = out_static
         # Scatter: store results into the same Variables (or rebuild structure).
         if out_static[4]:
@@ -465,10 +482,11 @@ class JitWrapped:
             if changed is None:
                 _consume(map(_set_raw, variables, new_arrays))
             else:
-                if entry.written_key is not changed:
-                    entry.written = [variables[i] for i in changed]
-                    entry.written_key = changed
-                _consume(map(_set_raw, entry.written, new_arrays))
+                written_key, written = entry.written
+                if written_key is not changed:
+                    written = [variables[i] for i in changed]
+                    entry.written = (changed, written)
+                _consume(map(_set_raw, written, new_arrays))
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)

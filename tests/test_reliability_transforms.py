@@ -1,0 +1,135 @@
+"""Reliability of the transforms: threads, donation, closures, stale caches, traps.
+
+Issue 12 (points 1-4, 15, 16): each test fails on the code before its fix. The
+references are plain sequential runs and hand-written jnp formulas.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnxlike as nnx
+
+# -- 1. one nnx.jit shared between threads ------------------------------------------
+
+
+def _shallow(seed):
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(seed))
+    return model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+
+def _deep(seed):
+    rngs = nnx.Rngs(seed)
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs))
+    return model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+
+def _train_step(model, opt, x):
+    loss, grads = nnx.value_and_grad(lambda m: (m(x) ** 2).mean())(model)
+    opt.update(model, grads)
+    return loss
+
+
+def _arrays(*objs):
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(objs))]
+
+
+def _assert_bitwise(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_jit_threads_interleaved_retrace_keeps_each_call_its_output():
+    # Thread A's call is running (the CPU runs the callback inside the call) while
+    # thread B's call of the same wrapper traces a model of another structure.
+    # Before the fix A picked up B's output structure from the shared wrapper.
+    hold: dict = {}
+
+    def callback():
+        action = hold.pop("action", None)
+        if action is not None:
+            action()
+
+    @nnx.jit
+    def step(model, opt, x):
+        jax.debug.callback(callback)
+        return _train_step(model, opt, x)
+
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    model_a, opt_a = _shallow(0)
+    model_b, opt_b = _deep(1)
+    step(model_a, opt_a, x)  # compiled; the next call takes the fast path
+    errors: list = []
+
+    def call_b():
+        try:
+            step(model_b, opt_b, 2.0 * x)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def run_b_inside_a():
+        t = threading.Thread(target=call_b)
+        t.start()
+        t.join(60)
+
+    hold["action"] = run_b_inside_a
+    step(model_a, opt_a, x)
+    assert "action" not in hold and not errors
+
+    ref_a, ref_opt_a = _shallow(0)
+    ref_b, ref_opt_b = _deep(1)
+    plain = nnx.jit(_train_step)
+    plain(ref_a, ref_opt_a, x)
+    plain(ref_a, ref_opt_a, x)
+    plain(ref_b, ref_opt_b, 2.0 * x)
+    assert int(opt_a.step.value) == 2 and int(opt_b.step.value) == 1
+    _assert_bitwise(_arrays(model_a, opt_a), _arrays(ref_a, ref_opt_a))
+    _assert_bitwise(_arrays(model_b, opt_b), _arrays(ref_b, ref_opt_b))
+
+
+def test_jit_threads_equal_sequential_run_bit_for_bit():
+    # Two threads, two models of different structure, one jitted step; thread B
+    # changes its batch size every call (a retrace each call). Repeated with
+    # fresh batch sizes so that every repetition retraces.
+    step = nnx.jit(_train_step)
+    steps = 5
+    base = jnp.linspace(-1.0, 1.0, 3)
+    for rep in range(2):
+        sizes = [5 + rep * steps + i for i in range(steps)]
+        batches_a = [jnp.tile(base * (0.1 * i + 1.0), (4, 1)) for i in range(steps)]
+        batches_b = [jnp.tile(base / n, (n, 1)) for n in sizes]
+        model_a, opt_a = _shallow(rep)
+        model_b, opt_b = _deep(rep + 10)
+        errors: list = []
+
+        def run(model, opt, batches):
+            try:
+                for x in batches:
+                    step(model, opt, x)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=run, args=(model_a, opt_a, batches_a * 8)),
+            threading.Thread(target=run, args=(model_b, opt_b, batches_b)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        ref_a, ref_opt_a = _shallow(rep)
+        ref_b, ref_opt_b = _deep(rep + 10)
+        run(ref_a, ref_opt_a, batches_a * 8)
+        run(ref_b, ref_opt_b, batches_b)
+        assert int(opt_a.step.value) == 8 * steps
+        assert int(opt_b.step.value) == steps
+        _assert_bitwise(_arrays(model_a, opt_a), _arrays(ref_a, ref_opt_a))
+        _assert_bitwise(_arrays(model_b, opt_b), _arrays(ref_b, ref_opt_b))
