@@ -8,7 +8,11 @@ to a temporary name, ``fsync``, ``os.replace``, ``fsync`` the directory); readin
 never runs code (JSON and raw bytes; dtypes from a whitelist of numeric and
 ``ml_dtypes`` names); every byte of the file is covered by a check (the records'
 byte ranges tile the data section, the header and each array carry a SHA-256),
-so damage is reported, never returned as values.
+so damage is reported, never returned as values. A crafted file costs memory and
+time in proportion to its size, never to the numbers it declares: the header is
+capped (``MAX_HEADER_BYTES``, ``MAX_RECORDS``), shapes must be NumPy-sized, paths
+unique and tree-shaped, and FIFOs or devices under a checkpoint's name are refused
+before they can block ``open``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import struct
 from pathlib import Path
 from typing import Any
@@ -28,12 +33,18 @@ import ml_dtypes
 import numpy as np
 
 from nnxlike import _errors
-from nnxlike._atomic import atomic_write
+from nnxlike._atomic import NotARegularFileError, atomic_write, open_regular
 
 MAGIC = b"\x93NNXCKPT"
 VERSION = 1
 FORMAT = "nnxlike.checkpoint"
 PREAMBLE = struct.Struct("<8sIIQQ32s")  # magic, version, reserved, offset, len, sha
+MAX_HEADER_BYTES = 256 * 2**20  # about a million records; a model has thousands
+MAX_RECORDS = 1_000_000
+MAX_NDIM = 64  # NumPy's limit
+MAX_DEPTH = 1000  # keys in one path; a model nests a few dozen
+# ml_dtypes that JAX cannot hold as arrays (nor so restore): refused at save
+_NOT_IN_JAX = {"float6_e2m3fn", "float6_e3m2fn", "int1", "uint1"}
 
 
 class CheckpointError(_errors.NnxError):
@@ -108,6 +119,12 @@ def dtype_from_name(name: Any) -> np.dtype | None:
     )
     if not numeric or dt.name != name or dt.names or dt.subdtype:
         return None
+    if (
+        name in _NOT_IN_JAX
+        or dt in (np.longdouble, np.clongdouble)
+        and (dt.itemsize > 16 if dt.kind == "c" else dt.itemsize > 8)
+    ):
+        return None  # extended precision: platform-dependent, and not in JAX
     return dt
 
 
@@ -160,9 +177,13 @@ def to_jax(data: np.ndarray, rec: dict, file: Path) -> jax.Array:
 # -- writing ---------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, leaves: list) -> None:
-    """Write ``(path, value, kind)`` leaves to ``path``: complete or not at all."""
-    with atomic_write(path) as f:
+def write_atomic(path: Path, leaves: list, *, overwrite: bool = True) -> None:
+    """Write ``(path, value, kind)`` leaves to ``path``: complete or not at all.
+
+    Without ``overwrite``, a file that exists under ``path`` when the new one is
+    complete (another saver won the race) raises ``FileExistsError`` and is kept.
+    """
+    with atomic_write(path, overwrite=overwrite) as f:
         _write(f, leaves)
 
 
@@ -209,11 +230,16 @@ class Reader:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.file = open(path, "rb")
+            self.file = open_regular(path)
         except FileNotFoundError:
             raise CheckpointNotFoundError(
                 f"restore: no checkpoint at {os.fspath(path)}. Check the path; "
                 "a CheckpointManager lists its steps with `manager.all_steps()`."
+            ) from None
+        except NotARegularFileError as e:
+            kind = e.strerror.rpartition(" is ")[2]
+            raise corrupt(
+                path, f"is {kind}, not a regular file; a checkpoint is a file"
             ) from None
         try:
             self.records = self._read_header()
@@ -260,6 +286,13 @@ class Reader:
             )
         if reserved != 0:
             raise corrupt(path, "has a damaged preamble (reserved field not zero)")
+        if h_len > MAX_HEADER_BYTES:
+            raise corrupt(
+                path,
+                f"declares a {h_len}-byte header, more than the {MAX_HEADER_BYTES} "
+                "bytes (MAX_HEADER_BYTES) any checkpoint needs: its preamble is "
+                "damaged or crafted",
+            )
         if h_off < PREAMBLE.size or h_off + h_len != size:
             raise corrupt(
                 path,
@@ -279,12 +312,21 @@ class Reader:
             records = meta["leaves"]
             if meta["format"] != FORMAT or not isinstance(records, list):
                 raise ValueError("not an nnxlike checkpoint header")
+            if len(records) > MAX_RECORDS:
+                raise ValueError(
+                    f"{len(records)} records, more than MAX_RECORDS={MAX_RECORDS}"
+                )
             end = PREAMBLE.size
             for rec in records:
+                if not isinstance(rec, dict):
+                    raise ValueError(f"a record is a {type(rec).__name__}, not a dict")
                 end = _validate_record(rec, end)
             if end != h_off:
                 raise ValueError("the arrays do not fill the data section")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            _check_tree(records)
+        except RecursionError:
+            raise corrupt(path, "has a malformed header (nested too deeply)") from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
             raise corrupt(path, f"has a malformed header ({e})") from None
         return records
 
@@ -310,6 +352,21 @@ class Reader:
         return np.frombuffer(buf, dtype=dtype).reshape(rec["shape"])
 
 
+_REPR = reprlib.Repr()  # Python 3.11 takes no arguments here
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist, _REPR.maxlevel = 8, 3
+
+
+def _short(x: Any) -> str:
+    """``repr`` cut short: a crafted header cannot make a message of megabytes."""
+    return _REPR.repr(x)
+
+
+def _where(path: list) -> str:
+    text = _errors.path_str(tuple(path))
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -320,32 +377,57 @@ def _validate_record(rec: dict, offset: int) -> int:
     if not isinstance(path, list) or not all(
         isinstance(k, str) or _is_int(k) for k in path
     ):
-        raise ValueError(f"bad path {path!r}")
-    where = _errors.path_str(tuple(path))
+        raise ValueError(f"bad path {_short(path)}")
+    if len(path) > MAX_DEPTH:
+        raise ValueError(f"a path {len(path)} keys deep (at most {MAX_DEPTH})")
+    where = _where(path)
     dtype = dtype_from_name(rec["dtype"])
     if dtype is None:
-        raise ValueError(f"{where}: unknown or unsafe dtype {rec['dtype']!r}")
+        raise ValueError(f"{where}: unknown or unsafe dtype {_short(rec['dtype'])}")
     shape, nbytes = rec["shape"], rec["nbytes"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise ValueError(f"{where}: bad shape {shape!r}")
+        raise ValueError(f"{where}: bad shape {_short(shape)}")
+    if len(shape) > MAX_NDIM or math.prod(d for d in shape if d) >= 2**63:
+        raise ValueError(f"{where}: shape {_short(shape)} is larger than NumPy allows")
     if not _is_int(nbytes) or nbytes != math.prod(shape) * dtype.itemsize:
-        raise ValueError(f"{where}: {nbytes!r} bytes for {rec['dtype']}{shape}")
+        raise ValueError(
+            f"{where}: {_short(nbytes)} bytes for {_short(rec['dtype'])}{_short(shape)}"
+        )
     if not _is_int(rec["offset"]) or rec["offset"] != offset:
-        raise ValueError(f"{where}: offset {rec['offset']!r}, expected {offset}")
+        raise ValueError(f"{where}: offset {_short(rec['offset'])}, expected {offset}")
     if not isinstance(rec["sha256"], str) or not re.fullmatch(
         r"[0-9a-f]{64}", rec["sha256"]
     ):
         raise ValueError(f"{where}: bad sha256")
     if rec["kind"] is not None and not isinstance(rec["kind"], str):
-        raise ValueError(f"{where}: bad kind {rec['kind']!r}")
+        raise ValueError(f"{where}: bad kind {_short(rec['kind'])}")
     key = rec.get("key")
     if key is not None and not (
-        isinstance(key["impl"], str)
+        isinstance(key, dict)
+        and isinstance(key["impl"], str)
         and isinstance(key["dtype"], str)
         and isinstance(key["shape"], list)
-        and all(_is_int(d) and d >= 0 for d in key["shape"])
+        and len(key["shape"]) <= MAX_NDIM
+        and all(_is_int(d) and 0 <= d < 2**63 for d in key["shape"])
     ):
         raise ValueError(f"{where}: bad key description")
-    if rec.get("python") not in (None, *PY_DTYPES):
-        raise ValueError(f"{where}: bad python type {rec['python']!r}")
+    python = rec.get("python")
+    if python is not None and (python not in PY_DTYPES or shape or key is not None):
+        raise ValueError(f"{where}: bad python type {_short(python)}")
+    if python is not None and np.dtype(PY_DTYPES[python]).name != rec["dtype"]:
+        raise ValueError(f"{where}: a Python {python} stored as {_short(rec['dtype'])}")
     return offset + nbytes
+
+
+def _check_tree(records: list) -> None:
+    """Paths are unique and no path runs through another: each names one leaf."""
+    leaves, inner = set(), set()
+    for rec in records:
+        path = tuple((type(k), k) for k in rec["path"])  # 0 and "0" differ
+        where = _where(rec["path"])
+        if path in leaves:
+            raise ValueError(f"{where!r} appears twice")
+        if path in inner or any(path[:i] in leaves for i in range(len(path))):
+            raise ValueError(f"{where!r} is both a leaf and a node holding leaves")
+        leaves.add(path)
+        inner.update(path[:i] for i in range(len(path)))
