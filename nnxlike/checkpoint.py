@@ -94,6 +94,7 @@ what is wrong — never garbage values.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import re
 import sys
@@ -126,7 +127,7 @@ from nnxlike._checkpoint_file import (
 )
 from nnxlike._object import Object
 from nnxlike._state import State
-from nnxlike._variables import Variable, VariableState
+from nnxlike._variables import Variable, new_variable
 
 __all__ = [
     "CheckpointError",
@@ -226,9 +227,6 @@ def _walk(tree: Any, visit: Visit) -> Any:
             return _KEEP
         if isinstance(x, _LEAVES):
             return visit(path, x, kind, meta)
-        if isinstance(x, VariableState):
-            new = node(x.value, path, x.type, x._metadata)
-            return _KEEP if new is _KEEP else x.replace(new)
         t = type(x)
         if t is dict or isinstance(x, State):
             pairs = list(x.items())
@@ -308,12 +306,8 @@ def save(path: str | os.PathLike, tree: Any, *, overwrite: bool = False) -> None
             f"save: {os.fspath(path)} is a directory; give a file name, e.g. "
             f"`{os.path.join(os.fspath(path), 'model.nnx')}`."
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"save: {os.fspath(path)} already exists. Pass "
-            "`nnx.checkpoint.save(path, tree, overwrite=True)` to replace it "
-            "atomically, or save under a new name."
-        )
+    if not overwrite and os.path.lexists(path):  # early; the link below decides
+        raise FileExistsError(_exists_message(path, ""))
     leaves: list = []
 
     def collect(p: tuple, x: Any, kind: Any, meta: Any) -> Any:
@@ -322,7 +316,22 @@ def save(path: str | os.PathLike, tree: Any, *, overwrite: bool = False) -> None
         return _KEEP
 
     _walk(tree, collect)
-    write_atomic(path, leaves)
+    # Temporaries of killed saves of this file would fill the disk save by save.
+    remove_stale_temporaries(path.parent, re.compile(re.escape(path.name)))
+    try:
+        write_atomic(path, leaves, overwrite=overwrite)
+    except FileExistsError:
+        raise FileExistsError(
+            _exists_message(path, " (another save created it while this one wrote)")
+        ) from None
+
+
+def _exists_message(path: Path, when: str) -> str:
+    return (
+        f"save: {os.fspath(path)} already exists{when}; it was kept. Pass "
+        "`nnx.checkpoint.save(path, tree, overwrite=True)` to replace it "
+        "atomically, or save under a new name."
+    )
 
 
 def _check_savable(path: tuple, x: Any) -> None:
@@ -359,6 +368,14 @@ def _check_savable(path: tuple, x: Any) -> None:
     if py == "int" and not -(2**63) <= x < 2**63:
         raise CheckpointError(f"save: the integer at {where!r} does not fit in int64.")
     dtype = np.dtype(PY_DTYPES[py]) if py else x.dtype
+    if not is_key(dtype) and np.dtype(dtype) in (np.longdouble, np.clongdouble):
+        if dtype_from_name(np.dtype(dtype).name) is None:
+            raise CheckpointError(
+                f"save: the array at {where!r} has dtype {dtype} (np.longdouble "
+                "extended precision), whose size and meaning differ between "
+                "platforms and which JAX cannot hold, so it could not be restored. "
+                "Cast it first: `x.astype(np.float64)` (or np.complex128)."
+            )
     if not is_key(dtype) and dtype_from_name(np.dtype(dtype).name) is None:
         raise CheckpointError(
             f"save: the array at {where!r} has dtype {dtype}, which a checkpoint "
@@ -496,7 +513,7 @@ def _sharding(target: Any, meta: Any) -> jax.sharding.Sharding | None:
         if mesh is not None and not mesh.empty:
             from nnxlike import spmd
 
-            leaf = VariableState(Variable, target, meta)
+            leaf = new_variable(Variable, target, meta)
             return spmd.get_named_sharding(leaf, mesh).value
     if isinstance(target, jax.Array) and getattr(target, "committed", False):
         return target.sharding
@@ -523,13 +540,44 @@ def _restore_pure(reader: Reader) -> Any:
 _STEP_FILE = re.compile(r"step_(\d+)\.nnx")
 
 
+def _step(step: Any, where: str) -> int:
+    """``step`` as a non-negative int; a float, bool or other type is an error.
+
+    ``int(2.5)`` would be 2 and overwrite step 2: a step is never rounded.
+    """
+    if isinstance(step, (bool, np.bool_)) or (
+        hasattr(step, "dtype") and np.dtype(step.dtype) == np.bool_
+    ):
+        raise TypeError(
+            f"{where}: step must be an integer, got the bool {step!r}. Pass the "
+            "step counter: `manager.save(step, tree)` with `step` an int."
+        )
+    try:
+        out = operator.index(step)  # int, NumPy integers, 0-d integer arrays
+    except TypeError:
+        raise TypeError(
+            f"{where}: step must be an integer, got {step!r} "
+            f"({type(step).__name__}). Steps name files and are never rounded "
+            "(int(2.5) would overwrite step 2); count steps with an int, or pass "
+            "`int(optimizer.step.value)`."
+        ) from None
+    if out < 0:
+        raise ValueError(f"{where}: step must be >= 0, got {out}.")
+    return out
+
+
 class CheckpointManager:
     """Numbered checkpoints in one directory: save every K steps, keep the last N.
 
     Files are named ``step_<step>.nnx`` (zero-padded to 8 digits). The steps are
     read from the directory listing, so a new manager on the same directory
     resumes where the last one stopped; temporary files of interrupted saves do
-    not count, and each ``save`` deletes those whose writer (on this host) is gone.
+    not count, and each ``save`` first deletes those whose writer (on this host)
+    is gone. A step is a non-negative integer (``int``, a NumPy integer or a 0-d
+    integer array); a float or bool step is an error, never rounded. A file that
+    looks like a step but is not named as this manager names it (``step_5.nnx``,
+    written by hand or by other code) is ignored: it is not a step, is never
+    deleted, and ``restore`` names it with the fix when a step is not found.
 
     Args:
         directory: where the checkpoints live (created if needed).
@@ -575,12 +623,34 @@ class CheckpointManager:
 
     def path(self, step: int) -> Path:
         """The file that holds ``step``."""
-        return self.directory / f"step_{step:08d}.nnx"
+        return self.directory / f"step_{_step(step, 'CheckpointManager.path'):08d}.nnx"
+
+    def _scan(self) -> tuple[list[int], list[str]]:
+        """The steps, and the names that look like steps but are not ours."""
+        steps, ignored = [], []
+        for name in os.listdir(self.directory):
+            m = _STEP_FILE.fullmatch(name)
+            if m is None:
+                continue
+            step = int(m.group(1))
+            if name == f"step_{step:08d}.nnx":
+                steps.append(step)
+            else:
+                ignored.append(
+                    f"{name} (not this manager's name for step {step}: "
+                    f"`step_{step:08d}.nnx`; rename it to use it)"
+                )
+        return sorted(steps), sorted(ignored)
 
     def all_steps(self) -> list[int]:
         """The saved steps, oldest first."""
-        matches = (_STEP_FILE.fullmatch(n) for n in os.listdir(self.directory))
-        return sorted(int(m.group(1)) for m in matches if m)
+        return self._scan()[0]
+
+    def _ignored_note(self) -> str:
+        ignored = self._scan()[1]
+        if not ignored:
+            return ""
+        return " Ignored: " + "; ".join(ignored) + "."
 
     def latest_step(self) -> int | None:
         """The newest saved step, or ``None`` when there is none."""
@@ -594,13 +664,11 @@ class CheckpointManager:
         checkpoints with the lowest steps beyond ``max_to_keep`` are deleted
         (never the one just saved).
         """
-        step = int(step)
-        if step < 0:
-            raise ValueError(f"CheckpointManager.save: step must be >= 0, got {step}.")
+        step = _step(step, "CheckpointManager.save")
         if not force and step % self.save_interval_steps:
             return False
+        remove_stale_temporaries(self.directory, _STEP_FILE)  # before: disk space
         save(self.path(step), tree, overwrite=True)
-        remove_stale_temporaries(self.directory, _STEP_FILE)
         if self.max_to_keep is not None:
             for old in self.all_steps()[: -self.max_to_keep]:
                 if old != step:  # after a rewind the new save is the oldest
@@ -617,12 +685,13 @@ class CheckpointManager:
                 raise CheckpointNotFoundError(
                     f"CheckpointManager.restore: no checkpoints in {self.directory} "
                     "yet. Save one first (`manager.save(step, tree)`), or check the "
-                    "directory."
+                    f"directory.{self._ignored_note()}"
                 )
         elif not self.path(step).exists():
             raise CheckpointNotFoundError(
                 f"CheckpointManager.restore: no checkpoint for step {step} in "
                 f"{self.directory}; saved steps: {self.all_steps()}."
+                f"{self._ignored_note()}"
             )
         return restore(self.path(step), target, strict=strict)
 
