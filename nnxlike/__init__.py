@@ -97,6 +97,7 @@ from nnxlike._variables import RngState as RngState
 from nnxlike._variables import Variable as Variable
 from nnxlike._variables import VariableMetadata as VariableMetadata
 from nnxlike._variables import VariableState as VariableState
+from nnxlike._version import __version__ as __version__
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
 from nnxlike.metrics import EMA as EMA
@@ -112,5 +113,3 @@ from nnxlike.spmd import get_partition_spec as get_partition_spec
 from nnxlike.spmd import logical_axis_rules as logical_axis_rules
 from nnxlike.spmd import with_metadata as with_metadata
 from nnxlike.spmd import with_partitioning as with_partitioning
-
-__version__ = "0.1.0"
