@@ -10,6 +10,7 @@ from nnxlike import filterlib as filterlib
 from nnxlike import interop as interop
 from nnxlike import metrics as metrics
 from nnxlike import spmd as spmd
+from nnxlike._capture import capture as capture
 from nnxlike._containers import Dict as Dict
 from nnxlike._containers import List as List
 from nnxlike._containers import Sequential as Sequential

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from nnxlike import _graph
@@ -27,6 +28,22 @@ def _append(acc: tuple, x: Any) -> tuple:
 
 def _empty() -> tuple:
     return ()
+
+
+_MISSING: Any = object()
+
+# The attribute ``nnx.capture`` puts on every Module for the duration of a call: a
+# tuple of Variables, one per captured kind, each holding ``{name: value}``.
+CAPTURES = "__captures__"
+
+
+def _check_kind(module: Any, method: str, variable_type: Any) -> type[Variable]:
+    if not isinstance(variable_type, type) or not issubclass(variable_type, Variable):
+        raise TypeError(
+            f"{type(module).__name__}.{method}: variable_type must be a Variable "
+            f"kind such as nnx.Intermediate, got {variable_type!r}."
+        )
+    return variable_type
 
 
 class Module(Object):
@@ -54,38 +71,96 @@ class Module(Object):
         value: Any = None,
         reduce_fn: Callable[[Any, Any], Any] = _append,
         init_fn: Callable[[], Any] = _empty,
-    ) -> None:
-        """Record ``value`` in ``self.<name>`` (a ``variable_type`` Variable).
+    ) -> bool:
+        """Record ``value`` under ``name`` as a ``variable_type``; True if recorded.
 
-        By default values accumulate in a tuple, one entry per call; use
-        ``nnx.pop(model, nnx.Intermediate)`` to collect and remove them.
+        Inside ``nnx.capture`` the value goes to the capture (returned with the
+        result, nothing is left on the model), and a kind the capture does not
+        collect is dropped (False). Outside it, ``self.<name>`` becomes a
+        ``variable_type`` Variable (read it with ``nnx.pop(model,
+        nnx.Intermediate)``). By default values accumulate in a tuple, one entry
+        per call; ``reduce_fn(previous, value)`` and ``init_fn()`` change that.
+
+        >>> import nnxlike as nnx
+        >>> m = nnx.Module()
+        >>> m.sow(nnx.Intermediate, "h", 1), m.sow(nnx.Intermediate, "h", 2)
+        (True, True)
+        >>> m.h.value
+        (1, 2)
         """
-        if not isinstance(variable_type, type) or not issubclass(
-            variable_type, Variable
-        ):
-            raise TypeError(
-                f"{type(self).__name__}.sow: variable_type must be a Variable kind "
-                f"such as nnx.Intermediate, got {variable_type!r}."
+        kind = _check_kind(self, "sow", variable_type)
+        captures = self.__dict__.get(CAPTURES)
+        if captures is not None:
+            for var in captures:
+                if type(var) is kind:
+                    recorded = dict(var.value)
+                    previous = recorded[name] if name in recorded else init_fn()
+                    recorded[name] = reduce_fn(previous, value)
+                    var.value = recorded
+                    return True
+            return False
+        existing = getattr(self, name, _MISSING)
+        if existing is _MISSING:
+            setattr(self, name, kind(reduce_fn(init_fn(), value)))
+            return True
+        cls = type(self).__name__
+        if not isinstance(existing, Variable):
+            raise ValueError(
+                f"{cls}.sow: expected attribute {name!r} to be a Variable, got "
+                f"{type(existing).__name__}. Sow under another name."
             )
-        existing = self.__dict__.get(name)
-        if existing is None:
-            setattr(self, name, variable_type(reduce_fn(init_fn(), value)))
-        elif isinstance(existing, variable_type):
-            existing.value = reduce_fn(existing.value, value)
-        else:
-            raise TypeError(
-                f"{type(self).__name__}.sow: attribute {name!r} already holds a "
-                f"{type(existing).__name__}, expected {variable_type.__name__}. "
-                "Pick another name or pop the old values first."
+        if type(existing) is not kind:
+            raise ValueError(
+                f"{cls}.sow: attribute {name!r} already holds a "
+                f"{type(existing).__name__}, expected {kind.__name__} (expected "
+                f"{name!r} to be of type {kind.__name__!r}, got "
+                f"{type(existing).__name__!r}). Pick another name or pop the old "
+                "values first."
             )
+        existing.value = reduce_fn(existing.value, value)
+        return True
 
     def perturb(
         self, name: str, value: Any, variable_type: type[Variable] = Perturbation
     ) -> Any:
-        """Add a zero-valued Variable to ``value`` so its gradient can be read."""
-        if name not in self.__dict__:
-            setattr(self, name, variable_type(jnp.zeros_like(value)))
-        return value + getattr(self, name).value
+        """Return ``value`` plus a perturbation, so ``nnx.grad`` can read its gradient.
+
+        Inside ``nnx.capture`` the perturbation is the capture's (zeros, or the
+        ``init=`` values whose gradient ``nnx.grad`` then gives); outside it,
+        ``self.<name>`` becomes a zero ``variable_type`` Variable. Use the returned
+        value, not ``value``, for the gradient to flow.
+
+        >>> import jax.numpy as jnp
+        >>> import nnxlike as nnx
+        >>> m = nnx.Module()
+        >>> m.perturb("tap", jnp.ones(3)).tolist(), m.tap.value.tolist()
+        ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+        """
+        kind = _check_kind(self, "perturb", variable_type)
+        captures = self.__dict__.get(CAPTURES)
+        if captures is not None:
+            for var in captures:
+                if type(var) is kind:
+                    recorded = var.value
+                    if name not in recorded:
+                        zeros = jax.tree.map(jnp.zeros_like, value)
+                        recorded = {**recorded, name: zeros}
+                        var.value = recorded
+                    return recorded[name] + value
+            return value
+        existing = getattr(self, name, _MISSING)
+        if existing is _MISSING:
+            old = jax.tree.map(jnp.zeros_like, value)
+            setattr(self, name, kind(old))
+        elif not isinstance(existing, kind):
+            raise ValueError(
+                f"{type(self).__name__}.perturb: expected {name!r} to be of type "
+                f"{kind.__name__!r}, got {type(existing).__name__!r}. Perturb under "
+                "another name."
+            )
+        else:
+            old = existing.value
+        return old + value
 
     def iter_modules(self) -> Iterator[tuple[tuple, Module]]:
         """Yield ``(path, module)`` for every Module in the graph, root last."""

@@ -264,7 +264,7 @@ def test_sow_errors():
     m = nnx.Module()
     m.sow(nnx.Intermediate, "h", 1)
     with pytest.raises(
-        TypeError,
+        ValueError,
         match=r"Module.sow: attribute 'h' already holds a Intermediate, expected Cache",
     ):
         m.sow(nnx.Cache, "h", 1)
