@@ -129,3 +129,29 @@ def path_str(path: tuple) -> str:
         else:
             out += f".{key}" if out else str(key)
     return out or "<root>"
+
+
+# -- transforms and traps (issue 12) ----------------------------------------------
+
+DONATED_DELETED = (
+    "nnx.jit({fn}): {n} Variable(s) of the arguments now hold deleted arrays: "
+    "{paths}. {why} These objects cannot be used as they are: every read of those "
+    "Variables raises 'Array has been deleted'. Put values back into them, e.g. "
+    "`nnx.update(model, state)` with a State restored from a checkpoint or copied "
+    "before the call (`backup = jax.tree.map(jnp.copy, nnx.state(model))`), or "
+    "build the objects again. To keep the caller's objects usable when a step can "
+    "fail at run time, do not donate them (drop donate_argnums/donate_argnames)."
+)
+DELETED_NOW = (
+    "Their buffers were donated to this call of nnx.jit({fn}) (donate_argnums/"
+    "donate_argnames), and XLA had consumed them when the call failed at run "
+    "time with the error above, so the old values are gone and no new ones were "
+    "produced."
+)
+DELETED_EARLIER = (
+    "They were deleted earlier, when {what}; this call could not read them."
+)
+DELETED_ELSEWHERE = (
+    "They were deleted before this call (donated to another compiled function "
+    "that failed, or `.delete()`d)."
+)

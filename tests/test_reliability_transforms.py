@@ -109,7 +109,7 @@ def test_jit_threads_equal_sequential_run_bit_for_bit():
         model_b, opt_b = _deep(rep + 10)
         errors: list = []
 
-        def run(model, opt, batches):
+        def run(model, opt, batches, errors=errors):
             try:
                 for x in batches:
                     step(model, opt, x)
@@ -133,3 +133,67 @@ def test_jit_threads_equal_sequential_run_bit_for_bit():
         assert int(opt_b.step.value) == steps
         _assert_bitwise(_arrays(model_a, opt_a), _arrays(ref_a, ref_opt_a))
         _assert_bitwise(_arrays(model_b, opt_b), _arrays(ref_b, ref_opt_b))
+
+
+# -- 2. donation plus a run-time failure -----------------------------------------------
+
+
+def _failing_step(donate: bool):
+    armed = {"on": False}
+
+    def callback():
+        if armed["on"]:
+            raise RuntimeError("data loader sent garbage")
+
+    def step(model, x):
+        jax.debug.callback(callback)
+        model.kernel.value = model.kernel.value + 1.0
+        return model(x)
+
+    return armed, nnx.jit(step, donate_argnums=0 if donate else None)
+
+
+def _notes(excinfo) -> str:
+    return "\n".join(getattr(excinfo.value, "__notes__", []))
+
+
+def test_donated_step_failing_at_run_time_names_the_deleted_variables():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 2))
+    armed, step = _failing_step(donate=True)
+    step(model, x)
+    backup = jax.tree.map(jnp.copy, nnx.state(model))
+    armed["on"] = True
+    with pytest.raises(Exception, match="data loader sent garbage") as excinfo:
+        step(model, x)
+    notes = _notes(excinfo)
+    assert "nnx.jit(step): 2 Variable(s)" in notes
+    assert "model.kernel (Param), model.bias (Param)" in notes
+    assert "donated to this call of nnx.jit(step)" in notes
+    assert "nnx.update(model, state)" in notes and "drop donate_argnums" in notes
+    assert model.kernel.value.is_deleted()
+    # A later call says what happened earlier instead of only "deleted".
+    armed["on"] = False
+    with pytest.raises(Exception) as excinfo:
+        step(model, x)
+    assert "They were deleted earlier, when nnx.jit(step) failed" in _notes(excinfo)
+    # The documented recovery: put values back, and the same step runs again.
+    kernel = np.asarray(backup["kernel"].value) + 1.0
+    bias = np.asarray(backup["bias"].value)
+    nnx.update(model, backup)  # its arrays are donated by the next call
+    y = step(model, x)
+    np.testing.assert_allclose(y, np.asarray(x) @ kernel + bias, rtol=1e-6)
+    np.testing.assert_allclose(model.kernel.value, kernel, rtol=1e-6)
+
+
+def test_step_failing_at_run_time_without_donation_keeps_the_values():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 2))
+    armed, step = _failing_step(donate=False)
+    step(model, x)
+    before = _arrays(model)
+    armed["on"] = True
+    with pytest.raises(Exception, match="data loader sent garbage") as excinfo:
+        step(model, x)
+    assert "deleted arrays" not in _notes(excinfo)
+    _assert_bitwise(_arrays(model), before)

@@ -34,6 +34,7 @@ import collections
 import functools
 import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _tracking
+from nnxlike import _errors, _tracking
 from nnxlike._graph import Flat, flatten, is_graph_node
 from nnxlike._object import Object
 from nnxlike._transforms import _core
@@ -461,6 +462,11 @@ class JitWrapped:
             new_arrays, out_leaves = self._jitted(
                 spec, donated, kept, leaves_d, leaves_k
             )
+        except Exception as e:
+            # A failure can leave Variables holding donated (deleted) buffers:
+            # say which ones and why on the error itself (see _note_deleted).
+            _note_deleted(self, entry, dyn_args, dyn_kwargs, static_args, e)
+            raise
         finally:
             local.out = outer
         # Which output structure: this call's trace, or the recorded one.
@@ -547,6 +553,79 @@ def _vars_where(lifted: _core.Lifted, flags: list, dyn_args, dyn_kwargs) -> set[
 
 def _has_tracer(variables: list) -> bool:
     for v in variables:
+# Variables whose buffers a failed call consumed: Variable -> what happened.
+_DELETED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _is_deleted(x: Any) -> bool:
+    if isinstance(x, _tracer_type) or not isinstance(x, jax.Array):
+        return False
+    return x.is_deleted()
+
+
+def _argument_names(jw: JitWrapped, dyn_args, dyn_kwargs, static_args) -> list:
+    """A readable name per graph node argument (``model``, ``args[1]``, ...)."""
+    static_pos = {i for i, _ in static_args if isinstance(i, int)}
+    n = len(dyn_args) + len(static_pos)
+    orig = [i for i in range(n) if i not in static_pos]
+    params = _positional_names(jw.fun)
+    flat = jtu.tree_flatten_with_path((dyn_args, dyn_kwargs), is_leaf=is_graph_node)
+    names = []
+    for path, leaf in flat[0]:
+        if not is_graph_node(leaf):
+            continue
+        if path[0].idx == 0:  # positional
+            i = orig[path[1].idx]
+            base = params[i] if i < len(params) else f"args[{i - jw._offset}]"
+        else:
+            base = str(path[1].key)
+        names.append(base + jtu.keystr(tuple(path[2:])))
+    return names
+
+
+def _note_deleted(jw, entry, dyn_args, dyn_kwargs, static_args, error) -> None:
+    """Add to ``error`` which Variables now hold deleted arrays, and why."""
+    variables = entry.variables
+    deleted = [i for i, v in enumerate(variables) if _is_deleted(v._raw_value)]
+    if not deleted:
+        return
+    fn = getattr(jw.fun, "__name__", "fun")
+    try:
+        roots = _argument_names(jw, dyn_args, dyn_kwargs, static_args)
+    except Exception:  # pragma: no cover - naming must never hide the error
+        roots = []
+    paths = entry.lifted.flat.graphdef.paths
+    names = []
+    for i in deleted:
+        path = paths[i]
+        root = roots[path[0]] if path and path[0] < len(roots) else "<argument>"
+        rest = _errors.path_str(path[1:]) if len(path) > 1 else ""
+        if rest and not rest.startswith("["):
+            rest = "." + rest
+        names.append(f"{root}{rest} ({type(variables[i]).__name__})")
+    shown = ", ".join(names[:12]) + (
+        f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
+    )
+    donated_now = set(entry.spec.donated_idx)
+    earlier = {_DELETED_BY.get(variables[i]) for i in deleted} - {None}
+    if earlier:
+        why = _errors.DELETED_EARLIER.format(what="; ".join(sorted(earlier)))
+    elif any(i in donated_now for i in deleted):
+        why = _errors.DELETED_NOW.format(fn=fn)
+    else:
+        why = _errors.DELETED_ELSEWHERE
+    what = (
+        f"nnx.jit({fn}) failed at run time after its donated arguments were "
+        f"handed over ({type(error).__name__})"
+    )
+    for i in deleted:
+        if i in donated_now and variables[i] not in _DELETED_BY:
+            _DELETED_BY[variables[i]] = what
+    error.add_note(
+        _errors.DONATED_DELETED.format(fn=fn, n=len(names), paths=shown, why=why)
+    )
+
+
         for leaf in jtu.tree_leaves(v._raw_value):
             if isinstance(leaf, _tracer_type):
                 return True
