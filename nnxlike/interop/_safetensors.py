@@ -6,17 +6,24 @@ end]}, "__metadata__": {str: str}}``, then the byte buffer; offsets are relative
 to the buffer. The reader trusts nothing: it checks the header length against the
 file size, every dtype, shape and offset, and that the tensors tile the buffer
 exactly (in range, contiguous, no overlap, no hole), and names the offending entry
-in a ``SafetensorsError``. Each tensor is read straight into its own numpy array
-(one copy, no file handle or memory map kept). The writer lays tensors out in the
-order given, pads the header with spaces to a multiple of 8 (as the reference
-implementation does) and replaces the target atomically (temporary file,
-``fsync``, ``os.replace``). Deliberately not done: lazy loading of single tensors;
-big-endian arrays are written little-endian, as the format requires.
+in a ``SafetensorsError``; a crafted header (nested too deeply, duplicate names,
+more than ``MAX_TENSORS`` entries, shapes NumPy cannot make, BOOL bytes other
+than 0 and 1) is one too, so memory and time stay proportional to the file's
+size. FIFOs and devices are refused before ``open`` could block. Each tensor is
+read straight into its own numpy array (one copy, no file handle or memory map
+kept). The format has no checksum: a flipped bit inside a tensor's data reads
+back as another value (use ``nnx.checkpoint`` for files that detect it). The
+writer lays tensors out in the order given (0-d arrays stay 0-d), pads the header
+with spaces to a multiple of 8 (as the reference implementation does) and
+replaces the target atomically (temporary file, ``fsync``, ``os.replace``).
+Deliberately not done: lazy loading of single tensors; big-endian arrays are
+written little-endian, as the format requires.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -24,11 +31,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from nnxlike._atomic import atomic_write
+from nnxlike._atomic import NotARegularFileError, atomic_write, open_regular
 from nnxlike._errors import NnxError
 
 # Header cap of the reference implementation: a larger header is malformed.
 MAX_HEADER_BYTES = 100_000_000
+MAX_TENSORS = 1_000_000
+MAX_NDIM = 64  # NumPy's limit
 
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -80,8 +89,10 @@ def _parse_header(path: Any, f: Any, size: int) -> tuple:
             _CORRUPT,
         )
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise _fail(path, "header JSON is nested too deeply.", _CORRUPT) from None
+    except ValueError as e:  # bad UTF-8 or JSON, a duplicate name, a huge number
         raise _fail(path, f"header is not valid UTF-8 JSON ({e}).", _CORRUPT) from None
     if not isinstance(header, dict):
         got = type(header).__name__
@@ -94,10 +105,30 @@ def _parse_header(path: Any, f: Any, size: int) -> tuple:
     return header, metadata, 8 + n
 
 
+def _no_duplicates(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the name {_short(dup)} appears twice")
+    return out
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _check_entries(path: Any, header: dict, buffer_size: int) -> list:
+    if len(header) > MAX_TENSORS:
+        raise _fail(
+            path,
+            f"header lists {len(header)} tensors, more than MAX_TENSORS={MAX_TENSORS}.",
+            _CORRUPT,
+        )
     entries = []
     for name, info in header.items():
-        where = f"tensor {name!r}"
+        where = f"tensor {_short(name)}"
         if not isinstance(info, dict) or set(info) != {
             "dtype",
             "shape",
@@ -105,20 +136,25 @@ def _check_entries(path: Any, header: dict, buffer_size: int) -> list:
         }:
             raise _fail(
                 path,
-                f"{where}: expected keys dtype, shape, data_offsets; got {info!r}.",
+                f"{where}: expected keys dtype, shape, data_offsets; got "
+                f"{_short(info)}.",
                 _CORRUPT,
             )
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise _fail(
                 path,
-                f"{where}: unsupported dtype {dtype!r}; supported: "
+                f"{where}: unsupported dtype {_short(dtype)}; supported: "
                 f"{', '.join(DTYPES)}.",
             )
         if not isinstance(shape, list) or not all(
             type(d) is int and d >= 0 for d in shape
         ):
-            raise _fail(path, f"{where}: bad shape {shape!r}.", _CORRUPT)
+            raise _fail(path, f"{where}: bad shape {_short(shape)}.", _CORRUPT)
+        if len(shape) > MAX_NDIM or math.prod(d for d in shape if d) >= 2**63:
+            raise _fail(
+                path, f"{where}: shape {_short(shape)} is larger than NumPy allows."
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -127,11 +163,11 @@ def _check_entries(path: Any, header: dict, buffer_size: int) -> list:
         ):
             raise _fail(
                 path,
-                f"{where}: data_offsets {offsets!r} out of range for a "
+                f"{where}: data_offsets {_short(offsets)} out of range for a "
                 f"{buffer_size}-byte data buffer.",
                 _CORRUPT,
             )
-        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: exact
         if offsets[1] - offsets[0] != nbytes:
             raise _fail(
                 path,
@@ -147,12 +183,15 @@ def _check_entries(path: Any, header: dict, buffer_size: int) -> list:
         if begin != end:
             kind = "overlaps" if begin < end else "leaves a gap after"
             after = (
-                f"tensor {prev!r}" if prev is not None else "the start of the buffer"
+                f"tensor {_short(prev)}"
+                if prev is not None
+                else "the start of the buffer"
             )
             raise _fail(
                 path,
-                f"tensor {name!r} at data_offsets [{begin}, {stop}] {kind} {after} "
-                f"(which ends at {end}); tensors must be contiguous and must not "
+                f"tensor {_short(name)} at data_offsets [{begin}, {stop}] {kind} "
+                f"{after} (which ends at {end}); tensors must be contiguous and "
+                "must not "
                 "overlap.",
                 _CORRUPT,
             )
@@ -177,7 +216,11 @@ def load_safetensors(
     ``(tensors, metadata)``. A malformed file raises ``SafetensorsError`` naming
     the problem (header length, offsets out of range, overlap, truncation).
     """
-    with open(path, "rb") as f:
+    try:
+        opened = open_regular(path)
+    except NotARegularFileError as e:
+        raise _fail(path, f"is not a regular file ({e.strerror}).") from None
+    with opened as f:
         size = os.fstat(f.fileno()).st_size
         header, metadata, start = _parse_header(path, f, size)
         entries = _check_entries(path, header, size - start)
@@ -187,7 +230,14 @@ def load_safetensors(
             a = np.empty(shape, dtype)
             f.seek(start + begin)
             if f.readinto(a.reshape(-1).view(np.uint8)) != stop - begin:
-                raise _fail(path, f"tensor {name!r} is truncated.", _CORRUPT)
+                raise _fail(path, f"tensor {_short(name)} is truncated.", _CORRUPT)
+            if dtype == np.bool_ and a.view(np.uint8).max(initial=0) > 1:
+                raise _fail(
+                    path,
+                    f"tensor {_short(name)} is BOOL but holds bytes other than 0 "
+                    "and 1.",
+                    _CORRUPT,
+                )
             out[name] = a
     return (out, metadata) if with_metadata else out
 
@@ -225,7 +275,7 @@ def save_safetensors(
                 f"save_safetensors: tensor names must be strings other than "
                 f"'__metadata__', got {name!r}."
             )
-        a = np.ascontiguousarray(np.asarray(value))
+        a = np.asarray(value, order="C")  # not ascontiguousarray: it makes 0-d 1-d
         dtype_name = _NAMES.get(a.dtype.newbyteorder("="))
         if dtype_name is None:
             raise SafetensorsError(

@@ -10,13 +10,22 @@ torch state. Shared modules are visited under every path, as torch lists tied
 weights under every name, and a Variable counts as filled when any of its names
 filled it. Loading checks everything before writing anything, and reports every
 problem in one ``TorchStateDictError``; nothing is written when it raises.
+
+An ``.npz`` file is read lazily (``_NpzEntry``): the member list and each
+``.npy`` header (shape, dtype) come first, checked against the zip's declared
+sizes, and an array is decompressed only once its shape has matched the model,
+with bounded reads that stop at the size its header gives. A zip bomb therefore
+costs at most the memory of the model it is loaded into.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -25,6 +34,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from nnxlike._atomic import NotARegularFileError, open_regular
 from nnxlike._containers import Sequential
 from nnxlike._errors import NnxError, path_str
 from nnxlike._module import Module
@@ -236,18 +246,136 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def read_state_dict(state_dict: Any) -> dict[str, np.ndarray]:
-    """A mapping of names to arrays, or a ``.safetensors``/``.npz`` path, as numpy."""
+_NPY_HEADER_MAX = 10_000  # NumPy's own default limit for .npy headers
+_CHUNK = 1 << 20
+
+
+class _NpzEntry:
+    """One array of an ``.npz`` file, known by its header, read on demand."""
+
+    def __init__(self, path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+        self.path, self.zf, self.info = path, zf, info
+        self.name = info.filename[: -len(".npy")]
+        try:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    read = np.lib.format.read_array_header_1_0
+                elif version == (2, 0):
+                    read = np.lib.format.read_array_header_2_0
+                else:
+                    raise ValueError(f".npy format version {version} is not read")
+                shape, fortran, dtype = read(f, max_header_size=_NPY_HEADER_MAX)
+                self.offset = f.tell()
+        except _NPZ_ERRORS as e:
+            raise self._fail(f"has an unreadable .npy header ({e})") from None
+        if dtype.hasobject or dtype.names or dtype.subdtype:
+            raise self._fail(
+                f"holds dtype {dtype}, which needs pickle or is not a plain array"
+            )
+        if len(shape) > 64 or math.prod(d for d in shape if d) >= 2**63:
+            raise self._fail(f"declares shape {shape}, larger than NumPy allows")
+        self.shape, self.dtype, self.fortran = tuple(shape), dtype, fortran
+        self.size = math.prod(self.shape)
+        self.nbytes = self.size * dtype.itemsize
+        if info.file_size != self.offset + self.nbytes:
+            raise self._fail(
+                f"declares {info.file_size} bytes in the zip directory, but its "
+                f".npy header ({dtype}{list(self.shape)}) makes "
+                f"{self.offset + self.nbytes}: the file is damaged or crafted"
+            )
+
+    def _fail(self, what: str) -> TorchStateDictError:
+        return TorchStateDictError(
+            f"{self.path!r}: entry {self.info.filename!r} {what}. Write the file "
+            "again with plain numeric arrays (`np.savez(path, **state_dict)`)."
+        )
+
+    def load(self) -> np.ndarray:
+        """Decompress into a new array, never reading past the declared size."""
+        order = "F" if self.fortran else "C"
+        a = np.empty(self.shape, self.dtype, order=order)
+        flat = (a.T if self.fortran else a).reshape(-1).view(np.uint8)
+        try:
+            with self.zf.open(self.info) as f:
+                f.seek(self.offset)
+                done = 0
+                while done < self.nbytes:
+                    got = f.readinto(flat[done : done + _CHUNK])
+                    if not got:
+                        raise ValueError(f"ends after {done} of {self.nbytes} bytes")
+                    done += got
+                if f.read(1):
+                    raise ValueError(f"holds more than the {self.nbytes} bytes it says")
+        except _NPZ_ERRORS as e:
+            raise self._fail(f"cannot be read ({e})") from None
+        return a
+
+
+_NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+_NPZ_ERRORS += (NotImplementedError, RuntimeError, KeyError, SyntaxError)
+
+
+def _read_npz(path: str) -> dict[str, _NpzEntry]:
+    try:
+        f = open_regular(path)
+    except NotARegularFileError as e:
+        msg = f"{path!r} is not a regular file ({e.strerror})."
+        raise TorchStateDictError(msg) from None
+    try:
+        zf = zipfile.ZipFile(f)
+    except _NPZ_ERRORS as e:
+        f.close()
+        raise TorchStateDictError(
+            f"{path!r} is not a readable .npz (zip) file ({e}). Write it again "
+            "with `np.savez(path, **state_dict)`."
+        ) from None
+    zf._nnx_file = f  # ZipFile does not close a file it was given: _close_zip does
+    try:
+        return _npz_entries(path, zf)
+    except BaseException:
+        _close_zip(zf)
+        raise
+
+
+def _close_zip(zf: zipfile.ZipFile) -> None:
+    zf.close()
+    zf._nnx_file.close()
+
+
+def _npz_entries(path: str, zf: zipfile.ZipFile) -> dict[str, _NpzEntry]:
+    entries: dict[str, _NpzEntry] = {}
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        if not info.filename.endswith(".npy"):
+            raise TorchStateDictError(
+                f"{path!r}: entry {info.filename!r} is not a .npy array; an .npz "
+                "file holds `name.npy` entries only."
+            )
+        entry = _NpzEntry(path, zf, info)
+        if entry.name in entries:
+            raise TorchStateDictError(f"{path!r}: entry {info.filename!r} is twice.")
+        entries[entry.name] = entry
+    return entries
+
+
+def _materialize(a: Any) -> np.ndarray:
+    return a.load() if isinstance(a, _NpzEntry) else a
+
+
+def read_state_dict(state_dict: Any) -> dict[str, Any]:
+    """A mapping of names to arrays, or a ``.safetensors``/``.npz`` path, as numpy.
+
+    The arrays of an ``.npz`` come as ``_NpzEntry`` (shape, dtype and size known,
+    data read by ``_materialize``).
+    """
     if isinstance(state_dict, (str, os.PathLike)):
         path = os.fspath(state_dict)
         if path.endswith(".safetensors"):
             return load_safetensors(path)
         if path.endswith(".npz"):
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
-            except ValueError as e:  # object arrays would need pickle
-                raise TorchStateDictError(f"{path!r}: {e}") from e
+            return _read_npz(path)
         raise TorchStateDictError(
             f"load_torch_state_dict: cannot read {path!r}: expected a .safetensors "
             "or .npz file. For a torch.save() checkpoint, load it with torch and "
@@ -295,6 +423,15 @@ def load(
     strict: bool = True,
 ) -> LoadReport:
     arrays = read_state_dict(state_dict)
+    try:
+        return _load(model, arrays, mapping, strict)
+    finally:
+        zips = {id(a.zf): a.zf for a in arrays.values() if isinstance(a, _NpzEntry)}
+        for zf in zips.values():
+            _close_zip(zf)
+
+
+def _load(model: Any, arrays: dict, mapping: MappingLike, strict: bool) -> LoadReport:
     placed, unsupported = _plan(model)
     incoming, outgoing = _translators(model, mapping)
 
@@ -348,7 +485,7 @@ def load(
                 )
                 ok = False
             else:
-                sources.append(a.reshape(shape))
+                sources.append(_materialize(a).reshape(shape))
         if not ok:
             continue
         try:
