@@ -87,3 +87,13 @@ def test_deterministic_none_and_errors():
     with pytest.raises(TypeError, match=r"rngs must be an nnx.Rngs, an nnx.RngStream"):
         nnx.Dropout(0.5)(jnp.ones(3), rngs="x")
     np.testing.assert_array_equal(nnx.Dropout(1.0)(jnp.ones(2)), np.zeros(2))
+
+
+def test_reseed_by_collection_finds_a_stream_forked_from_default():
+    drop = nnx.Dropout(0.5, rngs=nnx.Rngs(0))  # no 'dropout' stream: falls back
+    assert drop.rngs.tag == "dropout"
+    x = jnp.ones((4, 6))
+    drop(x)
+    nnx.reseed(drop, dropout=42)
+    # the same masks as a Dropout built from Rngs(dropout=42) (flax's numbers)
+    np.testing.assert_array_equal(np.asarray(drop(x)), FLAX["dropout_calls"][0])

@@ -1,9 +1,11 @@
 """``Dropout``.
 
 Design note: a Dropout owns an ``RngStream`` forked at construction from
-``rngs[rng_collection]`` (or from the stream it is given), tagged with that name,
-so ``nnx.reseed(model, dropout=...)`` finds it; a call may also pass ``rngs=`` (an
-``Rngs``, a stream or a key) to draw from elsewhere. Every mask is
+``rngs[rng_collection]`` (or from the stream it is given). Forked from an
+``Rngs`` it is tagged ``rng_collection`` even when the draw fell back on
+``default`` (flax.nnx tags it ``default`` there, so ``nnx.reseed(model,
+dropout=...)`` silently misses it); the keys are the same. A call may also pass
+``rngs=`` (an ``Rngs``, a stream or a key) to draw from elsewhere. Every mask is
 ``bernoulli(stream(), 1 - rate, shape)``, the draw flax.nnx 0.12.8 makes, so the
 same seed gives the same masks in both. ``deterministic`` is a static attribute
 flipped by ``train()``/``eval()``; ``None`` means it must be given at call time.
@@ -59,7 +61,9 @@ class Dropout(Module):
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         if isinstance(rngs, Rngs):
-            rngs = rngs[rng_collection].fork()
+            # flax.nnx's fork, tagged with the collection even when the draw fell
+            # back on 'default': nnx.reseed(model, dropout=...) then finds it.
+            rngs = RngStream(rngs[rng_collection](), tag=rng_collection)
         elif isinstance(rngs, RngStream):
             rngs = rngs.fork()
         elif rngs is not None:
