@@ -18,7 +18,10 @@ each worker on one local device.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -254,3 +257,37 @@ def test_restore_onto_one_process(restored):
     # rounding of reductions in another order.
     assert restored["one_device_devices"] == 1
     assert restored["one_device"]["max_abs_diff"] < TOL
+
+
+# -- the tutorial, as 2 processes ------------------------------------------------------
+
+
+def test_sharding_tutorial_runs_as_2_processes():
+    """``python tutorials/sharding.py --processes 2``: every check in each process."""
+    script = Path(__file__).resolve().parents[1] / "tutorials" / "sharding.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--processes", "2"],
+        env=dict(env, JAX_PLATFORMS="cpu"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the launcher and its 2 children: one group
+    )
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        message = "the tutorial did not finish in 300 s:\n" + out[-5000:]
+        raise AssertionError(message) from None
+    assert proc.returncode == 0, out[-5000:]
+    assert "===== process 0 (exit status 0) =====" in out
+    assert "===== process 1 (exit status 0) =====" in out
+    assert out.count("all checks passed") == 2
+    assert "process 0 of 2, 4 local devices" in out
+    # Each process holds its half of the batch rows, on its own 4 devices.
+    rows0 = out.split("process 0: its rows of the batch (64, 16)")[1].split("\n")[1:5]
+    rows1 = out.split("process 1: its rows of the batch (64, 16)")[1].split("\n")[1:5]
+    assert all(r.endswith("[0:32, 0:16]") for r in rows0), rows0
+    assert all(r.endswith("[32:64, 0:16]") for r in rows1), rows1

@@ -32,14 +32,68 @@
 
 # %%
 import os
+import sys
 
-# Must come before JAX starts: 8 CPU devices on a machine that has only one.
-# (It only concerns the CPU platform; real GPUs/TPUs are used when present.)
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# `python tutorials/sharding.py --processes 2` runs this file as 2 processes on
+# this machine, standing in for 2 hosts (see the last section). Only a script
+# reads its command line: in a notebook, argv belongs to the kernel.
+if __name__ == "__main__" and "__file__" in globals() and "--processes" in sys.argv:
+    import argparse
+    import socket
+    import subprocess
+    import time
+
+    parser = argparse.ArgumentParser(description="Run this tutorial as N processes.")
+    parser.add_argument("--processes", type=int, choices=[1, 2, 4, 8], default=1)
+    count = parser.parse_args().processes
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__],
+            env=dict(
+                os.environ,
+                NNXLIKE_COORDINATOR=coordinator,
+                NNXLIKE_NUM_PROCESSES=str(count),
+                NNXLIKE_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    # One failure would leave the others waiting for it forever: stop them all.
+    while any(c.poll() is None for c in children):
+        if any(c.poll() for c in children):
+            for c in children:
+                c.kill()
+        time.sleep(0.1)
+    for i, child in enumerate(children):
+        print(f"===== process {i} (exit status {child.returncode}) =====")
+        lines = child.stdout.read().splitlines()
+        print("\n".join(ln for ln in lines if "connected peer ranks" not in ln))
+    sys.exit(max((c.returncode for c in children), key=abs))
+
+# Must come before JAX starts: 8 CPU devices on a machine that has only one, or
+# 8 / N each when launched as N processes. (It only concerns the CPU platform;
+# real GPUs/TPUs are used when present.)
+num_processes = int(os.environ.get("NNXLIKE_NUM_PROCESSES", "1"))
+os.environ.setdefault(
+    "XLA_FLAGS", f"--xla_force_host_platform_device_count={8 // num_processes}"
+)
 import jax
 
-if os.environ.get("NNXLIKE_MULTIHOST") == "1":  # see the last section
+if os.environ.get("NNXLIKE_MULTIHOST") == "1":  # a real cluster: see the last section
     jax.distributed.initialize()
+elif num_processes > 1:  # the local stand-in for hosts
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=os.environ["NNXLIKE_COORDINATOR"],
+        num_processes=num_processes,
+        process_id=int(os.environ["NNXLIKE_PROCESS_ID"]),
+    )
 
 import jax.numpy as jnp
 import numpy as np
@@ -314,9 +368,9 @@ except nnx.ShardingError as e:
 #
 # ```python
 # import jax
-# jax.distributed.initialize()  # auto-detected on Cloud TPU, SLURM, Open MPI;
-#                               # else pass coordinator_address, num_processes,
-#                               # process_id
+# jax.distributed.initialize()  # auto-detected on Cloud TPU, SLURM, Open MPI,
+#                               # Kubernetes; else pass coordinator_address,
+#                               # num_processes, process_id
 # ```
 #
 # (the first cell does it when `NNXLIKE_MULTIHOST=1`). After it,
@@ -329,8 +383,17 @@ except nnx.ShardingError as e:
 #   `jax.make_array_from_process_local_data(sharding, local_batch)` assembles
 #   the global array (on one host, local = global: the call below runs as is);
 # - **printing and files**: read values that are replicated (the loss), or
-#   gather first; write from `jax.process_index() == 0` only;
+#   gather first (`jax.experimental.multihost_utils.process_allgather`); write
+#   from `jax.process_index() == 0` only; checkpoint with orbax, from every host
+#   (see the page "Many hosts");
 # - `x.addressable_shards` lists only this host's shards.
+#
+# Try it on one machine: `python tutorials/sharding.py --processes 2` runs this
+# file as 2 processes of 4 CPU devices each, talking over localhost (the first
+# cell launches them and gives each `jax.distributed.initialize` its
+# coordinator address and rank). Every check above passes in both processes, and
+# each prints what it holds: below, its rows of the batch and its blocks of the
+# kernel.
 
 # %%
 print(
@@ -342,6 +405,8 @@ start = jax.process_index() * per_host
 local_batch = np.asarray(x)[start : start + per_host]
 global_x = jax.make_array_from_process_local_data(batch2, local_batch)
 assert global_x.shape == x.shape and global_x.sharding == batch2
+show_layout(f"process {jax.process_index()}: its rows of the batch", global_x)
+show_layout(f"process {jax.process_index()}: its blocks of up.kernel", kernel)
 
 # %%
 assert n >= 1 and len(kernel.addressable_shards) == jax.local_device_count()
