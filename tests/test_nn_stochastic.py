@@ -80,7 +80,10 @@ def test_deterministic_none_and_errors():
     with pytest.raises(ValueError, match=r"no `deterministic` given"):
         drop(jnp.ones(3))
     np.testing.assert_array_equal(drop(jnp.ones(3), deterministic=True), np.ones(3))
-    with pytest.raises(ValueError, match=r"no random stream to draw the mask from"):
+    with pytest.raises(
+        ValueError,
+        match=r"`deterministic` is False, but no `rngs` argument was provided",
+    ):
         nnx.Dropout(0.5)(jnp.ones(3))
     with pytest.raises(TypeError, match=r"Dropout: rngs must be an nnx.Rngs"):
         nnx.Dropout(0.5, rngs=0)

@@ -107,8 +107,9 @@ class Dropout(Module):
             rngs = self.rngs
         if rngs is None:
             raise ValueError(
-                "Dropout.__call__: `deterministic` is False, but there is no random "
-                "stream to draw the mask from. Build it with "
+                "Dropout.__call__: `deterministic` is False, but no `rngs` argument "
+                "was provided to Dropout (at construction or in the call), so there "
+                "is no random stream to draw the mask from. Build it with "
                 "`nnx.Dropout(rate, rngs=rngs)`, pass `rngs=` at call time, or "
                 "call it with `deterministic=True` (or `model.eval()`)."
             )
