@@ -209,27 +209,35 @@ def test_local_crlf_file_reads_like_lf(tmp_path):
 
 def test_search_order(tmp_path, monkeypatch, isolated):
     _tiny_test_csv(isolated, 4)
-    assert load_titanic("test", download=False)["PassengerId"].tolist() == [4]
+    assert load_titanic("test", download=False, verify=False)[
+        "PassengerId"
+    ].tolist() == [4]
     _tiny_test_csv(titanic_mod.KAGGLE_DIR, 3)
-    assert load_titanic("test", download=False)["PassengerId"].tolist() == [3]
+    assert load_titanic("test", download=False, verify=False)[
+        "PassengerId"
+    ].tolist() == [3]
     monkeypatch.setenv(
         "NNXLIKE_TITANIC_DIR", str(_tiny_test_csv(tmp_path / "e", 2).parent)
     )
-    assert load_titanic("test", download=False)["PassengerId"].tolist() == [2]
-    got = load_titanic("test", data_dir=_tiny_test_csv(tmp_path / "d", 1).parent)
+    assert load_titanic("test", download=False, verify=False)[
+        "PassengerId"
+    ].tolist() == [2]
+    got = load_titanic(
+        "test", data_dir=_tiny_test_csv(tmp_path / "d", 1).parent, verify=False
+    )
     assert got["PassengerId"].tolist() == [1] and got.path == tmp_path / "d/test.csv"
 
 
 def test_local_file_with_wrong_header(tmp_path):
     (tmp_path / "train.csv").write_text("a,b\n1,2\n")
     with pytest.raises(TitanicFormatError, match="lacks columns.*Survived"):
-        load_titanic("train", data_dir=tmp_path)
+        load_titanic("train", data_dir=tmp_path, verify=False)
 
 
 def test_ragged_row_and_bad_split(tmp_path):
     (tmp_path / "test.csv").write_text(f"{TINY_HEADER}\n1,2,3\n")
     with pytest.raises(TitanicFormatError, match="row 1 has 3 fields, expected 11"):
-        load_titanic("test", data_dir=tmp_path)
+        load_titanic("test", data_dir=tmp_path, verify=False)
     with pytest.raises(ValueError, match="split must be one of"):
         load_titanic("validation")
 

@@ -4,9 +4,13 @@ Design note: this module owns the Titanic CSV files end to end: where they are l
 for (argument, ``NNXLIKE_TITANIC_DIR``, Kaggle's input folder, the user cache), how
 they are fetched (pinned mirror, SHA-256 checked, atomic write into the cache), how
 they are parsed (``csv`` module into one numpy array per column) and two feature
-recipes. Invariants: the cache never holds a partial or unverified file, and every
-preprocessing statistic is fitted on the train split only. It deliberately imports
-neither jax nor pandas and does no model training.
+recipes. Invariants: the cache never holds a partial or unverified file; every read
+checks the SHA-256 of the bytes it parses (the files are 60 KB: verifying costs
+nothing, and an edited, cut or duplicated row never loads silently) unless the
+caller says ``verify=False`` for a copy they edited on purpose; a download has a
+total deadline and a size cap, whatever the server does; every preprocessing
+statistic is fitted on the train split only. It deliberately imports neither jax
+nor pandas and does no model training.
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
+import io
 import os
+import socket
+import stat
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -41,6 +50,13 @@ TITANIC_URL = (
 """Default mirror base URL; the file URL is ``base + "/" + split + ".csv"``."""
 KAGGLE_DIR = Path("/kaggle/input/titanic")
 DOWNLOAD_TIMEOUT = 30.0
+"""Seconds one network read may wait (the socket timeout)."""
+DOWNLOAD_DEADLINE = 120.0
+"""Seconds a whole download may take, connection to last byte."""
+MAX_DOWNLOAD_BYTES = 2**20
+"""Largest answer accepted (the files are 61 KB and 28 KB); more is not Titanic."""
+MAX_LOCAL_BYTES = 64 * 2**20
+"""Largest local file read with ``verify=False``."""
 
 TEST_COLUMNS = ("PassengerId", "Pclass", "Name", "Sex", "Age", "SibSp", "Parch")
 TEST_COLUMNS += ("Ticket", "Fare", "Cabin", "Embarked")
@@ -55,7 +71,7 @@ class TitanicDataNotFoundError(FileNotFoundError):
 
 
 class TitanicChecksumError(ValueError):
-    """Downloaded bytes failed verification (SHA-256 mismatch)."""
+    """A downloaded or local file is not Kaggle's (SHA-256 mismatch, too large)."""
 
 
 class TitanicTruncatedError(TitanicChecksumError):
@@ -134,11 +150,44 @@ def _convert(column: str, values: list[str]) -> np.ndarray:
         raise TitanicFormatError(f"column {column!r}: non-numeric value ({e})") from e
 
 
-def read_titanic_csv(path: str | os.PathLike, split: str) -> TitanicData:
-    """Parse one Titanic CSV file (LF or CRLF) and check its header."""
-    path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f))
+def _read_bytes(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (a FIFO would block ``open``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TitanicFormatError(f"{path} is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TitanicFormatError(
+            f"{path} is larger than {limit} bytes: not a Titanic CSV file"
+        )
+    return data
+
+
+def _check_local(path: Path, split: str, data: bytes) -> None:
+    got = hashlib.sha256(data).hexdigest()
+    if got in (TITANIC_SHA256[split], TITANIC_SHA256_CRLF[split]):
+        return
+    raise TitanicChecksumError(
+        f"{path} is not Kaggle's {split}.csv: its SHA-256 is {got} ({len(data)} "
+        f"bytes), expected {TITANIC_SHA256[split]} (or, with CRLF line ends, "
+        f"{TITANIC_SHA256_CRLF[split]}). It was edited, cut short or damaged. "
+        "Delete it to download it again (or put Kaggle's file there), or, for a "
+        "copy you changed on purpose, pass `load_titanic(..., verify=False)`."
+    )
+
+
+def _parse(path: Path, split: str, data: bytes) -> TitanicData:
+    try:
+        text = data.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except UnicodeDecodeError as e:
+        raise TitanicFormatError(
+            f"{path} is not a UTF-8 text file (byte {e.start}: {e.reason}); it is "
+            "not a Titanic CSV file. Delete it, or point at Kaggle's file."
+        ) from None
+    except csv.Error as e:
+        raise TitanicFormatError(f"{path} is not a readable CSV file ({e})") from None
     header = tuple(rows[0]) if rows else ()
     expected = TRAIN_COLUMNS if split == "train" else TEST_COLUMNS
     missing = [c for c in expected if c not in header]
@@ -150,6 +199,21 @@ def read_titanic_csv(path: str | os.PathLike, split: str) -> TitanicData:
     return TitanicData.from_rows(header, rows[1:], split=split, path=path)
 
 
+def read_titanic_csv(
+    path: str | os.PathLike, split: str, *, verify: bool = False
+) -> TitanicData:
+    """Parse one Titanic CSV file (LF or CRLF) and check its header.
+
+    With ``verify=True`` the bytes must be Kaggle's file (SHA-256); the bytes
+    checked are the bytes parsed.
+    """
+    path = Path(path)
+    data = _read_bytes(path, MAX_LOCAL_BYTES)
+    if verify:
+        _check_local(path, split, data)
+    return _parse(path, split, data)
+
+
 def cache_dir() -> Path:
     """Return the cache folder: ``$NNXLIKE_CACHE_DIR/titanic``, else
     ``$XDG_CACHE_HOME/nnxlike/titanic``, else ``~/.cache/nnxlike/titanic``."""
@@ -159,24 +223,106 @@ def cache_dir() -> Path:
     return Path(xdg).expanduser() / "nnxlike" / "titanic"
 
 
-def _fetch(url: str, timeout: float) -> bytes:
-    """GET ``url``; raise :class:`TitanicTruncatedError` on a short body."""
+def _fetch(url: str, timeout: float, deadline: float) -> bytes:
+    """GET ``url`` within ``deadline`` seconds in all and ``MAX_DOWNLOAD_BYTES``.
+
+    ``timeout`` bounds each network wait; a server that sends a byte now and
+    then would defeat it alone, so a watchdog shuts the connection down when
+    the deadline passes. The body is read in bounded chunks and counted, so a
+    huge or endless answer stops at the cap. Raises ``TimeoutError`` past the
+    deadline, :class:`TitanicChecksumError` past the cap and
+    :class:`TitanicTruncatedError` on a body shorter than its Content-Length.
+    """
+    sockets: list = []
+    lock = threading.Lock()
+    expired = threading.Event()
+
+    def shut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+        except OSError:
+            pass
+
+    def fire() -> None:
+        with lock:
+            expired.set()
+            for sock in sockets:
+                shut(sock)
+
+    def watched(base: type) -> type:
+        class Connection(base):
+            def connect(self) -> None:
+                super().connect()
+                with lock:
+                    sockets.append(self.sock)
+                    if expired.is_set():
+                        shut(self.sock)
+
+        return Connection
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            kw = {"context": self._context}
+            if hasattr(self, "_check_hostname"):  # Python < 3.12
+                kw["check_hostname"] = self._check_hostname
+            return self.do_open(watched(http.client.HTTPSConnection), req, **kw)
+
+    opener = urllib.request.build_opener(HTTP, HTTPS)
+    end = time.monotonic() + deadline
+    watchdog = threading.Timer(deadline, fire)
+    watchdog.daemon = True
+    watchdog.start()
+    chunks, got, want = [], 0, None
+
+    def too_late() -> TimeoutError:
+        return TimeoutError(
+            f"the download of {url} did not finish within its {deadline:g} s "
+            f"deadline ({got} bytes received); the server is too slow or stalls. "
+            "Try again later, or pass deadline=... to wait longer"
+        )
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with opener.open(url, timeout=min(timeout, deadline)) as resp:
             length = resp.headers.get("Content-Length", "")
             want = int(length) if length.isdigit() else None
-            body = resp.read()
-    except http.client.IncompleteRead as e:  # Content-Length promised more
-        body, want = b"", len(e.partial) + (e.expected or 0)
-        got = len(e.partial)
-    else:
-        got = len(body)
+            if want is not None and want > MAX_DOWNLOAD_BYTES:
+                raise TitanicChecksumError(
+                    f"{url} announces {want} bytes (Content-Length), more than "
+                    f"the {MAX_DOWNLOAD_BYTES} bytes any Titanic file has: it is "
+                    "not the Titanic data; nothing was read. Check the URL."
+                )
+            while True:
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > MAX_DOWNLOAD_BYTES:
+                    raise TitanicChecksumError(
+                        f"{url} sent more than {MAX_DOWNLOAD_BYTES} bytes, more "
+                        "than any Titanic file has: it is not the Titanic data; "
+                        "the download was stopped. Check the URL."
+                    )
+                chunks.append(chunk)
+                if time.monotonic() > end:
+                    raise too_late()
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise too_late() from None
+        raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():  # a shut-down socket reads as a clean end
+        raise too_late()
     if want is not None and got != want:
         raise TitanicTruncatedError(
             f"truncated/incomplete download from {url}: expected {want} bytes "
             f"(Content-Length), got {got}"
         )
-    return body
+    return b"".join(chunks)
 
 
 def _verify(split: str, url: str, body: bytes) -> bytes:
@@ -219,38 +365,48 @@ def load_titanic(
     *,
     url: str | None = None,
     timeout: float = DOWNLOAD_TIMEOUT,
+    deadline: float = DOWNLOAD_DEADLINE,
+    verify: bool = True,
 ) -> TitanicData:
     """Load the Kaggle Titanic ``train`` or ``test`` split.
 
     ``<dir>/<split>.csv`` is looked for in ``data_dir``, ``$NNXLIKE_TITANIC_DIR``,
-    :data:`KAGGLE_DIR` and :func:`cache_dir`, in that order; local files are read
-    as they are. Otherwise, if ``download``, the file is fetched from ``url`` (else
-    ``$NNXLIKE_TITANIC_URL``, else :data:`TITANIC_URL`), verified against
-    :data:`TITANIC_SHA256` (CRLF variants accepted and stored as LF) and written
-    atomically into the cache.
+    :data:`KAGGLE_DIR` and :func:`cache_dir`, in that order. A file found there
+    must be Kaggle's (SHA-256 :data:`TITANIC_SHA256`, or the CRLF variant),
+    checked on every read, unless ``verify=False``. Otherwise, if ``download``,
+    the file is fetched from ``url`` (else ``$NNXLIKE_TITANIC_URL``, else
+    :data:`TITANIC_URL`) within ``deadline`` seconds and
+    :data:`MAX_DOWNLOAD_BYTES`, verified (CRLF variants accepted and stored as
+    LF) and written atomically into the cache.
 
     Args:
         split: ``"train"`` (891 rows) or ``"test"`` (418 rows, no ``Survived``).
         data_dir: a folder to look in first.
         download: whether to download when no local copy is found.
         url: mirror base URL overriding the environment and the default.
-        timeout: socket timeout in seconds for the download.
+        timeout: socket timeout in seconds for each network wait.
+        deadline: seconds the whole download may take.
+        verify: check that a local file is Kaggle's before parsing it; pass
+            ``False`` to read a copy you edited on purpose (downloads are always
+            verified).
 
     Returns:
         The parsed split.
 
     Raises:
         TitanicDataNotFoundError: no local file and no successful download.
-        TitanicChecksumError: downloaded bytes have an unknown SHA-256 (a
-            :class:`TitanicTruncatedError` when the transfer was cut short).
-        TitanicFormatError: a local file lacks the expected columns.
+        TitanicChecksumError: a local file or downloaded bytes have an unknown
+            SHA-256 (a :class:`TitanicTruncatedError` when the transfer was cut
+            short), or the answer was larger than :data:`MAX_DOWNLOAD_BYTES`.
+        TitanicFormatError: a local file (``verify=False``) is not UTF-8 text or
+            lacks the expected columns.
 
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     _ = pathlib.Path(tmp, "test.csv").write_text(
     ...         ",".join(TEST_COLUMNS) + '\\n892,3,"Kelly, Mr. James",male,34.5,'
     ...         "0,0,330911,7.8292,,Q\\n")
-    ...     d = load_titanic("test", data_dir=tmp, download=False)
+    ...     d = load_titanic("test", data_dir=tmp, download=False, verify=False)
     >>> len(d), d["Name"][0], d["Age"].tolist(), d["Cabin"][0]
     (1, 'Kelly, Mr. James', [34.5], '')
     """
@@ -266,7 +422,7 @@ def load_titanic(
     places = [(label, Path(d).expanduser()) for label, d in candidates if d]
     for _, folder in places:
         if (folder / fname).is_file():
-            return read_titanic_csv(folder / fname, split)
+            return read_titanic_csv(folder / fname, split, verify=verify)
 
     cache = cache_dir()
     if not download:
@@ -275,14 +431,14 @@ def load_titanic(
         base = url or os.environ.get("NNXLIKE_TITANIC_URL") or TITANIC_URL
         file_url = base.rstrip("/") + "/" + fname
         try:
-            body = _verify(split, file_url, _fetch(file_url, timeout))
+            body = _verify(split, file_url, _fetch(file_url, timeout, deadline))
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             if isinstance(e, urllib.error.HTTPError):
                 e.close()
             why = f"Downloading {file_url} failed: {e!r}."
         else:
             _write_atomic(cache / fname, body)
-            return read_titanic_csv(cache / fname, split)
+            return _parse(cache / fname, split, body)  # the bytes verified
     searched = "\n".join(f"  - {label}: {folder / fname}" for label, folder in places)
     raise TitanicDataNotFoundError(
         f"Titanic {fname} not found. Searched:\n{searched}\n{why}\n"
