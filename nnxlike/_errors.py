@@ -155,3 +155,14 @@ DELETED_ELSEWHERE = (
     "They were deleted before this call (donated to another compiled function "
     "that failed, or `.delete()`d)."
 )
+CAPTURED_READ = (
+    "{transform}({fn}) reads objects that were not passed to it as arguments:\n"
+    "{lines}\n"
+    "Inside {transform} their arrays would be compiled in as constants: after the "
+    "objects change (training, nnx.update, a restored checkpoint) the compiled "
+    "function would keep computing with the old values, with no warning. Pass the "
+    "object as an argument, e.g. `predict = {transform}(lambda {name}, x: "
+    "{full}(x))` called as `predict({name}, x)`. To compile the current values in "
+    "on purpose, close over a State instead: `graphdef, state = nnx.split({name})` "
+    "outside and `nnx.merge(graphdef, state)` inside."
+)

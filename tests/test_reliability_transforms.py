@@ -197,3 +197,63 @@ def test_step_failing_at_run_time_without_donation_keeps_the_values():
         step(model, x)
     assert "deleted arrays" not in _notes(excinfo)
     _assert_bitwise(_arrays(model), before)
+
+
+# -- 3. a model read through a closure inside nnx.jit -------------------------------
+
+
+def test_jit_reading_a_closed_over_model_raises_with_the_fix():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    predict = nnx.jit(lambda x: model(x))
+    with pytest.raises(nnx.TraceContextError) as excinfo:
+        predict(jnp.ones((1, 2)))
+    msg = str(excinfo.value)
+    assert "nnx.jit(<lambda>) reads objects that were not passed to it" in msg
+    assert "model (Linear, read through a closure): model.kernel, model.bias" in msg
+    assert "`predict = nnx.jit(lambda model, x: model(x))`" in msg
+    assert "predict(model, x)" in msg
+
+
+_GLOBAL_MODEL = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+
+
+def _reads_global(x):
+    return _helper_reading_global(x) * 2.0
+
+
+def _helper_reading_global(x):
+    return _GLOBAL_MODEL(x)
+
+
+def test_jit_reading_a_global_model_through_a_helper_raises():
+    with pytest.raises(nnx.TraceContextError, match="_GLOBAL_MODEL .Linear, read"):
+        nnx.jit(_reads_global)(jnp.ones((1, 2)))
+
+
+def test_jit_closure_check_spares_arguments_new_objects_and_states():
+    # The documented fix: the model as an argument stays fresh after training.
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    predict = nnx.jit(lambda model, x: model(x))
+    x = jnp.ones((1, 2))
+    y0 = predict(model, x)
+    model.bias.value = model.bias.value + 1.0
+    np.testing.assert_allclose(predict(model, x), y0 + 1.0, rtol=1e-6)
+    # Objects created inside the function, and a name shared with a global
+    # (a parameter, not a global load), are not captured reads.
+    _GLOBAL_MODEL_ARG = nnx.Linear(2, 3, rngs=nnx.Rngs(2))  # noqa: N806
+
+    @nnx.jit
+    def fresh(_GLOBAL_MODEL, x):  # noqa: N803
+        inner = nnx.Linear(2, 3, rngs=nnx.Rngs(3))
+        return _GLOBAL_MODEL(x) + inner(x)
+
+    ref = _GLOBAL_MODEL_ARG(x) + nnx.Linear(2, 3, rngs=nnx.Rngs(3))(x)
+    np.testing.assert_allclose(fresh(_GLOBAL_MODEL_ARG, x), ref, rtol=1e-6)
+    # Constants on purpose: close over a State (a pytree), merge inside.
+    graphdef, state = nnx.split(model)
+    frozen = nnx.jit(lambda x: nnx.merge(graphdef, state)(x))
+    np.testing.assert_allclose(frozen(x), y0 + 1.0, rtol=1e-6)
+    # An attribute named like a global is an attribute, not a global read.
+    holder = nnx.Dict(_GLOBAL_MODEL=nnx.Linear(2, 3, rngs=nnx.Rngs(4)))
+    via_attr = nnx.jit(lambda h, x: h._GLOBAL_MODEL(x))
+    np.testing.assert_allclose(via_attr(holder, x), holder._GLOBAL_MODEL(x), rtol=1e-6)

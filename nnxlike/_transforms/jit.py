@@ -46,7 +46,7 @@ import numpy as np
 from nnxlike import _errors, _tracking
 from nnxlike._graph import Flat, flatten, is_graph_node
 from nnxlike._object import Object
-from nnxlike._transforms import _core
+from nnxlike._transforms import _core, _traps
 from nnxlike._variables import Variable
 
 _CACHE_SIZE = 16
@@ -280,6 +280,8 @@ class JitWrapped:
         # Merge fresh copies, call the user's function, flatten what it left.
         (dyn_args, dyn_kwargs), copies = lifted.rebuild(arrays, leaves)
         args, kwargs = self._rejoin_static(dyn_args, dyn_kwargs, spec.static_args)
+        # Trace time only: objects read through a closure would become constants.
+        _traps.check_captured_reads(self.fun, "nnx.jit")
         out = self.fun(*args, **kwargs)
         if self.out_shardings is not None:
             out = _constrain_prefix(self.out_shardings, out)
@@ -551,8 +553,6 @@ def _vars_where(lifted: _core.Lifted, flags: list, dyn_args, dyn_kwargs) -> set[
     return donated - kept
 
 
-def _has_tracer(variables: list) -> bool:
-    for v in variables:
 # Variables whose buffers a failed call consumed: Variable -> what happened.
 _DELETED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -626,6 +626,8 @@ def _note_deleted(jw, entry, dyn_args, dyn_kwargs, static_args, error) -> None:
     )
 
 
+def _has_tracer(variables: list) -> bool:
+    for v in variables:
         for leaf in jtu.tree_leaves(v._raw_value):
             if isinstance(leaf, _tracer_type):
                 return True

@@ -1,0 +1,161 @@
+"""Trace-time checks for the traps around transforms (issue 12).
+
+Design note: a transform lifts the objects it is *given*; an object the function
+reaches some other way is invisible to it. Writes to such an object already
+raise (a Variable refuses writes from another trace). Reads are the silent
+half: inside ``nnx.jit`` the arrays of a model read through a closure or a
+global are compiled in as constants, so after training the function keeps
+returning the old results. This file finds those reads *at trace time only*
+(``captured_reads``), by looking at what the function's code can reach without
+an argument: closure cells, ``functools.partial`` bindings, and the globals its
+bytecode loads (``LOAD_GLOBAL``, not attribute names), following functions of
+the user's own module a few levels deep. Nothing here runs on a cached call.
+
+It deliberately does not look at what a call *returns* or at objects created
+inside the function (they are new, not stale), and it does not follow library
+code (jax, optax, nnxlike): only objects the user's code names.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import types
+from typing import Any
+
+import jax.tree_util as jtu
+
+from nnxlike import _errors
+from nnxlike._graph import flatten, is_graph_node
+
+_LOAD_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_MAX_DEPTH = 4
+_MAX_CONTAINER = 1000
+
+# code object -> the global names its bytecode (and nested code) loads.
+_GLOBALS_OF: dict = {}
+
+
+def _global_names(code: types.CodeType) -> tuple:
+    names = _GLOBALS_OF.get(code)
+    if names is None:
+        found: list = []
+        for ins in dis.get_instructions(code):
+            if ins.opname in _LOAD_GLOBAL and ins.argval not in found:
+                found.append(ins.argval)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):  # lambdas, inner functions
+                found.extend(n for n in _global_names(const) if n not in found)
+        names = _GLOBALS_OF[code] = tuple(found)
+    return names
+
+
+def _nodes_in(value: Any) -> list:
+    """Graph nodes holding Variables in ``value`` (itself or a small container)."""
+    if is_graph_node(value):
+        candidates = [("", value)]
+    elif isinstance(value, (list, tuple, dict)) and len(value) <= _MAX_CONTAINER:
+        try:
+            flat = jtu.tree_flatten_with_path(value, is_leaf=is_graph_node)[0]
+        except Exception:  # not a pytree of ours: nothing to report
+            return []
+        candidates = [(jtu.keystr(p), x) for p, x in flat if is_graph_node(x)]
+    else:
+        return []
+    out = []
+    for suffix, node in candidates:
+        try:
+            leaves = flatten(node).leaves
+        except Exception:  # an object we cannot walk is not ours to judge
+            continue
+        if leaves:
+            out.append((suffix, node))
+    return out
+
+
+def captured_reads(fun: Any) -> list[tuple[str, str, Any]]:
+    """``(how, name, node)`` for each graph node ``fun`` reaches without an argument.
+
+    ``how`` is ``"closure"``, ``"global"`` or ``"functools.partial"``; ``name`` is
+    the variable name (with the container path, ``layers[0]``). Only nodes that
+    hold at least one Variable are reported.
+    """
+    found: list = []
+    seen_nodes: set = set()
+    seen_funs: set = set()
+
+    def report(how: str, name: str, value: Any) -> None:
+        for suffix, node in _nodes_in(value):
+            if id(node) not in seen_nodes:
+                seen_nodes.add(id(node))
+                found.append((how, name + suffix, node))
+
+    def visit(f: Any, depth: int, module: str | None) -> None:
+        if depth > _MAX_DEPTH or id(f) in seen_funs:
+            return
+        seen_funs.add(id(f))
+        if isinstance(f, functools.partial):
+            for i, a in enumerate(f.args):
+                report("functools.partial", f"args[{i}]", a)
+            for k, v in f.keywords.items():
+                report("functools.partial", k, v)
+            visit(f.func, depth, module)
+            return
+        if isinstance(f, types.MethodType):
+            # A bound method of a graph node reads that node.
+            report("bound method", "self", f.__self__)
+            visit(f.__func__, depth, module)
+            return
+        if not isinstance(f, types.FunctionType):
+            return
+        if module is None:
+            module = f.__module__
+        elif f.__module__ != module:  # only the user's own code is followed
+            return
+        code = f.__code__
+        for name, cell in zip(code.co_freevars, f.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell (assigned later)
+                continue
+            report("closure", name, value)
+            if callable(value):
+                visit(value, depth + 1, module)
+        g = f.__globals__
+        for name in _global_names(code):
+            if name in g:
+                value = g[name]
+                report("global", name, value)
+                if callable(value):
+                    visit(value, depth + 1, module)
+
+    visit(fun, 0, None)
+    return found
+
+
+def check_captured_reads(fun: Any, transform: str) -> None:
+    """Raise ``TraceContextError`` if ``fun`` reads objects it was not given."""
+    found = captured_reads(fun)
+    if not found:
+        return
+    fn = getattr(fun, "__name__", None) or type(fun).__name__
+    lines = []
+    for how, name, node in found[:8]:
+        flat = flatten(node)
+        paths = [
+            f"{name}.{_errors.path_str(p)}" if p else name
+            for p in flat.graphdef.paths[:3]
+        ]
+        more = len(flat.graphdef.paths) - len(paths)
+        lines.append(
+            f"  {name} ({type(node).__name__}, read through a {how}): "
+            + ", ".join(paths)
+            + (f", ... ({more} more)" if more > 0 else "")
+        )
+    full = found[0][1]
+    root = full.split("[")[0] or "model"
+    raise _errors.TraceContextError(
+        _errors.CAPTURED_READ.format(
+            transform=transform, fn=fn, lines="\n".join(lines), name=root, full=full
+        )
+    )
