@@ -17,6 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from nnxlike import _graph, _tracking
+from nnxlike._graph import GraphDef
+from nnxlike._object import Object
+from nnxlike._state import State
+from nnxlike._variables import Variable
+
 _SEEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "nnx_display_seen", default=None
 )
@@ -36,9 +42,6 @@ def _treescope() -> tuple:
         import treescope
         from treescope import formatting_util, type_registries
         from treescope import rendering_parts as rp
-
-        from nnxlike._object import Object
-        from nnxlike._variables import Variable
 
         # treescope annotates every object it meets twice with "# Repeated python
         # obj at 0x...". We mark shared Objects and Variables ourselves, by path,
@@ -95,10 +98,6 @@ def _human(n: int) -> str:
 
 def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
     """``{kind name: (number of elements, bytes)}`` over the distinct Variables."""
-    from nnxlike import _graph
-    from nnxlike._state import State
-    from nnxlike._variables import Variable, VariableState
-
     out: dict[str, list[int]] = {}
     # isinstance, not hasattr: Rngs answers any attribute name with a stream, and
     # calling that would draw a key (printing must not advance the RNG).
@@ -107,9 +106,9 @@ def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
     else:
         leaves = _graph.flatten(node).leaves
     for leaf in leaves:
-        if isinstance(leaf, (Variable, VariableState)):
-            name = (type(leaf) if isinstance(leaf, Variable) else leaf.type).__name__
-            value = leaf.value
+        if isinstance(leaf, Variable):
+            name = type(leaf).__name__
+            value = leaf._raw_value
         else:
             name, value = "array", leaf
         size = getattr(value, "size", None)
@@ -210,25 +209,17 @@ def render_object(obj: Any, path: Any, subtree_renderer: Any):
 
 
 def render_variable(var: Any, path: Any, subtree_renderer: Any):
-    from nnxlike._variables import Variable
-
     with _seen_scope() as seen:
-        if isinstance(var, Variable):
-            first = seen.get(id(var))
-            if first is not None:
-                return _shared_marker(var, first, path)
-            seen[id(var)] = _where(path, len(seen))
-            cls = type(var)
-            items = [("value", var._raw_value), *var._metadata.items()]
-        else:
-            cls = var.type
-            items = [("value", var.value), *var._metadata.items()]
+        first = seen.get(id(var))
+        if first is not None:
+            return _shared_marker(var, first, path)
+        seen[id(var)] = _where(path, len(seen))
+        cls = type(var)
+        items = [("value", var._raw_value), *var._metadata.items()]
         return _constructor(cls, items, path, subtree_renderer, color=_color(cls))
 
 
 def render_state(state: Any, path: Any, subtree_renderer: Any):
-    from nnxlike._state import State
-
     with _seen_scope():
         items = [
             (repr(k) if not isinstance(k, str) else k, v) for k, v in state.items()
@@ -245,8 +236,6 @@ def render_graphdef(gd: Any, path: Any, subtree_renderer: Any):
 
 
 def _graphdef_lines(d: tuple, depth: int, name: str = "") -> list[str]:
-    from nnxlike import _graph
-
     pad = "  " * (depth + 1)
     label = f"{name}: " if name != "" else ""
     kind = d[0]
@@ -256,6 +245,11 @@ def _graphdef_lines(d: tuple, depth: int, name: str = "") -> list[str]:
         return [f"{pad}{label}{d[2]!r}"]
     if kind == _graph.LEAF:
         return [f"{pad}{label}<array>"]
+    if kind == _graph.PYTREE:
+        out = [f"{pad}{label}<pytree {d[1]}>"]
+        for key, c in d[2]:
+            out += _graphdef_lines(c, depth + 1, str(key))
+        return out
     if kind == _graph.VAR:
         meta = f" {dict(d[3])}" if d[3] else ""
         return [f"{pad}{label}{d[1].__name__} #{d[2]}{meta}"]
@@ -268,3 +262,16 @@ def _graphdef_lines(d: tuple, depth: int, name: str = "") -> list[str]:
         else:
             out += _graphdef_lines(c[1], depth + 1, str(c[0]))
     return out
+
+
+def _render_any(obj: Any, path: Any, subtree_renderer: Any):
+    if isinstance(obj, Variable):
+        return render_variable(obj, path, subtree_renderer)
+    if isinstance(obj, State):
+        return render_state(obj, path, subtree_renderer)
+    if isinstance(obj, GraphDef):
+        return render_graphdef(obj, path, subtree_renderer)
+    return render_object(obj, path, subtree_renderer)
+
+
+_tracking.register_display(render_text, _render_any)

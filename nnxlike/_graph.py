@@ -27,17 +27,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _errors, _tracking
+from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._object import Object
-from nnxlike._state import State
-from nnxlike._variables import Variable, VariableState
+from nnxlike._state import State, check_value_fits
+from nnxlike._variables import Variable, new_variable
 
-# GraphDef node kinds (first element of every node tuple).
-NODE, VAR, REF, STATIC, LEAF = 0, 1, 2, 3, 4
-_ARRAY_TYPES = (jax.Array, np.ndarray)
+# GraphDef node kinds (first element of every node tuple). PYTREE is any other
+# registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
+# attribute: (PYTREE, treedef, ((key, child), ...)), a value like a tuple.
+NODE, VAR, REF, STATIC, LEAF, PYTREE = 0, 1, 2, 3, 4, 5
+_ARRAY_TYPES = (jax.Array, np.ndarray, jax.core.Tracer)
 
 
 class GraphDef:
@@ -80,14 +83,14 @@ class GraphDef:
         return self.tree[1] if self.tree[0] in (NODE, VAR) else type(None)
 
     def __repr__(self) -> str:
-        from nnxlike import _display
-
-        return _display.render_text(self)
+        return _tracking.render_text(self)
 
     def __treescope_repr__(self, path, subtree_renderer):
-        from nnxlike import _display
+        return _tracking.render_treescope(self, path, subtree_renderer)
 
-        return _display.render_graphdef(self, path, subtree_renderer)
+
+# A GraphDef is a leafless pytree: it can be an argument of plain jax.jit.
+jtu.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
 
 
 def _gc_paused(fn: Callable) -> Callable:
@@ -144,10 +147,28 @@ class Flat:
 # Per-type dispatch, filled lazily: one dict lookup per visited value instead of a
 # chain of isinstance checks (jax.Array's ABC check alone costs ~0.5 us).
 _K_STATIC, _K_VAR, _K_OBJ, _K_CUSTOM, _K_LIST, _K_DICT, _K_TUPLE, _K_ARRAY = range(8)
+_K_PYTREE = 8
 _KIND: dict[type, int] = {}
 
 
-def _classify(t: type) -> int:
+def _is_pytree_node(x: Any) -> bool:
+    """A registered JAX pytree node with children (not a leaf, not None)."""
+    try:
+        treedef = jtu.tree_structure(x, is_leaf=lambda y: y is not x)
+    except Exception:
+        return False
+    return not jtu.treedef_is_leaf(treedef) and treedef.num_leaves > 0
+
+
+def _key_of(entry: Any) -> Any:
+    """A path key from a JAX key entry (attribute name, dict key or index)."""
+    for attr in ("name", "key", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry  # pragma: no cover
+
+
+def _classify(t: type, x: Any = None) -> int:
     if issubclass(t, Variable):
         k = _K_VAR
     elif issubclass(t, Object):
@@ -161,6 +182,8 @@ def _classify(t: type) -> int:
         k = _K_TUPLE
     elif issubclass(t, _ARRAY_TYPES):
         k = _K_ARRAY
+    elif x is not None and _is_pytree_node(x):
+        k = _K_PYTREE
     else:
         k = _K_STATIC
     _KIND[t] = k
@@ -168,14 +191,23 @@ def _classify(t: type) -> int:
 
 
 @_gc_paused
-def flatten(node: Any, *, track: bool = False, origin: dict | None = None) -> Flat:
+def flatten(
+    node: Any,
+    *,
+    track: bool = False,
+    origin: dict | None = None,
+    tree_mode: str | None = None,
+) -> Flat:
     """Walk ``node`` once; see the module note.
 
     ``track`` marks Objects so that later structural edits bump the structure
     version. ``origin`` maps ``id(obj)`` to an index in another GraphDef; when
     given, each indexed node's origin is recorded in ``Flat.objects`` as the pair
-    ``(obj, origin_index or -1)``.
+    ``(obj, origin_index or -1)``. ``tree_mode`` (the calling function's name)
+    refuses shared references and non-pytree Objects, as flax's tree mode does.
     """
+    if tree_mode is not None:
+        check_tree(node, tree_mode)
     index_of: dict[int, int] = {}
     objects: list = []
     leaves: list = []
@@ -186,9 +218,19 @@ def flatten(node: Any, *, track: bool = False, origin: dict | None = None) -> Fl
         t = type(x)
         k = kind_of(t)
         if k is None:
-            k = _classify(t)
+            k = _classify(t, x)
         if k == _K_STATIC:
             return (STATIC, t, x)
+        if k == _K_PYTREE:
+            keyed, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+            keys = [_key_of(p[0]) for p, _ in keyed]
+            return (
+                PYTREE,
+                treedef,
+                tuple(
+                    (key, visit(v, (*path, key))) for key, (_, v) in zip(keys, keyed)
+                ),
+            )
         if k == _K_TUPLE:
             return (
                 NODE,
@@ -250,10 +292,40 @@ def flatten(node: Any, *, track: bool = False, origin: dict | None = None) -> Fl
     return Flat(gd, leaves, objects)
 
 
+def check_tree(node: Any, fn: str) -> None:
+    """Tree mode: refuse a graph node reachable twice, or a non-pytree Object."""
+    first: dict[int, tuple] = {}
+    for path, value in iter_graph(node, graph=True, _all_paths=True):
+        if isinstance(value, Object) and not type(value)._nnx_is_pytree:
+            raise ValueError(
+                f"Cannot use '{fn}' with graph=False on a '{type(value).__name__}' "
+                f"instance that has pytree=False. Found at path: "
+                f"{_errors.path_str(path)}. Pytree subclasses with pytree=False are "
+                "not registered as JAX pytrees and cannot be used in tree-mode. "
+                f"Pass graph=True to nnx.{fn}, or use nnx.compat.{fn}."
+            )
+        if not isinstance(value, (Object, Variable)):
+            continue
+        seen = first.get(id(value))
+        if seen is not None:
+            raise ValueError(
+                _errors.SHARED_IN_TREE_MODE.format(
+                    fn=fn,
+                    type=type(value).__name__,
+                    first=_errors.path_str(seen) or "the root",
+                    second=_errors.path_str(path),
+                )
+            )
+        first[id(value)] = path
+
+
 def _diagnose_unhashable(d: tuple, path: tuple) -> None:
     """Raise the clear error for the first unhashable static value or metadata."""
     kind = d[0]
-    if kind == STATIC:
+    if kind == PYTREE:
+        for key, c in d[2]:
+            _diagnose_unhashable(c, (*path, key))
+    elif kind == STATIC:
         _static_key(d[2], path)
     elif kind == VAR:
         for k, m in d[3]:
@@ -309,8 +381,8 @@ def unflatten(
         if kind == VAR:
             value = values[pos]
             pos += 1
-            if type(value) is VariableState:
-                value = value.value
+            if isinstance(value, Variable):
+                value = value._raw_value
             old = reuse(d[2]) if reuse is not None else None
             if old is not None:
                 object.__setattr__(old, "_raw_value", value)
@@ -325,7 +397,9 @@ def unflatten(
         if kind == LEAF:
             value = values[pos]
             pos += 1
-            return value.value if isinstance(value, VariableState) else value
+            return value._raw_value if isinstance(value, Variable) else value
+        if kind == PYTREE:
+            return d[1].unflatten([build(c) for _, c in d[2]])
         # NODE
         cls, index, children = d[1], d[2], d[3]
         if cls is tuple:
@@ -400,12 +474,16 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
 
 def _to_state_leaf(x: Any) -> Any:
     if isinstance(x, Variable):
-        return VariableState(type(x), x._raw_value, dict(x._metadata))
+        return new_variable(type(x), x._raw_value, x._metadata)
     return x
 
 
+def _tree_mode(graph: bool | None, fn: str) -> str | None:
+    return None if _config.resolve(graph, None)[0] else fn
+
+
 @_gc_paused
-def split(node: Any, *filters: Filter) -> tuple:
+def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple:
     """Split an object graph into a ``GraphDef`` and one ``State`` per filter.
 
     >>> import jax, jax.numpy as jnp
@@ -417,9 +495,9 @@ def split(node: Any, *filters: Filter) -> tuple:
 
     With several filters every Variable goes to the first filter it matches; a
     Variable matching none is an error naming its path (end with ``...`` to catch
-    the rest).
+    the rest). ``graph=False`` (tree mode) refuses shared references.
     """
-    flat = flatten(node)
+    flat = flatten(node, tree_mode=_tree_mode(graph, "split"))
     return (flat.graphdef, *_partition(flat, filters))
 
 
@@ -456,7 +534,12 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
 
 
 @_gc_paused
-def merge(graphdef: GraphDef, *states: Any) -> Any:
+def merge(
+    graphdef: GraphDef,
+    *states: Any,
+    copy: bool = False,
+    recreate_variables: bool = True,
+) -> Any:
     """Rebuild objects from a GraphDef and the States ``split`` produced.
 
     >>> import nnxlike as nnx
@@ -473,13 +556,13 @@ def merge(graphdef: GraphDef, *states: Any) -> Any:
     return unflatten(graphdef, _values_in_order(graphdef, states))
 
 
-def graphdef(node: Any) -> GraphDef:
+def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
     """The GraphDef of ``node`` (its static structure)."""
-    return flatten(node).graphdef
+    return flatten(node, tree_mode=_tree_mode(graph, "graphdef")).graphdef
 
 
 @_gc_paused
-def state(node: Any, *filters: Filter) -> Any:
+def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """The ``State`` of ``node``; with several filters, one State per filter.
 
     Unlike ``split``, Variables matching no filter are simply left out.
@@ -489,7 +572,7 @@ def state(node: Any, *filters: Filter) -> Any:
     >>> sorted(nnx.state(model, nnx.Param).to_pure_dict())
     ['bias', 'kernel']
     """
-    flat = flatten(node)
+    flat = flatten(node, tree_mode=_tree_mode(graph, "state"))
     if len(filters) <= 1:
         if not filters:
             return _partition(flat, ())[0]
@@ -506,6 +589,7 @@ def update(node: Any, *states: Any) -> None:
     """
     flat = flatten(node)
     by_path = dict(zip(flat.graphdef.paths, flat.leaves))
+    writes = []  # checked first, written after: a refused value changes nothing
     for s in states:
         if not isinstance(s, State):
             s = State(s)
@@ -516,15 +600,19 @@ def update(node: Any, *states: Any) -> None:
                 # by_path: write through it rather than replace the Variable.
                 target = _lookup(node, path)
             if isinstance(target, Variable):
-                value = leaf.value if isinstance(leaf, VariableState) else leaf
-                if isinstance(value, Variable):
-                    value = value._raw_value
-                target.set_value(value)
-                if isinstance(leaf, VariableState) and leaf._metadata:
-                    if leaf._metadata != target._metadata:
-                        target.set_metadata(**leaf._metadata)
-            else:
-                _set_new_path(node, path, leaf)
+                value = leaf._raw_value if isinstance(leaf, Variable) else leaf
+                kind = type(target).__name__
+                check_value_fits("update", path, kind, target._raw_value, value)
+            writes.append((path, leaf, target))
+    for path, leaf, target in writes:
+        if isinstance(target, Variable):
+            value = leaf._raw_value if isinstance(leaf, Variable) else leaf
+            target.set_value(value)
+            if isinstance(leaf, Variable) and leaf._metadata:
+                if leaf._metadata != target._metadata:
+                    target.set_metadata(**leaf._metadata)
+        else:
+            _set_new_path(node, path, leaf)
 
 
 def _lookup(node: Any, path: tuple) -> Any:
@@ -554,7 +642,7 @@ def _set_new_path(node: Any, path: tuple, leaf: Any) -> None:
                 f"{type(parent).__name__}). Update only paths the object has, or "
                 "create the attribute first."
             ) from None
-    value = leaf.to_variable() if isinstance(leaf, VariableState) else leaf
+    value = leaf.to_variable() if isinstance(leaf, Variable) else leaf
     key = path[-1]
     if isinstance(parent, (list, dict)) or hasattr(parent, "_nnx_remove"):
         try:
@@ -579,9 +667,20 @@ def _child(parent: Any, key: Any) -> Any:
 
 
 @_gc_paused
-def clone(node: Any) -> Any:
-    """A deep copy of the graph with new Variables (arrays are shared, immutable)."""
-    flat = flatten(node)
+def clone(node: Any, variables: bool = True, *, graph: bool | None = None) -> Any:
+    """A deep copy of the graph with new Variables (arrays are shared, immutable).
+
+    ``variables=False`` keeps the Variables themselves (a new structure over the
+    same Variables, so writes through either are seen by both).
+    """
+    flat = flatten(node, tree_mode=_tree_mode(graph, "clone"))
+    if not variables:
+        objects = flat.objects
+        return unflatten(
+            flat.graphdef,
+            [_leaf_value(v) for v in flat.leaves],
+            reuse=lambda i: objects[i] if isinstance(objects[i], Variable) else None,
+        )
     return unflatten(flat.graphdef, [_leaf_value(v) for v in flat.leaves])
 
 
@@ -644,7 +743,9 @@ def _remove_path(node: Any, path: tuple) -> None:
         del parent[key]
 
 
-def iter_graph(node: Any) -> Iterator[tuple[tuple, Any]]:
+def iter_graph(
+    node: Any, /, *, graph: bool | None = None, _all_paths: bool = False
+) -> Iterator[tuple[tuple, Any]]:
     """Yield ``(path, value)`` for every node, Variable and leaf, each object once.
 
     Children come before their parent (post-order), the root last, as in flax.nnx.
@@ -654,11 +755,15 @@ def iter_graph(node: Any) -> Iterator[tuple[tuple, Any]]:
     >>> [(p, type(v).__name__) for p, v in nnx.iter_graph(model)]
     [(('kernel',), 'Param'), (('bias',), 'Param'), ((), 'Linear')]
     """
+    if graph is False or (graph is None and not _config.resolve(None, None)[0]):
+        check_tree(node, "iter_graph")
     seen: set[int] = set()
 
     def visit(x, path):
         if isinstance(x, (Object, Variable, list, dict)):
             if id(x) in seen:
+                if _all_paths:
+                    yield path, x
                 return
             seen.add(id(x))
         if isinstance(x, Object):
@@ -671,6 +776,13 @@ def iter_graph(node: Any) -> Iterator[tuple[tuple, Any]]:
             for k, v in x.items():
                 yield from visit(v, (*path, k))
         elif not isinstance(x, (Variable, *_ARRAY_TYPES)):
+            kind = _KIND.get(type(x))
+            if kind is None:
+                kind = _classify(type(x), x)
+            if kind == _K_PYTREE:
+                keyed, _ = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+                for p, v in keyed:
+                    yield from visit(v, (*path, _key_of(p[0])))
             return  # static values are not graph members
         yield path, x
 
@@ -708,3 +820,39 @@ def set_metadata(node: Any, *filters: Filter, **metadata: Any) -> None:
         if isinstance(value, Variable) and pred(path, value):
             for name, v in metadata.items():
                 setattr(value, name, v)
+
+
+def find_duplicates(node: Any, /, *, only: Filter = ...) -> list[list[tuple]]:
+    """The paths of every Object or Variable reachable by more than one path.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> m = nnx.Module()
+    >>> m.a = nnx.Param(jnp.array(1.0))
+    >>> m.b = m.a  # a shared (tied) Variable
+    >>> nnx.find_duplicates(m)
+    [[('a',), ('b',)]]
+    """
+    pred = to_predicate(only)
+    paths: dict[int, list[tuple]] = {}
+
+    def visit(x: Any, path: tuple) -> None:
+        if isinstance(x, (Object, Variable)):
+            seen = paths.get(id(x))
+            if seen is not None:
+                if pred(path, x):
+                    seen.append(path)
+                return
+            paths[id(x)] = [path]
+            if isinstance(x, Object):
+                for k, v in x._nnx_children():
+                    visit(v, (*path, k))
+        elif isinstance(x, (list, tuple)):
+            for k, v in enumerate(x):
+                visit(v, (*path, k))
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                visit(v, (*path, k))
+
+    visit(node, ())
+    return [p for p in paths.values() if len(p) > 1]

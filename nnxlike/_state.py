@@ -1,10 +1,10 @@
 """``State``: the arrays of an object graph as a nested mapping and a JAX pytree.
 
 Design note: a State maps keys (attribute names, list indices, dict keys) to
-either a sub-State or a leaf: a ``VariableState`` (kind + value + metadata) or a
-raw array. It is the currency between objects and JAX: ``split`` produces it,
-``merge``/``update`` consume it, ``jax.tree.map`` maps over its arrays, optax
-updates it. Keys keep insertion order (the order of the model's definition).
+either a sub-State or a leaf: a Variable (a copy sharing the array: flax.nnx
+0.12's ``VariableState``) or a raw array. It is the currency between objects and
+JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
+maps over its arrays, optax updates it. Keys keep insertion order (the order of the model's definition).
 A State never holds live Variables except when built by ``nnx.variables``.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import jax
 import jax.tree_util as jtu
+import numpy as np
 
-from nnxlike import _errors
-from nnxlike._variables import Variable, VariableState, variable_type
+from nnxlike import _errors, _tracking
+from nnxlike._variables import Variable, same_state, variable_type
 
 
 class FlatState(list):
@@ -117,7 +119,10 @@ class State(MutableMapping):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
             return NotImplemented
-        return self._mapping == other._mapping
+        a, b = self.flat_state(), other.flat_state()
+        return len(a) == len(b) and all(
+            pa == pb and _leaf_equal(va, vb) for (pa, va), (pb, vb) in zip(a, b)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -233,7 +238,11 @@ class State(MutableMapping):
                     walk(cur._mapping, v, (*prefix, key))
                 elif replace_fn is not None:
                     m[key] = replace_fn(cur, v)
-                elif isinstance(cur, VariableState):
+                elif isinstance(cur, Variable):
+                    path, kind = (*prefix, key), type(cur).__name__
+                    check_value_fits(
+                        "replace_by_pure_dict", path, kind, cur._raw_value, v
+                    )
                     m[key] = cur.replace(v)
                 else:
                     m[key] = v
@@ -241,20 +250,27 @@ class State(MutableMapping):
         walk(self._mapping, pure, ())
 
     def __repr__(self) -> str:
-        from nnxlike import _display
-
-        return _display.render_text(self)
+        return _tracking.render_text(self)
 
     def __treescope_repr__(self, path, subtree_renderer):
-        from nnxlike import _display
-
-        return _display.render_state(self, path, subtree_renderer)
+        return _tracking.render_treescope(self, path, subtree_renderer)
 
 
 def _raw(v: Any) -> Any:
-    if isinstance(v, (VariableState, Variable)):
-        return v.value
+    if isinstance(v, Variable):
+        return v._raw_value
     return v
+
+
+def _leaf_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, Variable) and isinstance(b, Variable):
+        return same_state(a, b)
+    if isinstance(a, Variable) or isinstance(b, Variable):
+        return False
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:
+        return a is b
 
 
 def _flatten_with_keys(s: State):
@@ -286,6 +302,62 @@ jtu.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
 def to_pure_dict(state: State) -> dict:
     """``state.to_pure_dict()``: nested plain dicts of raw values."""
     return _as_state(state, "to_pure_dict").to_pure_dict()
+
+
+def _dtype_kind(dtype: Any) -> str:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return "PRNG key"
+    for kind, base in (("bool", np.bool_), ("integer", np.integer)):
+        if jax.dtypes.issubdtype(dtype, base):
+            return kind
+    if jax.dtypes.issubdtype(dtype, np.complexfloating):
+        return "complex"
+    return "floating" if jax.dtypes.issubdtype(dtype, np.floating) else str(dtype)
+
+
+def check_value_fits(op: str, path: tuple, kind: str, old: Any, new: Any) -> None:
+    """Refuse writing ``new`` where ``old`` is if it changes the shape or dtype kind.
+
+    ``old`` is the value held now (a concrete or abstract array); a target that
+    holds no array (None, a Python object) takes any value, and a Python number
+    (weakly typed) fits any dtype. Used by ``update`` and ``replace_by_pure_dict``.
+    """
+    if not (hasattr(old, "shape") and hasattr(old, "dtype")):
+        return
+    if isinstance(new, Variable):
+        new = new._raw_value
+    if isinstance(new, (bool, int, float, complex)):
+        got_shape, got_dtype = (), None
+    elif hasattr(new, "shape") and hasattr(new, "dtype"):
+        got_shape, got_dtype = tuple(new.shape), new.dtype
+    else:
+        return  # not an array: not ours to judge
+    where = _errors.path_str(path)
+    if got_shape != tuple(old.shape):
+        raise _errors.StructureError(
+            _errors.UPDATE_SHAPE.format(
+                op=op,
+                where=where,
+                got=got_shape,
+                kind=kind,
+                expected=tuple(old.shape),
+                dtype=old.dtype,
+            )
+        )
+    if got_dtype is not None:
+        got_kind, expected_kind = _dtype_kind(got_dtype), _dtype_kind(old.dtype)
+        if got_kind != expected_kind:
+            raise _errors.StructureError(
+                _errors.UPDATE_DTYPE.format(
+                    op=op,
+                    where=where,
+                    got=got_dtype,
+                    got_kind=got_kind,
+                    kind=kind,
+                    expected=old.dtype,
+                    expected_kind=expected_kind,
+                )
+            )
 
 
 def replace_by_pure_dict(state: State, pure: dict, replace_fn: Any = None) -> None:

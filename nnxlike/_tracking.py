@@ -13,6 +13,8 @@ writes from a trace other than the one they were created in (the closure trap).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.extend.core as _jcore
 
 # A one-element list so hot code can read it with a single index operation.
@@ -24,3 +26,57 @@ def bump_structure_version() -> None:
 
 
 get_trace_state = _jcore.get_opaque_trace_state
+
+try:  # JAX's current trace: private API, with a public fallback.
+    from jax._src.core import EvalTrace as _EvalTrace
+    from jax._src.core import unsafe_get_current_trace as _current_trace
+except ImportError:  # pragma: no cover - other JAX versions
+    _EvalTrace = None
+
+if _EvalTrace is not None:
+
+    def under_trace() -> bool:
+        """True while JAX traces a function (jit, grad, vmap, scan, ...)."""
+        return type(_current_trace()) is not _EvalTrace
+
+else:  # pragma: no cover
+
+    def under_trace() -> bool:
+        return not _jcore.trace_state_clean()
+
+
+_TRANSFORM_OF_TRACE = {
+    "DynamicJaxprTrace": "jax.jit (or another staging transform: jax.lax.scan, "
+    "jax.lax.cond, jax.eval_shape, ...)",
+    "JVPTrace": "jax.grad / jax.jvp",
+    "LinearizeTrace": "jax.grad / jax.linearize",
+    "BatchTrace": "jax.vmap",
+}
+
+
+def current_transform_name() -> str:
+    """The JAX transform tracing now, in words, for error messages."""
+    if _EvalTrace is None:  # pragma: no cover
+        return "a JAX transform"
+    name = type(_current_trace()).__name__
+    return _TRANSFORM_OF_TRACE.get(name, f"a JAX transform ({name})")
+
+
+# -- display hooks ------------------------------------------------------------------
+# The core types render through these; nnxlike._display (the outside-world layer)
+# registers the treescope renderers at import, so no core file imports it.
+_DISPLAY: dict = {}
+
+
+def register_display(text: Any, treescope: Any) -> None:
+    _DISPLAY["text"] = text
+    _DISPLAY["treescope"] = treescope
+
+
+def render_text(obj: Any) -> str:
+    fn = _DISPLAY.get("text")
+    return fn(obj) if fn is not None else object.__repr__(obj)
+
+
+def render_treescope(obj: Any, path: Any, subtree_renderer: Any) -> Any:
+    return _DISPLAY["treescope"](obj, path, subtree_renderer)

@@ -26,7 +26,7 @@ from nnxlike import _errors, _graph
 from nnxlike._filters import Filter
 from nnxlike._graph import GraphDef
 from nnxlike._state import State
-from nnxlike._variables import Param, VariableState
+from nnxlike._variables import Param, Variable
 
 
 def call_model(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -51,7 +51,7 @@ def _with_values(state: State, pure: dict) -> State:
     new = State(pure).flat_dict()
     flat = state.flat_state()
     leaves = [
-        leaf.replace(new[p]) if isinstance(leaf, VariableState) else new[p]
+        leaf.replace(new[p]) if isinstance(leaf, Variable) else new[p]
         for p, leaf in flat
     ]
     return State.from_flat(flat.paths, leaves)

@@ -1,24 +1,29 @@
 """Variables: the mutable boxes that hold every array of a model.
 
 Design note: a ``Variable`` is the unit of state. Modules hold Variables; ``split``
-turns each distinct Variable into one ``VariableState`` leaf of a ``State`` and
+turns each distinct Variable into one leaf of a ``State`` (a fresh Variable of
+the same kind sharing the array: flax.nnx 0.12 calls it ``VariableState``) and
 ``merge`` turns it back. The kind of state is the Python type (``Param``,
 ``BatchStat``, ...), so filters are ``isinstance`` checks and users make new kinds
 by subclassing. Invariants:
 
-- identity equality and hashing (two Variables are never "equal" by value);
+- identity hashing (a Variable can be a dict key or a set member);
 - a Variable remembers the JAX trace it was created in and refuses writes from any
   other trace (the closure trap), with an error that says to pass the object in;
-- a Variable is *not* a pytree: handing one to plain ``jax.jit`` raises an error
-  pointing at ``nnx.jit``/``split`` instead of silently dropping writes.
-
-``VariableState`` is the pytree twin used inside ``State``: the array is its only
-child, type and metadata are static.
+- a Variable is a JAX pytree, as in flax.nnx 0.12: one child, the value (key
+  ``.value``), with kind and metadata as static data. A copy that plain JAX
+  rebuilds inside a trace is marked; a write to it that never leaves the trace
+  (the function did not return the object) is reported when the copy dies,
+  naming the path, the transform and the fix (``LostWriteWarning``).
 """
 
 from __future__ import annotations
 
 import operator
+import re
+import sys
+import warnings
+import weakref
 from typing import Any
 
 import jax
@@ -28,18 +33,147 @@ import numpy as np
 
 from nnxlike import _errors, _tracking
 
-_SLOTS = ("_raw_value", "_metadata", "_trace_state")
+_SLOTS = ("_raw_value", "_metadata", "_trace_state", "_nnx_copy")
 
 
-def _variable_not_a_pytree(v):
-    raise TypeError(
-        _errors.NOT_A_PYTREE.format(cls=type(v).__name__)
-        + " To use the array inside in a jnp function, read it: `jnp.sum(v[...])`."
+class LostWriteWarning(UserWarning):
+    """A write inside a plain JAX transform to a copy the function did not return.
+
+    Plain ``jax.jit``/``jax.grad``/``jax.vmap``/``jax.lax.scan`` hand the traced
+    function *copies* of the objects passed in; a write to a copy is lost unless
+    the function returns the object. Return it, or use the ``nnx.`` transform,
+    which writes changes back to the caller's objects.
+    """
+
+
+class _CopyInfo:
+    """Where a pytree copy made inside a trace sits, and whether it has a lost write.
+
+    ``parent`` is a weak reference to the copy of the object holding it (set by
+    the parent's unflatten), so no reference cycle keeps a copy alive after its
+    trace ends; ``armed`` is True between a write and the next flatten.
+    """
+
+    __slots__ = ("parent", "key", "armed", "path", "transform", "__weakref__")
+
+    def __init__(self) -> None:
+        self.parent = None
+        self.key = None
+        self.armed = False
+        self.path = ""
+        self.transform = ""
+
+
+def copy_info(x: Any) -> _CopyInfo | None:
+    """The ``_CopyInfo`` of a Variable or Object copy made inside a trace."""
+    if isinstance(x, Variable):
+        return getattr(x, "_nnx_copy", None)
+    return getattr(x, "__dict__", {}).get("_nnx_copy")
+
+
+def copy_path(x: Any) -> tuple[str, int]:
+    """``Linear.kernel``-style path of a traced copy, and ``id`` of its root copy."""
+    parts: list[str] = []
+    info = copy_info(x)
+    root = x
+    while info is not None and info.parent is not None:
+        parent = info.parent()
+        if parent is None:
+            break
+        key = info.key
+        parts.append(f"[{key!r}]" if not isinstance(key, str) else f".{key}")
+        root = parent
+        info = copy_info(parent)
+    return type(root).__name__ + "".join(reversed(parts)), id(root)
+
+
+# Armed copies by root copy: the copies of one argument die together when the
+# trace ends, and the first to go reports all of them in one warning.
+_PENDING: dict[int, list[_CopyInfo]] = {}
+
+
+def _report_lost_write(info: _CopyInfo, root: int) -> None:
+    group = _PENDING.get(root, [])
+    if info in group:
+        group.remove(info)
+    if not group:
+        _PENDING.pop(root, None)
+    if not info.armed:
+        return
+    paths = [info.path]
+    for other in group:
+        if other.armed:
+            paths.append(other.path)
+            other.armed = False  # reported here, not again by its own finalizer
+    shown = ", ".join(paths[:8]) + (
+        f" and {len(paths) - 8} more" if len(paths) > 8 else ""
     )
+    # The copy dies inside JAX, after tracing: point at the user's call instead.
+    frame = sys._getframe(1)
+    while frame is not None and _INTERNAL_FILES.search(frame.f_code.co_filename):
+        frame = frame.f_back
+    message = _errors.LOST_WRITE.format(path=shown, transform=info.transform)
+    if frame is None:  # pragma: no cover - no user frame on the stack
+        warnings.warn(message, LostWriteWarning, stacklevel=2)
+    else:
+        warnings.warn_explicit(
+            message,
+            LostWriteWarning,
+            frame.f_code.co_filename,
+            frame.f_lineno,
+            module=frame.f_globals.get("__name__"),
+            module_globals=frame.f_globals,
+        )
 
 
-def _never_unflatten(aux, children):  # pragma: no cover - flatten always raises
-    raise TypeError("Variables are not pytrees")
+_INTERNAL_FILES = re.compile(r"[/\\](jax|jaxlib|nnxlike)[/\\]|weakref\.py$")
+
+
+def _arm(var: Variable, info: _CopyInfo) -> None:
+    if not info.path:
+        info.path, root = copy_path(var)
+        info.transform = _tracking.current_transform_name()
+        _PENDING.setdefault(root, []).append(info)
+        weakref.finalize(var, _report_lost_write, info, root)
+    info.armed = True
+
+
+def _flatten_with_keys(v: Variable):
+    info = getattr(v, "_nnx_copy", None)
+    if info is not None:
+        info.armed = False  # the copy leaves the function: its writes are kept
+    meta = v._metadata
+    return ((_VALUE_KEY, v._raw_value),), tuple(sorted(meta.items())) if meta else ()
+
+
+def _flatten(v: Variable):
+    info = getattr(v, "_nnx_copy", None)
+    if info is not None:
+        info.armed = False
+    meta = v._metadata
+    return (v._raw_value,), tuple(sorted(meta.items())) if meta else ()
+
+
+def _make_unflatten(cls: type):
+    def unflatten(aux: tuple, children: Any) -> Variable:
+        var = object.__new__(cls)
+        object.__setattr__(var, "_raw_value", children[0])
+        object.__setattr__(var, "_metadata", dict(aux))
+        object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
+        if _tracking.under_trace():
+            object.__setattr__(var, "_nnx_copy", _CopyInfo())
+        return var
+
+    return unflatten
+
+
+_VALUE_KEY = jtu.GetAttrKey("value")
+
+
+def _register(cls: type) -> None:
+    jtu.register_pytree_with_keys(
+        cls, _flatten_with_keys, _make_unflatten(cls), flatten_func=_flatten
+    )
 
 
 class Variable:
@@ -63,9 +197,8 @@ class Variable:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # The pytree registry is keyed by exact type: register every kind (Param,
-        # user subclasses) so plain jax.jit/tree.map raise NOT_A_PYTREE for it too.
-        jtu.register_pytree_node(cls, _variable_not_a_pytree, _never_unflatten)
+        # The pytree registry is keyed by exact type: register every kind.
+        _register(cls)
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
@@ -103,6 +236,9 @@ class Variable:
             raise _errors.TraceContextError(
                 _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
             )
+        info = getattr(self, "_nnx_copy", None)
+        if info is not None:
+            _arm(self, info)
         object.__setattr__(self, "_raw_value", value)
 
     def __getitem__(self, key: Any) -> Any:
@@ -149,10 +285,33 @@ class Variable:
         """A new Variable of the same type with a new value and/or metadata."""
         if value is None:
             value = self._raw_value
-        return type(self)(value, **{**self._metadata, **metadata})
+        return new_variable(type(self), value, {**self._metadata, **metadata})
 
-    def to_state(self) -> VariableState:
-        return VariableState(type(self), self._raw_value, dict(self._metadata))
+    def to_state(self) -> Variable:
+        """A new Variable of the same kind sharing the value (a ``State`` leaf)."""
+        return new_variable(type(self), self._raw_value, self._metadata)
+
+    def to_variable(self) -> Variable:
+        return new_variable(type(self), self._raw_value, self._metadata)
+
+    @property
+    def type(self) -> type:
+        """The Variable kind (flax.nnx 0.12's ``VariableState.type``)."""
+        return type(self)
+
+    def get_raw_value(self) -> Any:
+        return self._raw_value
+
+    def set_raw_value(self, value: Any) -> None:
+        self.set_value(value)
+
+    @property
+    def raw_value(self) -> Any:
+        return self._raw_value
+
+    @raw_value.setter
+    def raw_value(self, value: Any) -> None:
+        self.set_value(value)
 
     # -- array-like behaviour ------------------------------------------------
     @property
@@ -235,14 +394,10 @@ class Variable:
         )
 
     def __repr__(self) -> str:
-        from nnxlike import _display
-
-        return _display.render_text(self)
+        return _tracking.render_text(self)
 
     def __treescope_repr__(self, path, subtree_renderer):
-        from nnxlike import _display
-
-        return _display.render_variable(self, path, subtree_renderer)
+        return _tracking.render_treescope(self, path, subtree_renderer)
 
 
 def _binary(name: str, fn, reflected: bool = False):
@@ -397,117 +552,33 @@ class OptState(Variable):
     """Optimizer state (momenta, step counts) held by ``Optimizer``."""
 
 
-jtu.register_pytree_node(Variable, _variable_not_a_pytree, _never_unflatten)
+_register(Variable)
 
 
-class VariableState:
-    """The pytree form of a Variable inside a ``State``: type + value + metadata.
-
-    The value is the only pytree child, so ``jax.tree.map`` over a ``State`` maps
-    over arrays while the kind and metadata ride along as static data.
-    """
-
-    __slots__ = ("type", "value", "_metadata")
-
-    def __init__(self, type: type, value: Any, metadata: dict | None = None):
-        self.type = type
-        self.value = value
-        self._metadata = metadata if metadata is not None else {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_metadata":
-            raise AttributeError(name)
-        try:
-            return self._metadata[name]
-        except KeyError:
-            raise AttributeError(
-                f"VariableState({self.type.__name__}) has no attribute or metadata "
-                f"{name!r}."
-            ) from None
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.value if key is Ellipsis else self.value[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if key is Ellipsis:
-            self.value = value
-        else:
-            self.value = jnp.asarray(self.value).at[key].set(value)
-
-    def get_value(self) -> Any:
-        return self.value
-
-    def set_value(self, value: Any) -> None:
-        self.value = value
-
-    def get_metadata(self) -> dict[str, Any]:
-        return dict(self._metadata)
-
-    @property
-    def shape(self) -> tuple:
-        return np.shape(self.value)
-
-    @property
-    def dtype(self) -> Any:
-        return getattr(self.value, "dtype", None)
-
-    def replace(self, value: Any) -> VariableState:
-        return VariableState(self.type, value, self._metadata)
-
-    def to_variable(self) -> Variable:
-        var = object.__new__(self.type)
-        object.__setattr__(var, "_raw_value", self.value)
-        object.__setattr__(var, "_metadata", dict(self._metadata))
-        object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
-        return var
-
-    def __jax_array__(self) -> jax.Array:
-        return jnp.asarray(self.value)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, VariableState):
-            return NotImplemented
-        if self.type is not other.type or self._metadata != other._metadata:
-            return False
-        a, b = self.value, other.value
-        try:
-            if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
-                a, b = jax.random.key_data(a), jax.random.key_data(b)
-            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-        except Exception:  # abstract values (ShapeDtypeStruct) and tracers
-            return self.value is other.value
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        from nnxlike import _display
-
-        return _display.render_text(self)
-
-    def __treescope_repr__(self, path, subtree_renderer):
-        from nnxlike import _display
-
-        return _display.render_variable(self, path, subtree_renderer)
+def new_variable(cls: type, value: Any, metadata: dict | None = None) -> Variable:
+    """A Variable of kind ``cls`` without running ``__init__`` (no placement)."""
+    var = object.__new__(cls)
+    object.__setattr__(var, "_raw_value", value)
+    object.__setattr__(var, "_metadata", dict(metadata) if metadata else {})
+    object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
+    return var
 
 
-class _HashableMeta(dict):
-    """Metadata as pytree aux data: compares by value, hashes by keys."""
+def same_state(a: Variable, b: Variable) -> bool:
+    """Value equality of two State leaves: same kind, metadata and values."""
+    if type(a) is not type(b) or a._metadata != b._metadata:
+        return False
+    x, y = a._raw_value, b._raw_value
+    try:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        return bool(np.array_equal(np.asarray(x), np.asarray(y)))
+    except Exception:  # abstract values (ShapeDtypeStruct) and tracers
+        return x is y
 
-    def __hash__(self):  # type: ignore[override]
-        return hash(tuple(self.keys()))
 
-
-_VALUE_KEY = (jtu.GetAttrKey("value"),)
-
-jtu.register_pytree_with_keys(
-    VariableState,
-    lambda vs: (
-        ((_VALUE_KEY[0], vs.value),),
-        (vs.type, _HashableMeta(vs._metadata)),
-    ),
-    lambda aux, children: VariableState(aux[0], children[0], dict(aux[1])),
-    flatten_func=lambda vs: ((vs.value,), (vs.type, _HashableMeta(vs._metadata))),
-)
+VariableState = Variable
+"""flax.nnx 0.12's name for the leaves of a ``State``: they are Variables."""
 
 
 def variable_type(x: Any) -> type | None:

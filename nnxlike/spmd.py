@@ -49,7 +49,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from nnxlike import _errors
-from nnxlike._variables import Variable, VariableMetadata, VariableState
+from nnxlike._variables import Variable, VariableMetadata
 
 # Key of ``transform_metadata`` (``nnx.vmap``/``nnx.scan``): the sharding name of
 # the axis the transform adds to the Variables it stacks.
@@ -368,7 +368,7 @@ def _path_str(keypath: tuple) -> str:
 
 
 def _is_variable(x: Any) -> bool:
-    return isinstance(x, (Variable, VariableState))
+    return isinstance(x, Variable)
 
 
 def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
@@ -383,9 +383,7 @@ def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
         rules = _normalize_rules(rules)
 
     def one(keypath: tuple, x: Any) -> Any:
-        if isinstance(x, VariableState):
-            kind, value, meta = x.type.__name__, x.value, x._metadata
-        elif isinstance(x, Variable):
+        if isinstance(x, Variable):
             kind, value, meta = type(x).__name__, x._raw_value, x._metadata
         else:
             kind, value, meta = type(x).__name__, x, {}
@@ -399,7 +397,7 @@ def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
             names = _normalize_names(names, where)
             spec = _resolve(names, shape, rules=own_rules, mesh=mesh, where=where)
         out = make(spec)
-        return x.replace(out) if isinstance(x, VariableState) else out
+        return x.replace(out) if isinstance(x, Variable) else out
 
     return jtu.tree_map_with_path(one, tree, is_leaf=_is_variable)
 

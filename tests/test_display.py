@@ -91,7 +91,7 @@ def test_state_renders_with_counts():
     assert first.startswith("State(")
     assert "Param: 9 (36 B)" in first and "BatchStat: 2 (8 B)" in first
     assert "first=State(" in text and "second" not in text  # stored once
-    assert repr(nnx.VariableState(nnx.Cache, 1.0)).startswith("Cache(")
+    assert repr(nnx.Cache(1.0)).startswith("Cache(")
 
 
 def test_graphdef_renders_structure():

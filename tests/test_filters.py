@@ -16,7 +16,7 @@ class MyParam(nnx.Param):
 P = nnx.Param(0.0)
 B = nnx.BatchStat(0.0)
 M = MyParam(0.0)
-VS = nnx.VariableState(nnx.Param, 0.0)
+VS = nnx.Param(0.0)
 
 
 def test_type_filter_matches_kind_and_subclasses():

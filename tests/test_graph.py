@@ -118,7 +118,7 @@ def test_update_with_several_states_and_pure_dicts():
 
 def test_update_copies_metadata():
     m = Block(1, 1)
-    new = nnx.VariableState(nnx.Param, jnp.ones(1), {"tag": "new"})
+    new = nnx.Param(jnp.ones(1), **{"tag": "new"})
     nnx.update(m, nnx.State({"bias": new}))
     assert m.bias.tag == "new"
 
@@ -126,17 +126,17 @@ def test_update_copies_metadata():
 def test_update_creates_a_new_attribute():
     m = Block(1, 1)
     nnx.update(
-        m, nnx.State({"extra": nnx.VariableState(nnx.Cache, jnp.ones(1), {"k": 1})})
+        m, nnx.State({"extra": nnx.Cache(jnp.ones(1), **{"k": 1})})
     )
     assert isinstance(m.extra, nnx.Cache) and m.extra.k == 1
     model = Model()
-    nnx.update(model, nnx.State({"heads": {"b": nnx.VariableState(nnx.Param, 1.0)}}))
+    nnx.update(model, nnx.State({"heads": {"b": nnx.Param(1.0)}}))
     assert isinstance(model.heads["b"], nnx.Param)
 
 
 def test_update_into_list_items():
     model = Model()
-    new = nnx.VariableState(nnx.Param, jnp.zeros(1))
+    new = nnx.Param(jnp.zeros(1))
     nnx.update(model, nnx.State({"blocks": {1: {"extra": new}}}))
     assert isinstance(model.blocks[1].extra, nnx.Param)
 
@@ -148,12 +148,12 @@ def test_update_unknown_path_errors():
         match=r"update: path 'nope.x' does not exist in Block "
         r"\(no 'nope' under Block\)",
     ):
-        nnx.update(m, nnx.State({"nope": {"x": nnx.VariableState(nnx.Param, 1.0)}}))
+        nnx.update(m, nnx.State({"nope": {"x": nnx.Param(1.0)}}))
     model = Model()
     with pytest.raises(
         nnx.StructureError, match=r"update: cannot set 'blocks\[7\]' on a List"
     ):
-        nnx.update(model, nnx.State({"blocks": {7: nnx.VariableState(nnx.Param, 1.0)}}))
+        nnx.update(model, nnx.State({"blocks": {7: nnx.Param(1.0)}}))
     with pytest.raises(
         nnx.StructureError, match=r"update: cannot set 'pair\[1\]' on a tuple"
     ):

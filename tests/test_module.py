@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,38 +50,6 @@ def test_module_builds_eagerly_and_calls():
     np.testing.assert_allclose(net(jnp.ones(2)), np.full(2, 30.0))
 
 
-@pytest.mark.parametrize(
-    "value, what",
-    [
-        (jnp.ones((2, 3)), r"ArrayImpl of shape \(2, 3\)"),
-        (np.ones(4), r"ndarray of shape \(4,\)"),
-        ((1, jnp.ones(2)), "a tuple holding arrays"),
-    ],
-)
-def test_raw_array_attribute_names_class_attribute_and_fix(value, what):
-    m = nnx.Module()
-    with pytest.raises(
-        TypeError, match=rf"Module\.weights: cannot hold a raw array \({what}\)"
-    ) as info:
-        m.weights = value
-    assert "`self.weights = nnx.Param(value)`" in str(info.value)
-    assert "nnx.BatchStat(value)" in str(info.value)
-    assert not hasattr(m, "weights")
-
-
-def test_raw_array_in_list_item_names_the_index():
-    with pytest.raises(TypeError, match=r"List\[1\]: cannot hold a raw array") as info:
-        nnx.List([1, jnp.ones(2)])
-    assert "`list[1] = nnx.Param(value)`" in str(info.value)
-    lst = nnx.List([1])
-    with pytest.raises(TypeError, match=r"List\[0\]: cannot hold a raw array"):
-        lst[0] = np.ones(2)
-    with pytest.raises(TypeError, match=r"List\[0\]: cannot hold a raw array"):
-        lst.insert(0, np.ones(2))
-    with pytest.raises(TypeError, match=r"Dict\.k: cannot hold a raw array"):
-        nnx.Dict(k=jnp.ones(2))
-
-
 def test_plain_list_and_dict_attributes_become_nnx_containers():
     net = Net()
     assert type(net.blocks) is nnx.List
@@ -120,30 +87,7 @@ def test_structure_version_bumps_only_for_tracked_objects_and_not_on_writes():
     assert _tracking.STRUCTURE_VERSION[0] == v0 + 3
 
 
-# -- not a pytree ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "use",
-    [
-        lambda m: jax.jit(lambda m: m.w.value)(m),
-        lambda m: jax.grad(lambda m: m.w.value)(m),
-        lambda m: jax.tree.map(lambda x: x, m),
-        lambda m: jax.tree.leaves({"model": m}),
-        lambda m: jax.vmap(lambda m: m.w.value)(m),
-    ],
-    ids=["jit", "grad", "tree.map", "leaves", "vmap"],
-)
-@pytest.mark.parametrize("make", [Scale, Net, lambda: nnx.List([1]), nnx.Dict])
-def test_objects_are_not_pytrees(use, make):
-    obj = make()
-    name = type(obj).__name__
-    with pytest.raises(
-        TypeError, match=rf"{name} is an nnxlike object, not a JAX pytree"
-    ) as info:
-        use(obj)
-    msg = str(info.value)
-    assert "`nnx.jit`" in msg and "nnx.split(obj)" in msg and "nnx.state(obj)" in msg
+# -- nnx.jit ------------------------------------------------------------------
 
 
 def test_nnx_jit_is_the_fix():

@@ -137,7 +137,7 @@ def test_structure_depends_on_keys_and_kinds_not_values(state):
     other = nnx.state(Model())
     other.w.value = jnp.ones(2)
     assert jax.tree.structure(state) == jax.tree.structure(other)
-    other.stats = nnx.VariableState(nnx.Cache, jnp.zeros(3))
+    other.stats = nnx.Cache(jnp.zeros(3))
     assert jax.tree.structure(state) != jax.tree.structure(other)
 
 
@@ -201,7 +201,7 @@ def test_merge_deep_merges_later_wins(state):
     params, rest = state.split(nnx.Param, ...)
     assert nnx.State.merge(params, rest).flat_dict() == state.flat_dict()
     assert set(nnx.State.merge(rest, params).flat_state().paths) == set(PATHS)
-    override = nnx.State({"w": nnx.VariableState(nnx.Param, jnp.zeros(2))})
+    override = nnx.State({"w": nnx.Param(jnp.zeros(2))})
     merged = nnx.State.merge(state, override)
     np.testing.assert_array_equal(merged.w.value, np.zeros(2))
     assert merged.flat_state().paths == PATHS

@@ -194,35 +194,29 @@ def test_copy_deepcopy_and_pickle_make_new_variables():
     np.testing.assert_array_equal(v.value, np.arange(3.0))
 
 
-# -- not a pytree ----------------------------------------------------------------------
+# -- pytrees (flax.nnx 0.12) --------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", [nnx.Variable, nnx.Param, nnx.BatchStat, MyVar])
-@pytest.mark.parametrize(
-    "use",
-    [
-        lambda v: jax.tree.map(lambda x: x, v),
-        lambda v: jax.tree.leaves(v),
-        lambda v: jax.jit(lambda x: x)(v),
-        lambda v: jax.grad(lambda x: x)(v),
-    ],
-    ids=["tree.map", "leaves", "jit", "grad"],
-)
-def test_variables_are_not_pytrees(kind, use):
-    v = kind(jnp.ones(()))
-    with pytest.raises(
-        TypeError, match=rf"{kind.__name__} is an nnxlike object, not a JAX pytree"
-    ) as info:
-        use(v)
-    assert "nnx.jit" in str(info.value) and "nnx.split" in str(info.value)
-    assert "`jnp.sum(v[...])`" in str(info.value)
+def test_variables_are_pytrees_over_their_value(kind):
+    v = kind(jnp.arange(3.0), note="n")
+    (path, leaf), *rest = jax.tree.flatten_with_path(v)[0]
+    assert not rest and jax.tree_util.keystr(path) == ".value"
+    np.testing.assert_array_equal(leaf, np.arange(3.0))
+    doubled = jax.tree.map(lambda x: 2 * x, v)
+    assert type(doubled) is kind and doubled is not v and doubled.note == "n"
+    np.testing.assert_array_equal(doubled.value, 2 * np.arange(3.0))
+    np.testing.assert_array_equal(v.value, np.arange(3.0))  # the original is kept
+    out = jax.jit(lambda x: x.value.sum() * 2)(v)
+    assert float(out) == 6.0
+    g = jax.grad(lambda x: (x.value**2).sum())(v)
+    assert type(g) is kind
+    np.testing.assert_allclose(g.value, 2 * np.arange(3.0))
 
 
-def test_jnp_function_on_a_variable_points_to_reading_the_array():
+def test_jnp_function_reads_a_variable():
     v = nnx.Param(jnp.ones(2))
-    with pytest.raises(TypeError, match=r"read it: `jnp.sum\(v\[\.\.\.\]\)`"):
-        jnp.sum(v)
-    assert float(jnp.sum(v[...])) == 2.0
+    assert float(jnp.sum(v)) == 2.0 == float(jnp.sum(v[...]))
 
 
 # -- trace context ---------------------------------------------------------------------
@@ -295,7 +289,7 @@ def test_to_state_and_back():
 
 
 def test_variable_state_mutation_and_replace():
-    s = nnx.VariableState(nnx.Cache, jnp.zeros(3), {"a": 1})
+    s = nnx.Cache(jnp.zeros(3), **{"a": 1})
     s[...] = jnp.ones(3)
     s[0] = 5.0
     np.testing.assert_array_equal(s.get_value(), np.array([5.0, 1.0, 1.0]))
@@ -306,36 +300,38 @@ def test_variable_state_mutation_and_replace():
     np.testing.assert_array_equal(jnp.asarray(r), np.ones(3))
 
 
-def test_variable_state_equality_is_by_kind_metadata_and_value():
-    a = nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 1})
-    assert a == nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 1})
-    assert a != nnx.VariableState(nnx.BatchStat, jnp.ones(2), {"m": 1})
-    assert a != nnx.VariableState(nnx.Param, jnp.ones(2), {"m": 2})
-    assert a != nnx.VariableState(nnx.Param, jnp.zeros(2), {"m": 1})
+def test_state_equality_is_by_kind_metadata_and_value():
+    def st(v):
+        return nnx.State({"a": v})
+
+    a = st(nnx.Param(jnp.ones(2), m=1))
+    assert a == st(nnx.Param(jnp.ones(2), m=1))
+    assert a != st(nnx.BatchStat(jnp.ones(2), m=1))
+    assert a != st(nnx.Param(jnp.ones(2), m=2))
+    assert a != st(nnx.Param(jnp.zeros(2), m=1))
     assert a.__eq__(1) is NotImplemented
-    with pytest.raises(TypeError, match="unhashable"):
-        hash(a)
+    # Variables themselves hash by identity (usable as dict keys and set members).
+    v = nnx.Param(jnp.ones(2))
+    assert {v: 1}[v] == 1 and hash(v) == object.__hash__(v)
 
 
-def test_variable_state_equality_of_typed_keys():
+def test_state_equality_of_typed_keys():
     def key_state(seed):
-        return nnx.VariableState(nnx.RngKey, jax.random.key(seed))
+        return nnx.State({"k": nnx.RngKey(jax.random.key(seed))})
 
     assert key_state(0) == key_state(0)
     assert key_state(0) != key_state(1)
     assert nnx.state(nnx.Rngs(0)) == nnx.state(nnx.Rngs(0))
 
 
-def test_variable_state_unknown_attribute():
-    s = nnx.VariableState(nnx.Param, 1.0)
-    with pytest.raises(
-        AttributeError, match=r"VariableState\(Param\) has no attribute or metadata"
-    ):
+def test_unknown_attribute_names_the_kind():
+    s = nnx.Param(1.0)
+    with pytest.raises(AttributeError, match=r"Param has no attribute or metadata"):
         s.zz  # noqa: B018
 
 
 def test_variable_state_is_a_pytree_over_its_value():
-    s = nnx.VariableState(nnx.Param, jnp.arange(2.0), {"note": "n"})
+    s = nnx.Param(jnp.arange(2.0), **{"note": "n"})
     doubled = jax.tree.map(lambda x: 2 * x, s)
     assert isinstance(doubled, nnx.VariableState)
     assert doubled.type is nnx.Param and doubled.note == "n"
@@ -345,13 +341,13 @@ def test_variable_state_is_a_pytree_over_its_value():
     assert leaf is s.value
     # kind and metadata are static: they are part of the treedef
     t1 = jax.tree.structure(s)
-    assert t1 == jax.tree.structure(nnx.VariableState(nnx.Param, 0.0, {"note": "n"}))
-    assert t1 != jax.tree.structure(nnx.VariableState(nnx.Cache, 0.0, {"note": "n"}))
-    assert t1 != jax.tree.structure(nnx.VariableState(nnx.Param, 0.0, {"note": "m"}))
+    assert t1 == jax.tree.structure(nnx.Param(0.0, **{"note": "n"}))
+    assert t1 != jax.tree.structure(nnx.Cache(0.0, **{"note": "n"}))
+    assert t1 != jax.tree.structure(nnx.Param(0.0, **{"note": "m"}))
 
 
 def test_variable_state_passes_through_jit():
-    s = nnx.VariableState(nnx.Param, jnp.ones(2), {"note": "n"})
+    s = nnx.Param(jnp.ones(2), **{"note": "n"})
     out = jax.jit(lambda s: s.replace(s.value + 1))(s)
     assert out.type is nnx.Param and out.note == "n"
     np.testing.assert_array_equal(out.value, np.full(2, 2.0))
@@ -361,5 +357,5 @@ def test_repr_shows_kind_value_and_metadata():
     text = repr(nnx.Param(jnp.ones(2), note="hello"))
     assert text.startswith("Param(")
     assert "note='hello'" in text
-    text = repr(nnx.VariableState(nnx.BatchStat, jnp.ones(2)))
+    text = repr(nnx.BatchStat(jnp.ones(2)))
     assert text.startswith("BatchStat(")

@@ -23,39 +23,100 @@ from typing import Any
 
 import jax.tree_util as jtu
 
-from nnxlike import _graph
+from nnxlike import _config, _errors, _graph
+from nnxlike._containers import Dict, List
 from nnxlike._graph import Flat, flatten, is_graph_node, unflatten
-from nnxlike._variables import Variable
+from nnxlike._object import Object
+from nnxlike._variables import Variable, new_variable
 
 _set_raw = Variable._raw_value.__set__  # slot descriptor: the fastest raw write
+
+
+class RawSlot(Variable):
+    """Stands in, inside a transform, for a raw array held by an object.
+
+    The transforms move Variables; a raw array attribute (data, as in flax) is
+    wrapped in a slot that remembers its path, and ``flush_slots`` stores the new
+    array back into the holder after the call.
+    """
+
+    __slots__ = ("_path",)
 
 
 class Lifted:
     """Arguments split into a pytree skeleton, graph nodes and JAX leaves."""
 
-    __slots__ = ("treedef", "leaves", "graph_pos", "nodes", "flat")
+    __slots__ = ("treedef", "leaves", "graph_pos", "nodes", "flat", "slots", "mode")
 
     def __init__(
-        self, treedef: Any, leaves: list, graph_pos: tuple, nodes: tuple, flat: Flat
+        self,
+        treedef: Any,
+        leaves: list,
+        graph_pos: tuple,
+        nodes: tuple,
+        flat: Flat,
+        mode: str | None = None,
     ):
         self.treedef = treedef
         self.leaves = leaves  # JAX leaves, with None at graph positions
         self.graph_pos = graph_pos
         self.nodes = nodes  # the caller's graph nodes, in argument order
         self.flat = flat
+        self.slots: tuple = ()
+        # The transform's name when structural write-back is off (tree mode or
+        # graph_updates=False), else None.
+        self.mode = mode
 
     @classmethod
-    def from_args(cls, tree: Any, *, track: bool = False) -> Lifted:
+    def from_args(
+        cls,
+        tree: Any,
+        *,
+        track: bool = False,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
+        fn: str = "jit",
+    ) -> Lifted:
+        graph, graph_updates = _config.resolve(graph, graph_updates)
         leaves, treedef = jtu.tree_flatten(tree, is_leaf=is_graph_node)
         graph_pos = tuple(i for i, x in enumerate(leaves) if is_graph_node(x))
         nodes = tuple(leaves[i] for i in graph_pos)
         for i in graph_pos:
             leaves[i] = None
-        return cls(treedef, leaves, graph_pos, nodes, flatten(nodes, track=track))
+        if not graph:
+            _graph.check_tree(nodes, fn)
+        elif not graph_updates:
+            _check_no_shared_variables(nodes, fn)
+        flat = flatten(nodes, track=track)
+        mode = None if graph and graph_updates else fn
+        lifted = cls(treedef, leaves, graph_pos, nodes, flat, mode)
+        if any(not isinstance(v, Variable) for v in flat.leaves):
+            lifted._wrap_raw_arrays()
+        return lifted
+
+    def _wrap_raw_arrays(self) -> None:
+        flat = self.flat
+        slots = []
+        for j, (path, leaf) in enumerate(zip(flat.graphdef.paths, flat.leaves)):
+            if not isinstance(leaf, Variable):
+                slot = new_variable(RawSlot, leaf)
+                object.__setattr__(slot, "_path", path)
+                flat.leaves[j] = slot
+                slots.append(slot)
+        self.slots = tuple(slots)
 
     @property
     def variables(self) -> list:
         return self.flat.leaves
+
+    def index_by_id(self) -> dict[int, int]:
+        """``id`` of each lifted Variable (or held raw array) -> its index."""
+        out = {id(v): i for i, v in enumerate(self.flat.leaves)}
+        if self.slots:
+            for i, v in enumerate(self.flat.leaves):
+                if type(v) is RawSlot:
+                    out[id(v._raw_value)] = i
+        return out
 
     def arrays(self) -> list:
         return [v._raw_value for v in self.flat.leaves]
@@ -129,6 +190,13 @@ def collect(lifted: Lifted, copies: Copies, out: Any) -> Collected:
     origins = tuple(o for _, o in flat.objects)
     arrays = [v._raw_value if isinstance(v, Variable) else v for v in flat.leaves]
     in_gd = lifted.flat.graphdef
+    if lifted.mode is not None and flat.graphdef.tree[3][0] != in_gd.tree:
+        raise _errors.StructureError(
+            _errors.STRUCTURE_WITHOUT_GRAPH_UPDATES.format(
+                fn=lifted.mode,
+                what="an attribute was added, removed or replaced by a new object",
+            )
+        )
     unchanged = (
         not out_graph_pos
         and flat.graphdef.tree[3][0] == in_gd.tree
@@ -153,6 +221,8 @@ def write_back(lifted: Lifted, static: tuple, arrays: list, out_leaves: list) ->
     if unchanged:
         for v, a in zip(lifted.flat.leaves, arrays):
             _set_raw(v, a)
+        if lifted.slots:
+            flush_slots(lifted)
         return out_treedef.unflatten(out_leaves)
     objects = lifted.flat.objects
 
@@ -169,3 +239,52 @@ def write_back(lifted: Lifted, static: tuple, arrays: list, out_leaves: list) ->
     for i, node in zip(out_graph_pos, out_nodes):
         full[i] = node
     return out_treedef.unflatten(full)
+
+
+def flush_slots(lifted: Lifted) -> None:
+    """Store each raw-array slot's value back where the array was held."""
+    for slot in lifted.slots:
+        _set_at(lifted.nodes, slot._path, slot._raw_value)
+
+
+def _set_at(container: Any, path: tuple, value: Any) -> Any:
+    """Set ``value`` at ``path``; tuples on the way are rebuilt (they are values)."""
+    key = path[0]
+    if len(path) > 1:
+        value = _set_at(_item(container, key), path[1:], value)
+    if type(container) is tuple:
+        return (*container[:key], value, *container[key + 1 :])
+    if isinstance(container, (List, Dict)):
+        container._nnx_items[key] = value
+    elif isinstance(container, Object):
+        container.__dict__[key] = value
+    else:
+        container[key] = value
+    return container
+
+
+def _item(container: Any, key: Any) -> Any:
+    if isinstance(container, (List, Dict)):
+        return container._nnx_items[key]
+    if isinstance(container, Object):
+        return container.__dict__[key]
+    return container[key]
+
+
+def _check_no_shared_variables(nodes: tuple, fn: str) -> None:
+    """graph_updates=False: a Variable reachable twice is refused (flax's rule)."""
+    seen: dict[int, tuple] = {}
+    for path, v in _graph.iter_graph(nodes, graph=True, _all_paths=True):
+        if not isinstance(v, Variable):
+            continue
+        first = seen.get(id(v))
+        if first is not None:
+            raise ValueError(
+                _errors.SHARED_WITHOUT_GRAPH_UPDATES.format(
+                    fn=fn,
+                    type=type(v).__name__,
+                    first=_errors.path_str(first),
+                    second=_errors.path_str(path),
+                )
+            )
+        seen[id(v)] = path

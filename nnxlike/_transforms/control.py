@@ -19,6 +19,7 @@ import jax
 from nnxlike import _errors
 from nnxlike._graph import unflatten
 from nnxlike._transforms import _core
+from nnxlike._variables import Variable, new_variable
 
 
 def _jax_leaves(lifted: _core.Lifted) -> list:
@@ -190,6 +191,8 @@ def _finish_loop(lifted: _core.Lifted, carry) -> Any:
     arrays, jleaves = carry
     for v, a in zip(lifted.flat.leaves, arrays):
         _core._set_raw(v, a)
+    if lifted.slots:
+        _core.flush_slots(lifted)
     return lifted.rebuild_with(lifted.nodes, _with_jax_leaves(lifted, jleaves))
 
 
@@ -339,9 +342,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
 
 
 def _match_leaf(primal_leaf: Any, ct: Any) -> Any:
-    from nnxlike._variables import VariableState
-
-    if isinstance(primal_leaf, VariableState):
-        value = ct.value if isinstance(ct, VariableState) else ct
-        return VariableState(primal_leaf.type, value, primal_leaf._metadata)
+    if isinstance(primal_leaf, Variable):
+        value = ct._raw_value if isinstance(ct, Variable) else ct
+        return new_variable(type(primal_leaf), value, primal_leaf._metadata)
     return ct

@@ -101,7 +101,7 @@ def _per_arg(axes: Any, n: int, name: str) -> tuple:
 
 def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
     """Axis per Variable (lifted order) and per plain JAX leaf (lifted order)."""
-    var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+    var_index = lifted.index_by_id()
     var_axis: list = [None] * len(lifted.flat.leaves)
     assigned = [False] * len(var_axis)
     leaf_axis: list = []
@@ -653,6 +653,8 @@ def scan(
             _core._set_raw(variables[i], a)
         for i, a in zip(scanned_vars, y_vars):
             _core._set_raw(variables[i], jnp.moveaxis(a, 0, var_axis[i]))
+        if lifted.slots:
+            _core.flush_slots(lifted)
         static = statics[-1]
         ys_tree = static[2].unflatten(ys)
         ys_tree = _move_out_axes(ys_tree, out_axes)

@@ -30,7 +30,7 @@ from nnxlike._transforms.autodiff import (
     select_variables,
     state_of,
 )
-from nnxlike._variables import Param, Variable, VariableState
+from nnxlike._variables import Param, Variable
 
 
 class _Plan:
@@ -131,7 +131,7 @@ def _tangent_values(t: Any, picked: list, where: str) -> dict[int, Any]:
                 f"{type(t).__name__}."
             )
         given = {
-            p: v.value if isinstance(v, (VariableState, Variable)) else v
+            p: v.value if isinstance(v, Variable) else v
             for p, v in t.flat_dict().items()
         }
     wanted = {p for p, _ in picked}
