@@ -1,5 +1,6 @@
 """``nnxlike.nn``: the layer library (also re-exported at the top level)."""
 
+from nnxlike.nn import dtypes as dtypes
 from nnxlike.nn import initializers as initializers
 from nnxlike.nn.activations import *  # noqa: F403
 from nnxlike.nn.attention import MultiHeadAttention as MultiHeadAttention
@@ -11,7 +12,9 @@ from nnxlike.nn.attention import (
 from nnxlike.nn.attention import make_attention_mask as make_attention_mask
 from nnxlike.nn.attention import make_causal_mask as make_causal_mask
 from nnxlike.nn.conv import Conv as Conv
+from nnxlike.nn.conv import ConvDimensionWarning as ConvDimensionWarning
 from nnxlike.nn.conv import ConvTranspose as ConvTranspose
+from nnxlike.nn.initializers import Initializer as Initializer
 from nnxlike.nn.linear import Einsum as Einsum
 from nnxlike.nn.linear import Embed as Embed
 from nnxlike.nn.linear import Linear as Linear

@@ -17,7 +17,8 @@ once per primitive) and dispatches once; under ``nnx.jit`` it is simply inlined.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -27,13 +28,24 @@ import numpy as np
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
 from nnxlike._variables import Param, Variable
-from nnxlike.nn import initializers
-from nnxlike.nn.linear import promote_dtype
+from nnxlike.nn import dtypes, initializers
+from nnxlike.nn._checks import check_rngs, check_size, check_sizes
+from nnxlike.nn.linear import _NO_METADATA
 
 Initializer = Any
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
-_PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "CAUSAL")
+_PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+
+
+class ConvDimensionWarning(UserWarning):
+    """An int ``kernel_size`` (a 1-D convolution) met an input with several batch axes.
+
+    ``nnx.Conv(1, 16, 3)`` applied to ``(N, H, W, C)`` images convolves over ``W``
+    only, treating ``N`` and ``H`` as batch axes, which flax allows. It is almost
+    always meant as ``kernel_size=(3, 3)``; pass ``kernel_size=(3,)`` to say the
+    1-D convolution is intended and silence this warning.
+    """
 
 
 def canonicalize_padding(padding: PaddingLike, rank: int, where: str = "Conv") -> Any:
@@ -95,8 +107,23 @@ def _dimension_numbers(ndim: int) -> jax.lax.ConvDimensionNumbers:
     return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
-def _check_input(inputs: Any, n_spatial: int, in_features: int, where: str) -> None:
+def _check_input(
+    inputs: Any, n_spatial: int, in_features: int, where: str, int_kernel: Any = None
+) -> None:
+    """Rank and channel checks; ``int_kernel`` is the int ``kernel_size`` if given."""
     shape = tuple(jnp.shape(inputs))
+    if int_kernel is not None and len(shape) >= n_spatial + 3:
+        k = "kernel_size"
+        warnings.warn(
+            f"{where}: {k} was given as an int, which means a 1-D convolution "
+            f"over axis -2 (size {shape[-2]}), so the input of shape {shape} is "
+            f"read as {len(shape) - 2} batch axes {shape[:-2]}, not as an image. "
+            f"For a 2-D convolution over (H, W) pass "
+            f"`{k}=({int_kernel}, {int_kernel})`; if the 1-D convolution "
+            f"is intended, pass `{k}=({int_kernel},)` to silence this warning.",
+            ConvDimensionWarning,
+            stacklevel=4,
+        )
     if len(shape) < n_spatial + 1:
         raise ValueError(
             f"{where}: a {n_spatial}-D convolution expects inputs shaped "
@@ -108,6 +135,30 @@ def _check_input(inputs: Any, n_spatial: int, in_features: int, where: str) -> N
             f"(in_features, channels-last), got shape {shape}. For NCHW data "
             f"transpose it first: `jnp.moveaxis(x, 1, -1)`."
         )
+
+
+def _check_output_size(
+    shape: tuple, kernel_size: tuple, kernel_dilation: tuple, input_dilation: tuple,
+    padding: Any, where: str,
+) -> None:  # fmt: skip
+    """A kernel larger than the (padded) input would give an empty output: refuse."""
+    if isinstance(padding, str) and padding != "VALID":
+        return  # SAME, CIRCULAR, REFLECT and CAUSAL never shrink below one.
+    spatial = shape[len(shape) - len(kernel_size) - 1 : -1]
+    for axis, (size, k, kd, d) in enumerate(
+        zip(spatial, kernel_size, kernel_dilation, input_dilation)
+    ):
+        eff = (k - 1) * kd + 1
+        pad = 0 if isinstance(padding, str) else padding[axis][0] + padding[axis][1]
+        room = (size - 1) * d + 1 + pad if size else pad
+        if room < eff:
+            raise ValueError(
+                f"{where}: the kernel (size {eff} on spatial axis {axis}, "
+                f"kernel_size={kernel_size}, kernel_dilation={kernel_dilation}) "
+                f"is larger than the input there ({room} after padding "
+                f"{padding!r}; input shape {shape}), so the output would be empty. "
+                "Use padding='SAME', a smaller kernel_size, or a larger input."
+            )
 
 
 def _flatten_batch(x: jax.Array, n_spatial: int) -> tuple[jax.Array, tuple]:
@@ -173,10 +224,20 @@ class Conv(Module):
         precision: ``jax.lax.Precision`` of the convolution.
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
+        conv_general_dilated: the convolution (default
+            ``jax.lax.conv_general_dilated``), same signature.
+        promote_dtype: ``f((x, kernel, bias), dtype=...) -> tuple`` casting the
+            arrays before the convolution.
+        preferred_element_type: dtype the convolution accumulates and returns
+            in (passed to ``conv_general_dilated``).
+        rngs: the ``params`` stream is drawn for the kernel and bias.
         kernel_metadata: metadata of the kernel Param, e.g.
             ``{"sharding_names": (None, None, None, "model")}``.
         bias_metadata: metadata of the bias Param.
-        rngs: the ``params`` stream is drawn for the kernel and bias.
+
+    An int ``kernel_size`` applied to an input with more than one batch axis
+    (``Conv(1, 16, 3)`` on ``(N, H, W, C)``) warns with ``ConvDimensionWarning``;
+    a kernel larger than the input under ``'VALID'`` padding raises.
     """
 
     def __init__(
@@ -197,10 +258,19 @@ class Conv(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        kernel_metadata: dict | None = None,
-        bias_metadata: dict | None = None,
+        conv_general_dilated: Any = jax.lax.conv_general_dilated,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
+        _check_conv_args(
+            "Conv", in_features, out_features, kernel_size, strides,
+            feature_group_count, rngs, input_dilation=input_dilation,
+            kernel_dilation=kernel_dilation,
+        )  # fmt: skip
+        self._int_kernel_size = kernel_size if isinstance(kernel_size, int) else None
         kernel_size = _kernel_size(kernel_size)
         n = len(kernel_size)
         if in_features % feature_group_count or out_features % feature_group_count:
@@ -226,6 +296,9 @@ class Conv(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.conv_general_dilated = conv_general_dilated
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
         self.kernel_shape = kernel_size + (
             in_features // feature_group_count,
             out_features,
@@ -245,10 +318,15 @@ class Conv(Module):
         self.mask = Variable(jnp.asarray(mask)) if mask is not None else None
         _check_mask(self.mask, self.kernel_shape, "Conv")
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         where = "Conv.__call__"
-        _check_input(inputs, len(self.kernel_size), self.in_features, where)
+        n = len(self.kernel_size)
+        _check_input(inputs, n, self.in_features, where, self._int_kernel_size)
         _check_mask(self.mask, self.kernel_shape, where)
+        _check_output_size(
+            _shape(inputs), self.kernel_size, self.kernel_dilation,
+            self.input_dilation, self.padding, where,
+        )  # fmt: skip
         return _conv_forward(
             inputs,
             self.kernel.value,
@@ -262,7 +340,38 @@ class Conv(Module):
             feature_group_count=self.feature_group_count,
             dtype=self.dtype,
             precision=self.precision,
+            conv_general_dilated=self.conv_general_dilated,
+            promote_dtype=self.promote_dtype,
+            conv_kwargs=_conv_kwargs(out_sharding, self.preferred_element_type),
         )
+
+
+def _shape(x: Any) -> tuple:
+    return tuple(jnp.shape(x))
+
+
+def _conv_kwargs(out_sharding: Any, preferred_element_type: Any) -> tuple:
+    """Optional keywords of the convolution, as a hashable static tuple."""
+    kwargs = ()
+    if out_sharding is not None:
+        kwargs += (("out_sharding", out_sharding),)
+    if preferred_element_type is not None:
+        kwargs += (("preferred_element_type", preferred_element_type),)
+    return kwargs
+
+
+def _check_conv_args(
+    where: str, in_features: Any, out_features: Any, kernel_size: Any, strides: Any,
+    feature_group_count: Any, rngs: Any, **dilations: Any,
+) -> None:  # fmt: skip
+    check_size(where, "in_features", in_features)
+    check_size(where, "out_features", out_features)
+    check_sizes(where, "kernel_size", kernel_size)
+    check_sizes(where, "strides", strides, allow_none=True)
+    for name, value in dilations.items():
+        check_sizes(where, name, value, allow_none=True)
+    check_size(where, "feature_group_count", feature_group_count)
+    check_rngs(where, rngs)
 
 
 _CONV_STATIC = (
@@ -274,19 +383,23 @@ _CONV_STATIC = (
     "feature_group_count",
     "dtype",
     "precision",
+    "conv_general_dilated",
+    "promote_dtype",
+    "conv_kwargs",
 )
 
 
 @functools.partial(jax.jit, static_argnames=_CONV_STATIC)
 def _conv_forward(
     inputs, kernel, bias, mask, *, kernel_size, strides, padding, input_dilation,
-    kernel_dilation, feature_group_count, dtype, precision,
+    kernel_dilation, feature_group_count, dtype, precision, conv_general_dilated,
+    promote_dtype, conv_kwargs,
 ) -> jax.Array:  # fmt: skip
     x, batch = _flatten_batch(inputs, len(kernel_size))
-    if padding == "CIRCULAR":
+    if padding in ("CIRCULAR", "REFLECT"):
         eff = _dilated(kernel_size, kernel_dilation)
         pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in eff] + [(0, 0)]
-        x = jnp.pad(x, pads, mode="wrap")
+        x = jnp.pad(x, pads, mode="wrap" if padding == "CIRCULAR" else "reflect")
         padding = "VALID"
     elif padding == "CAUSAL":
         left = kernel_dilation[0] * (kernel_size[0] - 1)
@@ -301,16 +414,17 @@ def _conv_forward(
     if mask is not None:
         kernel = kernel * mask
     x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
-    y = jax.lax.conv_general_dilated(
+    y = conv_general_dilated(
         x,
         kernel,
-        window_strides=strides,
-        padding=padding,
+        strides,
+        padding,
         lhs_dilation=input_dilation,
         rhs_dilation=kernel_dilation,
         dimension_numbers=_dimension_numbers(x.ndim),
         feature_group_count=feature_group_count,
         precision=precision,
+        **dict(conv_kwargs),
     )
     return _unflatten_batch(_add_bias(y, bias), batch)
 
@@ -368,9 +482,13 @@ class ConvTranspose(Module):
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
         transpose_kernel: flip the kernel spatially and swap its channel axes.
+        promote_dtype: ``f((x, kernel, bias), dtype=...) -> tuple`` casting the
+            arrays before the convolution.
+        preferred_element_type: dtype the convolution accumulates and returns
+            in.
+        rngs: the ``params`` stream is drawn for the kernel and bias.
         kernel_metadata: metadata of the kernel Param (e.g. ``sharding_names``).
         bias_metadata: metadata of the bias Param.
-        rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
     def __init__(
@@ -391,11 +509,18 @@ class ConvTranspose(Module):
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
         transpose_kernel: bool = False,
-        kernel_metadata: dict | None = None,
-        bias_metadata: dict | None = None,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
         where = "ConvTranspose"
+        _check_conv_args(
+            where, in_features, out_features, kernel_size, strides,
+            feature_group_count, rngs, kernel_dilation=kernel_dilation,
+        )  # fmt: skip
+        self._int_kernel_size = kernel_size if isinstance(kernel_size, int) else None
         kernel_size = _kernel_size(kernel_size)
         n = len(kernel_size)
         g = feature_group_count
@@ -410,7 +535,7 @@ class ConvTranspose(Module):
         self.kernel_size = kernel_size
         self.strides = _tuple(strides, n, "strides", where)
         self.padding = canonicalize_padding(padding, n, where)
-        if self.padding in ("CAUSAL", "SAME_LOWER"):
+        if self.padding in ("CAUSAL", "SAME_LOWER", "REFLECT"):
             raise ValueError(
                 f"{where}: padding {self.padding!r} is not supported; use 'SAME', "
                 "'VALID', 'CIRCULAR' or explicit (low, high) pairs."
@@ -422,6 +547,8 @@ class ConvTranspose(Module):
         self.param_dtype = param_dtype
         self.precision = precision
         self.transpose_kernel = transpose_kernel
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
         if transpose_kernel:
             self.kernel_shape = kernel_size + (out_features // g, in_features)
         else:
@@ -443,7 +570,8 @@ class ConvTranspose(Module):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         where = "ConvTranspose.__call__"
-        _check_input(inputs, len(self.kernel_size), self.in_features, where)
+        n = len(self.kernel_size)
+        _check_input(inputs, n, self.in_features, where, self._int_kernel_size)
         _check_mask(self.mask, self.kernel_shape, where)
         return _conv_transpose_forward(
             inputs,
@@ -460,6 +588,8 @@ class ConvTranspose(Module):
             transpose_kernel=self.transpose_kernel,
             dtype=self.dtype,
             precision=self.precision,
+            promote_dtype=self.promote_dtype,
+            preferred_element_type=self.preferred_element_type,
         )
 
 
@@ -474,6 +604,8 @@ _CONV_T_STATIC = (
     "transpose_kernel",
     "dtype",
     "precision",
+    "promote_dtype",
+    "preferred_element_type",
 )
 
 
@@ -481,6 +613,7 @@ _CONV_T_STATIC = (
 def _conv_transpose_forward(
     inputs, kernel, bias, mask, *, in_features, out_features, kernel_size, strides,
     padding, kernel_dilation, feature_group_count, transpose_kernel, dtype, precision,
+    promote_dtype, preferred_element_type,
 ) -> jax.Array:  # fmt: skip
     n = len(kernel_size)
     g = feature_group_count
@@ -488,6 +621,22 @@ def _conv_transpose_forward(
     if mask is not None:
         kernel = kernel * mask
     x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
+    if g == 1:
+        # Exactly flax's computation (lax.conv_transpose), so results are equal
+        # to the bit; grouped transposes take the general path below.
+        y = jax.lax.conv_transpose(
+            x,
+            kernel,
+            strides,
+            "VALID" if padding == "CIRCULAR" else padding,
+            rhs_dilation=kernel_dilation,
+            transpose_kernel=transpose_kernel,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+        if padding == "CIRCULAR":
+            y = _wrap_circular(y, x.shape[1:-1], strides, transpose_kernel)
+        return _unflatten_batch(_add_bias(y, bias), batch)
     if transpose_kernel:
         # The kernel of the Conv being transposed, (*k, out/g, in): flip it in
         # space and regroup (..., out/g, g, in/g) -> (..., in/g, g, out/g).
@@ -511,6 +660,7 @@ def _conv_transpose_forward(
         dimension_numbers=_dimension_numbers(x.ndim),
         feature_group_count=g,
         precision=precision,
+        preferred_element_type=preferred_element_type,
     )
     if padding == "CIRCULAR":
         y = _wrap_circular(y, x.shape[1:-1], strides, transpose_kernel)

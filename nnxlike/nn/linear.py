@@ -10,19 +10,29 @@ so it can be part of a GraphDef; only ``Param`` values are state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
 from nnxlike._variables import Param, VariableMetadata
-from nnxlike.nn import initializers
+from nnxlike.nn import dtypes, initializers
+from nnxlike.nn._checks import check_rngs, check_size, check_sizes
+from nnxlike.nn.dtypes import promote_dtype as promote_dtype
 
 Initializer = Any
+
+default_kernel_init = initializers.default_kernel_init
+default_bias_init = initializers.default_bias_init
+# flax's default for metadata arguments: an empty read-only mapping.
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 def _reshape_init(x: Any, shape: tuple) -> Any:
@@ -40,6 +50,25 @@ class Linear(Module):
     >>> layer = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
     >>> layer.kernel.shape, layer.bias.shape, layer(jnp.ones((2, 3))).shape
     ((3, 4), (4,), (2, 4))
+
+    Args:
+        in_features: size of the input's last axis.
+        out_features: size of the output's last axis.
+        use_bias: add a bias of shape ``(out_features,)``.
+        dtype: computation dtype (default: inferred from input and params).
+        param_dtype: dtype of the parameters.
+        precision: ``jax.lax.Precision`` of the matmul.
+        kernel_init: initializer for the ``(in_features, out_features)`` kernel.
+        bias_init: initializer for the bias.
+        dot_general: the contraction (default ``jax.lax.dot_general``), e.g. a
+            quantized one.
+        promote_dtype: ``f((x, kernel, bias), dtype=...) -> tuple`` casting the
+            arrays before the contraction.
+        preferred_element_type: dtype the contraction accumulates and returns
+            in (passed to ``dot_general``).
+        rngs: the ``params`` stream is drawn for the kernel and bias.
+        kernel_metadata: metadata of the kernel Param (e.g. ``sharding_names``).
+        bias_metadata: metadata of the bias Param.
     """
 
     def __init__(
@@ -51,18 +80,18 @@ class Linear(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
-        kernel_init: Initializer = initializers.default_kernel_init,
-        bias_init: Initializer = initializers.default_bias_init,
-        kernel_metadata: dict | None = None,
-        bias_metadata: dict | None = None,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        dot_general: Any = lax.dot_general,
+        promote_dtype: Any = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.use_bias = use_bias
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
+        check_size("Linear", "in_features", in_features)
+        check_size("Linear", "out_features", out_features)
+        check_rngs("Linear", rngs)
         self.kernel = Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
             **(kernel_metadata or {}),
@@ -75,39 +104,55 @@ class Linear(Module):
             if use_bias
             else None
         )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.dot_general = dot_general
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if jnp.shape(x)[-1:] != (self.in_features,):
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        shape = _shape(inputs)
+        if shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"Linear.__call__: expected input with last dimension "
-                f"{self.in_features}, got shape {tuple(jnp.shape(x))}. "
-                f"Reshape the input or build Linear({(jnp.shape(x) or ('?',))[-1]}, "
+                f"{self.in_features}, got shape {shape}. "
+                f"Reshape the input or build Linear({(shape or ('?',))[-1]}, "
                 f"{self.out_features})."
             )
         kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = jnp.matmul(x, kernel, precision=self.precision)
+        x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = self.dot_general(
+            x,
+            kernel,
+            (((x.ndim - 1,), (0,)), ((), ())),
+            precision=self.precision,
+            **_dot_kwargs(out_sharding, self.preferred_element_type),
+        )
         if bias is not None:
-            y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + bias.shape)
+            y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         return y
 
 
-# -- shared helpers (also used by conv, normalization and lora) ---------------
+def _dot_kwargs(out_sharding: Any, preferred_element_type: Any) -> dict:
+    """Optional keywords of an injected contraction, passed only when set.
 
-
-def promote_dtype(xs: tuple, *, dtype: Any = None, inexact: bool = True) -> list:
-    """Cast the non-None arrays of ``xs`` to ``dtype`` (default: their result type).
-
-    With ``inexact=True`` an integer result type is promoted to a float type, as
-    flax's ``promote_dtype`` does.
+    A user's ``dot_general``/``einsum_op`` written before these keywords existed
+    keeps working as long as they are not used.
     """
-    present = [x for x in xs if x is not None]
-    if dtype is None:
-        dtype = jnp.result_type(*present)
-    if inexact and not jnp.issubdtype(dtype, jnp.inexact):
-        dtype = jnp.promote_types(jnp.float32, dtype)
-    return [jnp.asarray(x, dtype) if x is not None else None for x in xs]
+    kwargs = {}
+    if out_sharding is not None:
+        kwargs["out_sharding"] = out_sharding
+    if preferred_element_type is not None:
+        kwargs["preferred_element_type"] = preferred_element_type
+    return kwargs
+
+
+# -- shared helpers (also used by conv, normalization and lora) ---------------
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -194,10 +239,17 @@ class LinearGeneral(Module):
             ``(prod(batch + in), prod(out))`` so fan-in/fan-out are the true ones.
         bias_init: initializer for the (flattened) bias.
         precision: ``jax.lax.Precision`` of the contraction.
+        promote_dtype: ``f((x, kernel, bias), dtype=...) -> tuple`` casting the
+            arrays before the contraction.
+        dot_general: the contraction (default ``jax.lax.dot_general``).
+        dot_general_cls: a class whose instance is the contraction (built per
+            call, as in flax); takes precedence over ``dot_general``.
+        preferred_element_type: dtype the contraction accumulates and returns
+            in (passed to ``dot_general``).
+        rngs: the ``params`` stream is drawn for the kernel and bias.
         kernel_metadata: metadata of the kernel Param, e.g.
             ``{"sharding_names": (None, "model")}`` (one name per kernel axis).
         bias_metadata: metadata of the bias Param.
-        rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
     def __init__(
@@ -213,10 +265,21 @@ class LinearGeneral(Module):
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
         precision: Any = None,
-        kernel_metadata: dict | None = None,
-        bias_metadata: dict | None = None,
+        promote_dtype: Any = dtypes.promote_dtype,
+        dot_general: Any = None,
+        dot_general_cls: Any = None,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
+        check_sizes("LinearGeneral", "in_features", in_features)
+        check_sizes("LinearGeneral", "out_features", out_features)
+        check_rngs("LinearGeneral", rngs)
+        self.promote_dtype = promote_dtype
+        self.dot_general = dot_general
+        self.dot_general_cls = dot_general_cls
+        self.preferred_element_type = preferred_element_type
         self.in_features = _as_tuple(in_features)
         self.out_features = _as_tuple(out_features)
         self.axis = _as_tuple(axis)
@@ -256,7 +319,7 @@ class LinearGeneral(Module):
         else:
             self.bias = None
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         where = "LinearGeneral.__call__"
         shape = _shape(inputs)
         ndim = len(shape)
@@ -280,12 +343,19 @@ class LinearGeneral(Module):
         contract = tuple(range(n_batch, n_batch + len(axis)))
         kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y = jax.lax.dot_general(
+        x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        if self.dot_general_cls is not None:
+            dot_general = self.dot_general_cls()
+        elif self.dot_general is not None:
+            dot_general = self.dot_general
+        else:
+            dot_general = lax.dot_general
+        y = dot_general(
             x,
             kernel,
             ((axis, contract), (batch_axis, tuple(range(n_batch)))),
             precision=self.precision,
+            **_dot_kwargs(out_sharding, self.preferred_element_type),
         )
         if bias is not None:
             # dot_general puts batch axes first, then the free input axes.
@@ -317,11 +387,17 @@ def _parse_einsum(einsum_str: str, where: str) -> tuple[str, str, str, str]:
 
 
 def _labels(spec: str, ndim: int) -> list[str]:
-    """One label per axis; the axes an ellipsis covers get the label '.'."""
+    """One label per axis.
+
+    The axes an ellipsis covers are labelled by their distance from the ellipsis'
+    right end (``'.1'``, ``'.0'``), since broadcasting aligns them on the right:
+    the same label then names the same axis in an operand and in the output.
+    """
     if "..." not in spec:
         return list(spec)
     left, right = spec.split("...")
-    return list(left) + ["."] * (ndim - len(left) - len(right)) + list(right)
+    width = ndim - len(left) - len(right)
+    return list(left) + [f".{width - 1 - i}" for i in range(width)] + list(right)
 
 
 class Einsum(Module):
@@ -347,10 +423,15 @@ class Einsum(Module):
         precision: ``jax.lax.Precision`` of the contraction.
         kernel_init: initializer for the kernel.
         bias_init: initializer for the bias.
+        promote_dtype: ``f((x, kernel, bias), dtype=...) -> tuple`` casting the
+            arrays before the contraction.
+        einsum_op: the contraction (default ``jnp.einsum``), same signature.
+        preferred_element_type: dtype the contraction accumulates and returns
+            in (passed to ``einsum_op``).
+        rngs: the ``params`` stream is drawn for the kernel and bias.
         kernel_metadata: metadata of the kernel Param, e.g.
             ``{"sharding_names": ...}`` (one name per kernel axis).
         bias_metadata: metadata of the bias Param.
-        rngs: the ``params`` stream is drawn for the kernel and bias.
     """
 
     def __init__(
@@ -364,11 +445,18 @@ class Einsum(Module):
         precision: Any = None,
         kernel_init: Initializer = initializers.default_kernel_init,
         bias_init: Initializer = initializers.default_bias_init,
-        kernel_metadata: dict | None = None,
-        bias_metadata: dict | None = None,
+        promote_dtype: Any = dtypes.promote_dtype,
+        einsum_op: Any = jnp.einsum,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
         einsum_str, _, rhs, _ = _parse_einsum(einsum_str, "Einsum")
+        check_sizes("Einsum", "kernel_shape", kernel_shape)
+        if bias_shape is not None:
+            check_sizes("Einsum", "bias_shape", bias_shape)
+        check_rngs("Einsum", rngs)
         kernel_shape = _as_tuple(kernel_shape)
         if "..." not in rhs and len(rhs) != len(kernel_shape):
             raise ValueError(
@@ -394,8 +482,16 @@ class Einsum(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.promote_dtype = promote_dtype
+        self.einsum_op = einsum_op
+        self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: jax.Array, einsum_str: str | None = None) -> jax.Array:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        einsum_str: str | None = None,
+        out_sharding: Any = None,
+    ) -> jax.Array:
         where = "Einsum.__call__"
         if einsum_str is None:
             einsum_str = self.einsum_str
@@ -408,11 +504,16 @@ class Einsum(Module):
             )
         kernel = self.kernel.value
         bias = self.bias.value if self.bias is not None else None
-        x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        y = jnp.einsum(einsum_str, x, kernel, precision=self.precision)
+        x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = self.einsum_op(
+            einsum_str,
+            x,
+            kernel,
+            precision=self.precision,
+            **_dot_kwargs(out_sharding, self.preferred_element_type),
+        )
         if bias is not None:
             rhs_sizes = dict(zip(_labels(rhs, kernel.ndim), kernel.shape))
-            rhs_sizes.pop(".", None)
             bshape = tuple(rhs_sizes.get(c, 1) for c in _labels(out, y.ndim))
             if int(np.prod(bshape)) != bias.size:
                 raise ValueError(
@@ -432,8 +533,15 @@ class Embed(Module):
     """A lookup table from integers ``[0, num_embeddings)`` to feature vectors.
 
     ``attend`` is the transpose map (``query @ embedding.T``), for output layers
-    that share weights with the input embedding. Indices outside the table give
-    NaN (``jnp.take``'s fill mode), as in flax.
+    that share weights with the input embedding.
+
+    Indices outside the table behave as in flax (``jnp.take``): a negative index
+    ``-k`` with ``k <= num_embeddings`` counts from the end (``-1`` is the last
+    row), any other out-of-range index gives a row of NaN; a one-row table is
+    broadcast whatever the index. A padding id of ``-1`` therefore silently reads
+    the last row. ``check_indices=True`` turns every index outside
+    ``[0, num_embeddings)`` into an ``IndexError`` (eagerly, or when the compiled
+    function runs under ``nnx.jit``, through a host callback).
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
@@ -442,16 +550,27 @@ class Embed(Module):
     ((10, 4), (1, 3, 4))
     >>> emb.attend(jnp.ones((2, 4))).shape
     (2, 10)
+    >>> bool(jnp.isnan(emb(jnp.array([10]))).all())  # out of range: NaN
+    True
+    >>> strict = nnx.Embed(10, 4, check_indices=True, rngs=nnx.Rngs(0))
+    >>> strict(jnp.array([3, 10]))
+    Traceback (most recent call last):
+    ...
+    IndexError: Embed.__call__: index 10 is outside the table [0, 10) ...
 
     Args:
         num_embeddings: number of rows (vocabulary size).
         features: size of each embedding vector.
-        dtype: dtype of the looked-up vectors (default: the parameter dtype).
+        dtype: dtype of the looked-up vectors (default: the table's dtype).
         param_dtype: dtype of the table.
         embedding_init: initializer for the ``(num_embeddings, features)`` table.
+        promote_dtype: ``f((embedding,), dtype=..., inexact=False) -> tuple`` in
+            ``__call__`` and ``f((query, embedding), dtype=...)`` in ``attend``.
+        rngs: the ``params`` stream is drawn for the table.
         embedding_metadata: metadata of the table Param, e.g.
             ``{"sharding_names": ("vocab", None)}``.
-        rngs: the ``params`` stream is drawn for the table.
+        check_indices: raise ``IndexError`` for an index outside
+            ``[0, num_embeddings)`` instead of flax's NaN / wrap-around.
     """
 
     def __init__(
@@ -462,19 +581,26 @@ class Embed(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         embedding_init: Initializer = default_embed_init,
-        embedding_metadata: dict | None = None,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        embedding_metadata: Mapping[str, Any] = _NO_METADATA,
+        check_indices: bool = False,
     ):
+        check_size("Embed", "num_embeddings", num_embeddings)
+        check_size("Embed", "features", features)
+        check_rngs("Embed", rngs)
         self.embedding = Param(
             embedding_init(rngs.params(), (num_embeddings, features), param_dtype),
             **(embedding_metadata or {}),
         )
         self.num_embeddings = num_embeddings
         self.features = features
-        self.dtype = dtype
+        self.dtype = dtype or self.embedding.dtype
         self.param_dtype = param_dtype
+        self.promote_dtype = promote_dtype
+        self.check_indices = bool(check_indices)
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         inputs = jnp.asarray(inputs)
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(
@@ -483,24 +609,66 @@ class Embed(Module):
                 f"{inputs.shape}. Cast it: `x.astype(jnp.int32)`; to project "
                 "vectors onto the table use `embed.attend(x)`."
             )
-        (embedding,) = promote_dtype(
+        if self.check_indices:
+            _check_indices(inputs, self.num_embeddings)
+        (embedding,) = self.promote_dtype(
             (self.embedding.value,), dtype=self.dtype, inexact=False
         )
         if self.num_embeddings == 1:
-            # One row: broadcast it, NaN for any index but 0 (as jnp.take would).
-            row = jnp.reshape(embedding, (1,) * inputs.ndim + (self.features,))
-            hit = inputs[..., None] == 0
-            return jnp.where(hit, row, jnp.asarray(jnp.nan, embedding.dtype))
+            return jnp.broadcast_to(embedding, inputs.shape + (self.features,))
+        if out_sharding is not None:
+            take = jax.sharding.auto_axes(
+                lambda e, i: jnp.take(e, i, axis=0), out_sharding=out_sharding
+            )
+            return take(embedding, inputs)
         return jnp.take(embedding, inputs, axis=0)
 
-    def attend(self, query: jax.Array) -> jax.Array:
-        """``query @ embedding.T``: scores of ``query`` against every row."""
+    def attend(self, query: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """``query @ embedding.T``: scores of ``query`` against every row.
+
+        >>> import jax.numpy as jnp
+        >>> import nnxlike as nnx
+        >>> nnx.Embed(5, 3, rngs=nnx.Rngs(0)).attend(jnp.ones((2, 3))).shape
+        (2, 5)
+        """
         if _shape(query)[-1:] != (self.features,):
             raise ValueError(
                 f"Embed.attend: expected a query with last dimension "
                 f"{self.features} (features), got shape {_shape(query)}."
             )
-        query, embedding = promote_dtype(
+        query, embedding = self.promote_dtype(
             (query, self.embedding.value), dtype=self.dtype
         )
-        return jnp.matmul(query, embedding.T)
+        if out_sharding is not None:
+            return jnp.dot(query, embedding.T, out_sharding=out_sharding)
+        return jnp.dot(query, embedding.T)
+
+
+def _index_error(bad: Any, n: int) -> IndexError:
+    return IndexError(
+        f"Embed.__call__: index {int(bad)} is outside the table [0, {n}) "
+        f"(num_embeddings={n}). Without check_indices it would read "
+        + ("a row from the end" if -n <= int(bad) < 0 else "a row of NaN")
+        + "; map padding or unknown tokens to a valid id (e.g. 0) or build "
+        f"Embed({int(bad) + 1 if int(bad) >= n else n}, ...) for a larger vocabulary."
+    )
+
+
+def _raise_on_bad_index(bad: Any, found: Any, *, n: int) -> None:
+    if bool(found):
+        raise _index_error(bad, n)
+
+
+def _check_indices(inputs: jax.Array, n: int) -> None:
+    """Raise for any index outside ``[0, n)``: now if concrete, else at run time."""
+    if inputs.size == 0:
+        return
+    outside = (inputs < 0) | (inputs >= n)
+    if not isinstance(inputs, jax.core.Tracer):
+        if bool(outside.any()):
+            raise _index_error(inputs[outside][0], n)
+        return
+    first = jnp.reshape(inputs, (-1,))[jnp.argmax(jnp.reshape(outside, (-1,)))]
+    jax.debug.callback(
+        functools.partial(_raise_on_bad_index, n=n), first, outside.any()
+    )

@@ -10,9 +10,10 @@ named axis (``pmap``/``vmap``/``shard_map``) with one ``lax.pmean``. Variances a
 biased (divide by N), as in flax. ``BatchNorm`` keeps running statistics in
 ``BatchStat`` Variables, updated as ``ra = momentum * ra + (1 - momentum) * batch``
 (PyTorch's ``momentum`` is ``1 -`` this one); ``eval()`` switches it to them. Shape
-checks run in Python; the array math of a call is one ``jax.jit``-compiled
-function (configuration static), so an eager call compiles once per input shape
-rather than once per primitive, and is inlined under ``nnx.jit``. ``WeightNorm``
+checks run in Python; the array math runs op by op, as flax's does, so an eager
+call gives flax's numbers to the bit (one ``jax.jit`` around it would let XLA
+fuse and reassociate, off by an ulp); under ``nnx.jit`` both are one compiled
+graph anyway. ``WeightNorm``
 and ``SpectralNorm`` wrap another layer: for one call they put the normalized
 weights into its Params and restore the raw ones afterwards (so gradients reach
 the raw weights, and the wrapped layer needs no change).
@@ -34,7 +35,9 @@ from nnxlike._graph import iter_graph
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
 from nnxlike._variables import BatchStat, Param, Variable
-from nnxlike.nn import initializers
+from nnxlike.nn import dtypes, initializers
+from nnxlike.nn._checks import check_rngs, check_size
+from nnxlike.nn.linear import _NO_METADATA
 
 Initializer = Any
 Axes = int | Iterable[int]
@@ -88,7 +91,9 @@ def _compute_stats(
     dtype = jnp.promote_types(dtype, jnp.float32)
     x = jnp.asarray(x, dtype)
     if mask is not None:
-        mask = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
+        # Not broadcast: jnp.mean(where=...) rounds differently for a mask of
+        # the full shape than for a broadcastable one, and flax passes it as is.
+        mask = jnp.asarray(mask, bool)
 
     def mean(*xs: jax.Array) -> list[jax.Array]:
         mus = [jnp.mean(v, axis=axes, where=mask) for v in xs]
@@ -156,7 +161,6 @@ _STATIC = (
 )
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def _forward(
     x, scale, bias, mask, *, reduction_axes, feature_axes, dtype, epsilon, axis_name,
     axis_index_groups, use_mean=True, use_fast_variance=True, groups=None,
@@ -173,7 +177,10 @@ def _forward(
         stats_in = jnp.reshape(x, x.shape[:-1] + groups)
         axes = (*reduction_axes, x.ndim)
         if mask is not None:
-            mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), stats_in.shape)
+            mask = jnp.asarray(mask)
+            if mask.ndim == 0 or mask.shape[-1] != x.shape[-1]:
+                mask = jnp.broadcast_to(mask, x.shape)
+            mask = jnp.reshape(mask, mask.shape[:-1] + groups)
     mean, var = _compute_stats(
         stats_in, axes, dtype, axis_name, axis_index_groups, use_mean,
         use_fast_variance, mask,
@@ -187,9 +194,6 @@ def _forward(
     return y, mean, var
 
 
-@functools.partial(
-    jax.jit, static_argnames=("reduction_axes", "feature_axes", "dtype", "epsilon")
-)
 def _normalize_jit(x, mean, var, scale, bias, *, reduction_axes, feature_axes, dtype,
                    epsilon) -> jax.Array:  # fmt: skip
     return _normalize(
@@ -198,10 +202,16 @@ def _normalize_jit(x, mean, var, scale, bias, *, reduction_axes, feature_axes, d
     )  # fmt: skip
 
 
-@jax.jit
-def _ema(running: jax.Array, batch: jax.Array, momentum: Any) -> jax.Array:
+def _ema_jit(running: jax.Array, batch: jax.Array, m: Any, one_minus_m: Any) -> Any:
     batch = jnp.reshape(batch, running.shape)
-    return momentum * running + (1 - momentum) * batch.astype(running.dtype)
+    return m * running + one_minus_m * batch.astype(running.dtype)
+
+
+def _ema(running: jax.Array, batch: jax.Array, momentum: Any) -> jax.Array:
+    # ``1 - momentum`` in Python (double precision), as flax computes it: in
+    # float32 it would round differently and the running statistics would drift
+    # from flax's by one ulp per step.
+    return _ema_jit(running, batch, momentum, 1 - momentum)
 
 
 def _check_features(
@@ -225,10 +235,22 @@ def _params(
     bias_init: Initializer,
     param_dtype: Any,
     rngs: Rngs,
+    scale_metadata: Any = None,
+    bias_metadata: Any = None,
+    where: str = "norm",
 ) -> tuple[Param | None, Param | None]:
+    check_size(where, "num_features", num_features)
+    check_rngs(where, rngs)
     shape = (num_features,)
-    scale = Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
-    bias = Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+    scale = bias = None
+    if use_scale:
+        scale = Param(
+            scale_init(rngs.params(), shape, param_dtype), **(scale_metadata or {})
+        )
+    if use_bias:
+        bias = Param(
+            bias_init(rngs.params(), shape, param_dtype), **(bias_metadata or {})
+        )
     return scale, bias
 
 
@@ -272,7 +294,11 @@ class BatchNorm(Module):
         axis_name: named axis (``pmap``/``vmap``) to average statistics over.
         axis_index_groups: subgroups of ``axis_name`` to average within.
         use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        promote_dtype: ``f(arrays, dtype=...) -> tuple`` casting the input and
+            parameters (and, for BatchNorm, the running statistics) first.
         rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+        bias_metadata: metadata of the ``bias`` Param.
+        scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -292,14 +318,19 @@ class BatchNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        bias_metadata: Any = _NO_METADATA,
+        scale_metadata: Any = _NO_METADATA,
     ):
+        self.promote_dtype = promote_dtype
         feature_shape = (num_features,)
         self.mean = BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = BatchStat(jnp.ones(feature_shape, jnp.float32))
         self.scale, self.bias = _params(
-            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
-        )
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs,
+            scale_metadata, bias_metadata, "BatchNorm",
+        )  # fmt: skip
         self.num_features = num_features
         self.use_running_average = use_running_average
         self.axis = _static_axes(axis)
@@ -339,11 +370,12 @@ class BatchNorm(Module):
             dtype=self.dtype,
             epsilon=self.epsilon,
         )
-        scale, bias = _value(self.scale), _value(self.bias)
+        x, ra_mean, ra_var, scale, bias = self.promote_dtype(
+            (x, self.mean.value, self.var.value, _value(self.scale), _value(self.bias)),
+            dtype=self.dtype,
+        )
         if use_running_average:
-            return _normalize_jit(
-                x, self.mean.value, self.var.value, scale, bias, **static
-            )
+            return _normalize_jit(x, ra_mean, ra_var, scale, bias, **static)
         y, mean, var = _forward(
             x,
             scale,
@@ -382,7 +414,11 @@ class LayerNorm(Module):
         axis_name: named axis to also average the statistics over.
         axis_index_groups: subgroups of ``axis_name`` to average within.
         use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        promote_dtype: ``f(arrays, dtype=...) -> tuple`` casting the input and
+            parameters (and, for BatchNorm, the running statistics) first.
         rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+        bias_metadata: metadata of the ``bias`` Param.
+        scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -401,11 +437,16 @@ class LayerNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        bias_metadata: Any = _NO_METADATA,
+        scale_metadata: Any = _NO_METADATA,
     ):
+        self.promote_dtype = promote_dtype
         self.scale, self.bias = _params(
-            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
-        )
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs,
+            scale_metadata, bias_metadata, "LayerNorm",
+        )  # fmt: skip
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -419,11 +460,11 @@ class LayerNorm(Module):
         self.use_fast_variance = use_fast_variance
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-        return _per_example_norm(self, x, mask, use_mean=True, bias=self.bias)
+        return _per_example_norm(self, x, mask, use_mean=True, bias=_value(self.bias))
 
 
 def _per_example_norm(
-    layer: Any, x: jax.Array, mask: Any, *, use_mean: bool, bias: Param | None
+    layer: Any, x: jax.Array, mask: Any, *, use_mean: bool, bias: jax.Array | None
 ) -> jax.Array:
     """LayerNorm/RMSNorm: statistics over ``reduction_axes`` of each example."""
     where = f"{type(layer).__name__}.__call__"
@@ -431,10 +472,16 @@ def _per_example_norm(
     reduction_axes = _canonicalize_axes(ndim, layer.reduction_axes, where)
     feature_axes = _canonicalize_axes(ndim, layer.feature_axes, where)
     _check_features(x, feature_axes, layer.num_features, where)
+    if bias is None and not use_mean:  # RMSNorm: flax promotes (x, scale)
+        x, scale = layer.promote_dtype((x, _value(layer.scale)), dtype=layer.dtype)
+    else:
+        x, scale, bias = layer.promote_dtype(
+            (x, _value(layer.scale), bias), dtype=layer.dtype
+        )
     y, _, _ = _forward(
         x,
-        _value(layer.scale),
-        _value(bias),
+        scale,
+        bias,
         mask,
         reduction_axes=reduction_axes,
         feature_axes=feature_axes,
@@ -469,7 +516,9 @@ class RMSNorm(Module):
         axis_name: named axis to also average the statistics over.
         axis_index_groups: subgroups of ``axis_name`` to average within.
         use_fast_variance: unused (kept for flax's signature).
+        promote_dtype: ``f((x, scale), dtype=...) -> tuple`` casting first.
         rngs: the ``params`` stream is drawn for ``scale``.
+        scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -486,11 +535,15 @@ class RMSNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        scale_metadata: Any = _NO_METADATA,
     ):
+        self.promote_dtype = promote_dtype
         self.scale, _ = _params(
-            num_features, use_scale, False, scale_init, None, param_dtype, rngs
-        )
+            num_features, use_scale, False, scale_init, None, param_dtype, rngs,
+            scale_metadata, None, "RMSNorm",
+        )  # fmt: skip
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -535,7 +588,11 @@ class GroupNorm(Module):
         axis_name: named axis to also average the statistics over.
         axis_index_groups: subgroups of ``axis_name`` to average within.
         use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        promote_dtype: ``f(arrays, dtype=...) -> tuple`` casting the input and
+            parameters (and, for BatchNorm, the running statistics) first.
         rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+        bias_metadata: metadata of the ``bias`` Param.
+        scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -555,8 +612,12 @@ class GroupNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        bias_metadata: Any = _NO_METADATA,
+        scale_metadata: Any = _NO_METADATA,
     ):
+        self.promote_dtype = promote_dtype
         if (num_groups is None) == (group_size is None):
             raise ValueError(
                 "GroupNorm: give exactly one of num_groups and group_size; to use "
@@ -578,8 +639,9 @@ class GroupNorm(Module):
         else:
             group_size = num_features // num_groups
         self.scale, self.bias = _params(
-            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
-        )
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs,
+            scale_metadata, bias_metadata, "GroupNorm",
+        )  # fmt: skip
         self.num_features = num_features
         self.num_groups = int(num_groups)
         self.group_size = int(group_size)
@@ -609,10 +671,13 @@ class GroupNorm(Module):
             )
         # The channel axis is split into (groups, group_size) inside _forward and
         # reduced over group_size; the other reduction axes are reduced as given.
+        x, scale, bias = self.promote_dtype(
+            (x, _value(self.scale), _value(self.bias)), dtype=self.dtype
+        )
         y, _, _ = _forward(
             x,
-            _value(self.scale),
-            _value(self.bias),
+            scale,
+            bias,
             mask,
             reduction_axes=reduction_axes[:-1],
             feature_axes=(ndim - 1,),
@@ -650,7 +715,11 @@ class InstanceNorm(Module):
         axis_name: named axis to also average the statistics over.
         axis_index_groups: subgroups of ``axis_name`` to average within.
         use_fast_variance: compute the variance as ``E[x^2] - E[x]^2``.
+        promote_dtype: ``f(arrays, dtype=...) -> tuple`` casting the input and
+            parameters (and, for BatchNorm, the running statistics) first.
         rngs: the ``params`` stream is drawn for ``scale`` and ``bias``.
+        bias_metadata: metadata of the ``bias`` Param.
+        scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -668,11 +737,16 @@ class InstanceNorm(Module):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        bias_metadata: Any = _NO_METADATA,
+        scale_metadata: Any = _NO_METADATA,
     ):
+        self.promote_dtype = promote_dtype
         self.scale, self.bias = _params(
-            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs
-        )
+            num_features, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs,
+            scale_metadata, bias_metadata, "InstanceNorm",
+        )  # fmt: skip
         self.num_features = num_features
         self.epsilon = epsilon
         self.dtype = dtype
@@ -695,10 +769,13 @@ class InstanceNorm(Module):
             )
         _check_features(x, feature_axes, self.num_features, where)
         reduction_axes = tuple(a for a in range(1, ndim) if a not in feature_axes)
+        x, scale, bias = self.promote_dtype(
+            (x, _value(self.scale), _value(self.bias)), dtype=self.dtype
+        )
         y, _, _ = _forward(
             x,
-            _value(self.scale),
-            _value(self.bias),
+            scale,
+            bias,
             mask,
             reduction_axes=reduction_axes,
             feature_axes=feature_axes,
