@@ -166,3 +166,13 @@ CAPTURED_READ = (
     "on purpose, close over a State instead: `graphdef, state = nnx.split({name})` "
     "outside and `nnx.merge(graphdef, state)` inside."
 )
+STATIC_MUTATED = (
+    "nnx.jit({fn}): the static attribute {where} (a {type}) was changed in place "
+    "since the function was compiled. Static attributes are part of the compiled "
+    "function's cache key and are compared as they were when it was built, so the "
+    "compiled function would silently keep using the old setting. Assign a new "
+    "value instead of mutating the old one, with an immutable type (a frozen "
+    "dataclass, a tuple, a NamedTuple): `obj.{name} = dataclasses.replace(obj."
+    "{name}, ...)`; or, if it is data that changes while training, hold it in a "
+    "Variable: `obj.{name} = nnx.Variable(value)`."
+)

@@ -257,3 +257,66 @@ def test_jit_closure_check_spares_arguments_new_objects_and_states():
     holder = nnx.Dict(_GLOBAL_MODEL=nnx.Linear(2, 3, rngs=nnx.Rngs(4)))
     via_attr = nnx.jit(lambda h, x: h._GLOBAL_MODEL(x))
     np.testing.assert_allclose(via_attr(holder, x), holder._GLOBAL_MODEL(x), rtol=1e-6)
+
+
+# -- 4. edits that bypass the structure version ---------------------------------------
+
+
+class _Config:
+    """A plain (identity-hashed, mutable) object held as a static attribute."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+
+class _Scaled(nnx.Module):
+    def __init__(self, seed):
+        self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(seed))
+        self.cfg = _Config(1.0)
+
+    def __call__(self, x):
+        return self.lin(x) * self.cfg.scale
+
+
+def _linear_ref(layer, x):
+    return np.asarray(x) @ np.asarray(layer.kernel.value) + np.asarray(layer.bias.value)
+
+
+@pytest.mark.parametrize("how", ["__dict__", "object.__setattr__"])
+def test_jit_sees_a_submodule_replaced_behind_setattr(how):
+    model = _Scaled(0)
+    forward = nnx.jit(lambda m, x: m(x))
+    x = jnp.ones((2, 2))
+    np.testing.assert_allclose(forward(model, x), _linear_ref(model.lin, x), 1e-6)
+    new = nnx.Linear(2, 3, rngs=nnx.Rngs(7))
+    if how == "__dict__":
+        model.__dict__["lin"] = new
+    else:
+        object.__setattr__(model, "lin", new)
+    # Before: the cached (old) layer's arrays were used.
+    np.testing.assert_allclose(forward(model, x), _linear_ref(new, x), 1e-6)
+    # Writes go to the new layer too.
+    step = nnx.jit(lambda m: m.lin.bias.set_value(m.lin.bias.value + 1.0))
+    bias = np.asarray(new.bias.value)
+    step(model)
+    object.__setattr__(model, "lin", nnx.Linear(2, 3, rngs=nnx.Rngs(8)))
+    step(model)
+    np.testing.assert_allclose(new.bias.value, bias + 1.0, rtol=1e-6)
+
+
+def test_jit_refuses_a_static_config_mutated_in_place():
+    model = _Scaled(0)
+    forward = nnx.jit(lambda model, x: model(x))
+    x = jnp.ones((2, 2))
+    forward(model, x)
+    model.cfg.scale = 2.0  # the compiled function has 1.0 baked in
+    with pytest.raises(nnx.StructureError) as excinfo:
+        forward(model, x)
+    msg = str(excinfo.value)
+    assert "the static attribute model.cfg (a _Config) was changed in place" in msg
+    assert "dataclasses.replace(obj.cfg, ...)" in msg
+    # Assigning a new object is the fix: it recompiles with the new value.
+    model.cfg = _Config(2.0)
+    np.testing.assert_allclose(
+        forward(model, x), 2.0 * _linear_ref(model.lin, x), rtol=1e-6
+    )

@@ -26,7 +26,8 @@ from typing import Any
 import jax.tree_util as jtu
 
 from nnxlike import _errors
-from nnxlike._graph import flatten, is_graph_node
+from nnxlike._graph import flatten, is_graph_node, iter_graph
+from nnxlike._variables import Variable
 
 _LOAD_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _MAX_DEPTH = 4
@@ -159,3 +160,130 @@ def check_captured_reads(fun: Any, transform: str) -> None:
             transform=transform, fn=fn, lines="\n".join(lines), name=root, full=full
         )
     )
+
+
+# -- changes that bypass the structure version ---------------------------------------
+#
+# ``nnx.jit``'s fast path trusts the structure version, which only sees
+# assignments through ``Object.__setattr__``. Two edits slip past it: writing an
+# object's ``__dict__`` directly (``m.__dict__['layer'] = new`` or
+# ``object.__setattr__``), and mutating a static attribute's own state in place
+# (``m.cfg.scale = 2.0`` on a plain config object, which the GraphDef compares by
+# identity). ``Snapshot`` keeps, per cached argument set, the number of
+# attributes of every Object, the identity of every attribute that is an edge of
+# the graph (a node or a container), and of every attribute of such a static
+# object. Checking is two C-level map/compare passes per call, no Python code
+# per attribute; ordinary static values (ints, dtypes, functions) are not
+# re-read, so reassigning one through ``__dict__`` is not seen (assign normally).
+
+_dict_get = dict.get
+_LIBRARIES = frozenset(
+    {"builtins", "jax", "jaxlib", "numpy", "nnxlike", "optax", "flax", "functools"}
+)
+_CALLABLE_TYPES = (
+    type,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.ModuleType,
+    functools.partial,
+)
+_CONTAINERS = (list, tuple, dict)
+
+
+def _is_mutable_static(value: Any) -> bool:
+    """A static attribute whose own state can change in place (a config object)."""
+    if not isinstance(getattr(value, "__dict__", None), dict):
+        return False
+    if isinstance(value, _CALLABLE_TYPES) or is_graph_node(value):
+        return False
+    return type(value).__module__.split(".")[0] not in _LIBRARIES
+
+
+def _holds_nodes(value: Any) -> bool:
+    # A container of arrays is data the write-back may replace every call; one
+    # holding graph nodes is structure.
+    if not isinstance(value, _CONTAINERS):
+        return False
+    try:
+        leaves = jtu.tree_leaves(value, is_leaf=is_graph_node)
+    except Exception:  # not a pytree we can read: not structure we track
+        return False
+    return any(map(is_graph_node, leaves))
+
+
+class Snapshot:
+    """What ``intact`` compares: attribute counts and edge identities."""
+
+    __slots__ = ("dicts", "lens", "edge_dicts", "edge_keys", "edge_ids", "statics")
+
+    def __init__(self, objects: list):
+        dicts: list = []
+        edge_dicts: list = []
+        edge_keys: list = []
+        statics: list = []  # (owner, attribute name, static object, first edge)
+        for obj in objects:
+            d = getattr(obj, "__dict__", None)
+            if not isinstance(d, dict) or not is_graph_node(obj):
+                continue
+            if isinstance(obj, Variable):  # its value changes every step
+                continue
+            dicts.append(d)
+            for name, value in d.items():
+                if is_graph_node(value) or _holds_nodes(value):
+                    edge_dicts.append(d)
+                    edge_keys.append(name)
+                elif _is_mutable_static(value):
+                    statics.append((obj, name, value, len(edge_keys)))
+                    edge_dicts.extend([value.__dict__] * len(value.__dict__))
+                    edge_keys.extend(value.__dict__)
+        self.dicts = dicts
+        self.lens = list(map(len, dicts))
+        self.edge_dicts = edge_dicts
+        self.edge_keys = edge_keys
+        self.edge_ids = self._ids()
+        self.statics = statics
+
+    def _ids(self) -> list:
+        return list(map(id, map(_dict_get, self.edge_dicts, self.edge_keys)))
+
+    def intact(self) -> bool:
+        return list(map(len, self.dicts)) == self.lens and self._ids() == self.edge_ids
+
+    def check_statics(self, roots: tuple, names: list, fn: str) -> None:
+        """Raise if a static object changed in place (recompiling cannot help).
+
+        ``roots`` are the argument graph nodes, ``names`` how the message calls
+        them (``model``, ``args[1]``).
+        """
+        ids = self._ids()
+        for owner, name, value, first in self.statics:
+            if owner.__dict__.get(name) is not value:  # replaced: nothing stale
+                continue
+            n = len(value.__dict__)
+            if (
+                list(value.__dict__) == self.edge_keys[first : first + n]
+                and ids[first : first + n] == self.edge_ids[first : first + n]
+            ):
+                continue
+            where = f"{type(owner).__name__}.{name}"
+            for root, root_name in zip(roots, names):
+                for path, node in iter_graph(root):
+                    if node is owner:
+                        where = _render(root_name, (*path, name))
+                        break
+                else:
+                    continue
+                break
+            raise _errors.StructureError(
+                _errors.STATIC_MUTATED.format(
+                    fn=fn, where=where, type=type(value).__name__, name=name
+                )
+            )
+
+
+def _render(root: str, path: tuple) -> str:
+    rest = _errors.path_str(path) if path else ""
+    if rest and not rest.startswith("["):
+        rest = "." + rest
+    return root + rest

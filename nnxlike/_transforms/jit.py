@@ -150,6 +150,7 @@ class _Entry:
         "variables",
         "out_static",
         "written",
+        "snapshot",
     )
 
     def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
@@ -157,6 +158,8 @@ class _Entry:
         self.spec = spec
         self.version = version
         self.variables = lifted.flat.leaves
+        # Attribute counts and edge identities: edits behind the version (_traps).
+        self.snapshot = _traps.Snapshot(lifted.flat.objects)
         self.out_static = None
         # (changed, [Variables]): one attribute, so that two threads calling with
         # the same objects never pair a `changed` tuple with another's list.
@@ -434,7 +437,16 @@ class JitWrapped:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         dyn_args, dyn_kwargs, static_args, leaves, key = self._key(args, kwargs)
         entry = self._cache.get(key)
-        if entry is None or entry.version != _tracking.STRUCTURE_VERSION[0]:
+        if (
+            entry is None
+            or entry.version != _tracking.STRUCTURE_VERSION[0]
+            or not entry.snapshot.intact()
+        ):
+            if entry is not None:
+                # A static object changed in place cannot be fixed by rebuilding
+                # (the compiled function compares it by identity): raise. Edits
+                # through __dict__ are picked up by the rebuild below.
+                self._check_statics(entry, dyn_args, dyn_kwargs, static_args)
             entry = self._build_entry(dyn_args, dyn_kwargs, static_args)
             if not _has_tracer(entry.variables):
                 with self._cache_lock:
@@ -498,6 +510,11 @@ class JitWrapped:
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
+
+    def _check_statics(self, entry: _Entry, dyn_args, dyn_kwargs, static_args):
+        names = _argument_names(self, dyn_args, dyn_kwargs, static_args)
+        fn = getattr(self.fun, "__name__", "fun")
+        entry.snapshot.check_statics(entry.lifted.nodes, names, fn)
 
     # -- AOT access --------------------------------------------------------------------
     def lower(self, *args: Any, **kwargs: Any):
