@@ -1,18 +1,22 @@
 """The documentation site builds without warnings and its pages load in a browser.
 
 ``mkdocs build --strict`` turns every warning (a broken link, a docstring griffe
-cannot parse, a missing page in the nav) into a failure. When ``chromium`` is on
-PATH, one built page is loaded headless and its rendered DOM checked.
+cannot parse, a missing page in the nav) into a failure. The tutorial pages are
+rendered from the notebooks the tutorial tests executed (``tutorial_runs`` in
+conftest.py), so no tutorial runs twice. When ``chromium`` is on PATH, one built
+page is loaded headless and its rendered DOM checked.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,23 +38,35 @@ def _missing_docs_packages() -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def _skip_without_docs_packages() -> None:
     missing = _missing_docs_packages()
     if missing:
         pytest.skip(
             f"documentation packages not installed ({', '.join(missing)}): "
-            "pip install mkdocs-material 'mkdocstrings[python]' mkdocs-jupyter jupytext"
+            "pip install -e '.[docs]'"
         )
+
+
+def _mkdocs_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env.pop("NO_MKDOCS_2_WARNING", None)  # what a user has: nothing silenced
+    return env
+
+
+@dataclass(frozen=True)
+class Site:
+    folder: Path
+    output: str  # everything mkdocs printed
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tutorial_runs) -> Site:
+    _skip_without_docs_packages()
+    notebooks = tutorial_runs.all()  # each tutorial run once, shared with its test
     out = tmp_path_factory.mktemp("site")
-    # Tutorials are executed by the build (their outputs are part of the pages);
-    # their files (plots, submission.csv) go to a temporary folder.
-    env = {
-        **os.environ,
-        "NNXLIKE_DOCS_EXECUTE": "true",
-        "NNXLIKE_TUTORIAL_OUT": str(tmp_path_factory.mktemp("tutorial_out")),
-        "MPLBACKEND": "Agg",
-    }
+    env = _mkdocs_env(
+        NNXLIKE_DOCS_EXECUTE="true", NNXLIKE_DOCS_NOTEBOOKS=str(notebooks)
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
@@ -60,7 +76,12 @@ def site(tmp_path_factory) -> Path:
         env=env,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-6000:]}"
-    return out
+    return Site(out, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def site(built) -> Path:
+    return built.folder
 
 
 def test_site_builds_with_every_page(site):
@@ -81,8 +102,76 @@ def test_site_builds_with_every_page(site):
         "tutorials/sharding/index.html",
         "checkpoints/index.html",
         "pytorch_weights/index.html",
+        "kaggle/index.html",
     ]:
         assert (site / page).is_file(), page
+
+
+def test_build_prints_nothing_to_read_past(built):
+    """Only mkdocs' INFO lines: no warning, no banner (mkdocs-material is pinned)."""
+    lines = [line for line in built.output.splitlines() if line.strip()]
+    assert lines, "mkdocs printed nothing at all"
+    unexpected = [line for line in lines if not line.startswith("INFO")]
+    assert not unexpected, "\n".join(unexpected[:20])
+    assert "end of life" not in built.output
+
+
+def _local_paths() -> list[str]:
+    """What would give away the machine the site was built on (/tmp alone is not
+    one: docs/checkpoints.md shows /tmp/orbax as an example)."""
+    return [str(ROOT), sys.prefix, "/work/", "/root/", "/home/"]
+
+
+def test_no_page_shows_a_local_path(site):
+    markers = _local_paths() + ["site-packages", "pytest-of-", "nnxlike-docs-"]
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 15
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        found = [m for m in markers if m in text]
+        assert not found, f"{page.relative_to(site)} shows {found}"
+        assert "TqdmWarning" not in text, page
+
+
+def test_tutorial_pages_offer_the_kaggle_notebook(site):
+    notebook = json.loads(
+        (site / "tutorials" / "titanic" / "titanic.ipynb").read_text()
+    )
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert "print(install_nnxlike())" in "".join(code[0]["source"])
+    assert all(not c.get("outputs") for c in code)  # to be run, not a record
+    html = (site / "tutorials" / "titanic" / "index.html").read_text(encoding="utf-8")
+    assert '<a href="titanic.ipynb" download>' in html
+    assert '<a href="../../kaggle/">running it on Kaggle</a>' in html
+
+
+def test_build_without_titanic_data_stops_at_once_with_the_loaders_message(tmp_path):
+    _skip_without_docs_packages()
+    (tmp_path / "empty").mkdir()
+    env = _mkdocs_env(
+        NNXLIKE_DOCS_EXECUTE="true",
+        NNXLIKE_TITANIC_DIR=str(tmp_path / "empty"),
+        NNXLIKE_CACHE_DIR=str(tmp_path / "cache"),
+        NNXLIKE_TITANIC_URL="http://127.0.0.1:9",  # no network: refused at once
+    )
+    env.pop("NNXLIKE_DOCS_NOTEBOOKS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict"]
+        + ["--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "needs Kaggle's Titanic data" in output
+    assert "Titanic train.csv not found" in output
+    assert "NNXLIKE_TITANIC_DIR" in output  # how to get the data
+    assert "NNXLIKE_DOCS_EXECUTE=false mkdocs build" in output  # or do without
+    assert "Traceback" not in output
+    assert not (tmp_path / "site" / "tutorials").exists()  # nothing was built
 
 
 def test_api_page_renders_docstrings_and_doctests(site):
@@ -130,7 +219,9 @@ def _chromium() -> str | None:
 def test_page_loads_in_headless_chromium(site, tmp_path):
     browser = _chromium()
     if browser is None:
-        pytest.skip("chromium is not on PATH (apt-get install chromium)")
+        pytest.skip(
+            "chromium is not on PATH; to enable this check: apt-get install chromium"
+        )
     page = site / "tutorials" / "titanic" / "index.html"
     proc = subprocess.run(
         [

@@ -1,71 +1,43 @@
-"""Run every tutorial as a program, top to bottom, and check what it reports.
+"""Run every tutorial top to bottom, as a notebook, and check what it reports.
 
-Tutorials end with their own assertions; here each runs in a subprocess (so its
-plots, progress bars and warnings stay out of this process) with outputs sent
-to a temporary folder, and its key printed lines and files are checked.
+Tutorials end with their own assertions; each runs once per session in a Jupyter
+kernel (``tutorial_runs`` in conftest.py, see tests/notebooks.py), its files sent
+to a temporary folder, and the docs build renders the same executed notebooks.
+Here its key printed lines and files are checked, and that it printed no warning
+and no local path (what a tutorial prints ends up on its page).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from notebooks import tutorial_names
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
-TIMEOUT_S = 600
 # Tutorials whose last cell prints this after its final assertions.
 ENDS_WITH_ALL_CHECKS = {"jax_in_15_minutes", "state_outside_objects", "under_the_hood"}
 ENDS_WITH_ALL_CHECKS |= {"titanic"}
 ENDS_WITH_ALL_CHECKS |= {"sharding"}
+LOCAL_PATH = re.compile(r"/work/|/root/|/home/|/tmp/|\.venv|site-packages")
 
 
 def _tutorials() -> list[Path]:
-    return [
-        p
-        for p in sorted(TUTORIALS.glob("*.py"))
-        if "\n# %%" in p.read_text(encoding="utf-8")
-    ]
+    return [TUTORIALS / f"{name}.py" for name in tutorial_names()]
 
 
-def _titanic_dir() -> Path | None:
-    """A local folder holding train.csv and test.csv; tests never download."""
-    candidates = [
-        os.environ.get("NNXLIKE_TITANIC_DIR"),
-        ROOT.parent / "shared" / "data" / "titanic",
-        "/kaggle/input/titanic",
-    ]
-    for c in candidates:
-        if c and (Path(c) / "train.csv").is_file() and (Path(c) / "test.csv").is_file():
-            return Path(c)
-    return None
-
-
-def _run(path: Path, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NNXLIKE_TUTORIAL_OUT=str(out), MPLBACKEND="Agg")
-    titanic = _titanic_dir()
-    if titanic is not None:
-        env["NNXLIKE_TITANIC_DIR"] = str(titanic)
-    proc = subprocess.run(
-        [sys.executable, str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, (
-        f"{path.name} exited with {proc.returncode}\n"
-        f"--- stdout (tail) ---\n{proc.stdout[-4000:]}\n"
-        f"--- stderr (tail) ---\n{proc.stderr[-4000:]}"
-    )
-    return proc
+def _assert_clean(run) -> None:
+    """Nothing a reader would take for a problem, nothing of this machine."""
+    assert "Warning" not in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    found = LOCAL_PATH.findall(run.stdout + run.stderr)
+    assert not found, f"{run.name} prints local paths {found}"
 
 
 def test_tutorials_are_found():
@@ -78,36 +50,38 @@ def test_tutorials_are_found():
 @pytest.mark.parametrize(
     "name", [p.stem for p in _tutorials() if p.stem != "titanic"], ids=str
 )
-def test_tutorial_runs(name, tmp_path):
-    proc = _run(TUTORIALS / f"{name}.py", tmp_path)
+def test_tutorial_runs(name, tutorial_runs):
+    run = tutorial_runs.get(name)
     if name in ENDS_WITH_ALL_CHECKS:
-        assert "all checks passed" in proc.stdout
+        assert "all checks passed" in run.stdout
     if name == "jax_in_15_minutes":
-        assert re.search(r"speed-up from jit: [\d.]+x", proc.stdout)
+        assert re.search(r"speed-up from jit: [\d.]+x", run.stdout)
     if name == "state_outside_objects":
-        assert (tmp_path / "linear_regression_momentum.png").stat().st_size > 0
-        assert proc.stdout.count("w=2.99") + proc.stdout.count("w=3.00") == 3
+        assert (run.files / "linear_regression_momentum.png").stat().st_size > 0
+        assert run.stdout.count("w=2.99") + run.stdout.count("w=3.00") == 3
     if name == "under_the_hood":
-        assert "<shared #2>" in proc.stdout  # the GraphDef printout
+        assert "<shared #2>" in run.stdout  # the GraphDef printout
+    _assert_clean(run)
 
 
-def test_titanic_tutorial(tmp_path):
-    if _titanic_dir() is None:
-        pytest.skip(
-            "Titanic data not available: set NNXLIKE_TITANIC_DIR to a folder with "
-            "Kaggle's train.csv and test.csv (or put them in ../shared/data/titanic)"
-        )
-    proc = _run(TUTORIALS / "titanic.py", tmp_path)
-    assert "all checks passed" in proc.stdout
-    match = re.search(r"^eval accuracy: (0\.\d+)", proc.stdout, re.MULTILINE)
-    assert match, proc.stdout[-2000:]
+def test_titanic_tutorial(tutorial_runs):
+    run = tutorial_runs.get("titanic")
+    assert "all checks passed" in run.stdout
+    match = re.search(r"^eval accuracy: (0\.\d+)", run.stdout, re.MULTILINE)
+    assert match, run.stdout[-2000:]
     assert float(match.group(1)) >= 0.78
-    assert re.search(r"without jit: +\d+ us per step", proc.stdout)
-    lines = (tmp_path / "submission.csv").read_text().splitlines()
+    assert "(best epoch" in run.stdout and "of 500)" in run.stdout  # the full run
+    assert re.search(r"without jit: +\d+ us per step", run.stdout)
+    lines = (run.files / "submission.csv").read_text().splitlines()
     assert lines[0] == "PassengerId,Survived"
     assert len(lines) == 419
     assert lines[1].startswith("892,")
-    assert (tmp_path / "titanic_training.png").stat().st_size > 0
+    assert {line.split(",")[1] for line in lines[1:]} <= {"0", "1"}
+    assert (run.files / "titanic_training.png").stat().st_size > 0
+    # In a kernel without ipywidgets: the text report, not tqdm's widget warning.
+    assert "TqdmWarning" not in run.stderr and "IProgress" not in run.stderr
+    assert "files go to outputs" in run.stdout
+    _assert_clean(run)
 
 
 def test_export_notebooks(tmp_path):
@@ -132,3 +106,13 @@ def test_export_notebooks(tmp_path):
     kinds = {cell["cell_type"] for cell in notebook["cells"]}
     assert kinds == {"markdown", "code"}
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    # Every notebook opens with its title, then the install cell (Kaggle, Colab).
+    for path in sorted(tmp_path.glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        assert cells[0]["cell_type"] == "markdown"
+        assert "".join(cells[0]["source"]).startswith("# "), path.name
+        code = next(c for c in cells if c["cell_type"] == "code")
+        assert "print(install_nnxlike())" in "".join(code["source"]), path.name
+    # The rest is the tutorial itself, cell for cell.
+    source = (TUTORIALS / "titanic.py").read_text(encoding="utf-8")
+    assert source.count("\n# %%") == len(notebook["cells"]) - 2
