@@ -75,6 +75,23 @@ CHECKPOINT_MISMATCH = (
     "`nnx.checkpoint.restore(path, target, strict=False)` (it warns with this list)."
 )
 
+UPDATE_SHAPE = (
+    "{op}: the new value for {where!r} has shape {got}, but the {kind} there holds "
+    "shape {expected} ({dtype}). Writing values never changes a Variable's shape "
+    "other than by leading (stacking) axes: the model would silently compute with "
+    "other sizes. Build the target with "
+    "the shapes of the values (e.g. the layer sizes they were saved from), or "
+    "replace the Variable itself: `module.attr = nnx.Param(new_value)`."
+)
+
+UPDATE_DTYPE = (
+    "{op}: the new value for {where!r} has dtype {got} ({got_kind}), but the {kind} "
+    "there holds {expected} ({expected_kind}); {op} does not turn {expected_kind} "
+    "data into {got_kind} data. Cast the values first, e.g. "
+    "`jax.tree.map(lambda x: x.astype(jnp.{expected}), state)`. (Another precision "
+    "of the same kind, such as float32 to bfloat16, is accepted.)"
+)
+
 CHECKPOINT_CORRUPT = (
     "restore: the file {file} {what}. Its values cannot be trusted and nothing was "
     "restored; restore an earlier checkpoint (a CheckpointManager keeps the last "

@@ -320,7 +320,9 @@ def check_value_fits(op: str, path: tuple, kind: str, old: Any, new: Any) -> Non
 
     ``old`` is the value held now (a concrete or abstract array); a target that
     holds no array (None, a Python object) takes any value, and a Python number
-    (weakly typed) fits any dtype. Used by ``update`` and ``replace_by_pure_dict``.
+    (weakly typed) fits any dtype. Adding or removing leading axes is allowed
+    (stacking a model by hand for ``jax.vmap``, as flax's examples do); any other
+    shape change is refused. Used by ``update`` and ``replace_by_pure_dict``.
     """
     if not (hasattr(old, "shape") and hasattr(old, "dtype")):
         return
@@ -333,7 +335,10 @@ def check_value_fits(op: str, path: tuple, kind: str, old: Any, new: Any) -> Non
     else:
         return  # not an array: not ours to judge
     where = _errors.path_str(path)
-    if got_shape != tuple(old.shape):
+    old_shape = tuple(old.shape)
+    short, long = sorted((got_shape, old_shape), key=len)
+    stacking = len(short) < len(long) and long[len(long) - len(short) :] == short
+    if got_shape != old_shape and not stacking:
         raise _errors.StructureError(
             _errors.UPDATE_SHAPE.format(
                 op=op,
