@@ -47,10 +47,20 @@ elsewhere, and warns once with a ``CheckpointMismatchWarning`` whose
 
 **Atomic writes.** ``save`` writes to a temporary file in the same directory
 (``.NAME.tmp-HOST-PID-RANDOM``), flushes and ``fsync``s it, renames it onto the final
-name with ``os.replace`` and ``fsync``s the directory. A crash or ``kill -9`` at
-any moment leaves either the previous file or the new one under the final name,
-never a partial file (a temporary file may be left behind; ``CheckpointManager``
-removes those whose writer on this host is gone, and they are safe to delete).
+name with ``os.replace`` (``overwrite=True``) or hard-links it there, which fails
+if the name exists (``overwrite=False``: of two concurrent savers exactly one
+wins, the other gets ``FileExistsError``), and ``fsync``s the directory. A crash
+or ``kill -9`` at any moment leaves either the previous file or the new one under
+the final name, never a partial file. A temporary file may be left behind; every
+save first removes those of its file whose writer on this host is gone, so they
+cannot fill the disk. A full disk is an ``OSError`` (``ENOSPC``) that says so,
+and the previous file stays intact.
+
+**Untrusted files.** A crafted file costs time and memory in proportion to its
+size: the header is capped (``MAX_HEADER_BYTES``, ``MAX_RECORDS``), nesting,
+path depth and shapes are bounded, a path may appear once and never run through
+another leaf, and a FIFO or device under the name is refused before ``open``.
+Every problem is a ``CorruptCheckpointError`` naming the file and the entry.
 
 **Format (version 1).** No pickle: loading parses JSON and copies bytes, so it can
 never run code. One file; every integer little-endian:

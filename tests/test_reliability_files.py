@@ -383,6 +383,11 @@ def test_update_refuses_other_shapes_and_dtype_kinds():
     abstract = nnx.eval_shape(lambda: nnx.Linear(2, 5, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=r"'kernel' has shape \(2, 3\)"):
         nnx.update(abstract, small)
+    stacked = nnx.Linear(2, 5, rngs=nnx.Rngs(0))  # leading axes: stacking by hand
+    nnx.update(stacked, jax.tree.map(lambda x: np.stack([x] * 4), nnx.state(model)))
+    assert stacked.kernel.value.shape == (4, 2, 5)
+    with pytest.raises(ValueError, match=r"'kernel' has shape \(4, 5, 2\)"):
+        nnx.update(stacked, {"kernel": np.zeros((4, 5, 2), np.float32)})
     holder = nnx.Variable(None)
     box = nnx.Dict(v=holder)
     nnx.update(box, {"v": np.ones(3)})  # nothing held: anything goes
