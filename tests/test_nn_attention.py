@@ -201,7 +201,7 @@ def test_multi_head_attention_matches_torch():
 
 
 def test_grouped_query_multi_head_attention_matches_numpy():
-    mha = nnx.MultiHeadAttention(H, E, num_key_value_heads=1, rngs=nnx.Rngs(1))
+    mha = nnx.MultiHeadAttention(H, E, num_kv_heads=1, rngs=nnx.Rngs(1))
     assert mha.query.kernel.shape == (E, H, 4)
     assert mha.key.kernel.shape == mha.value.kernel.shape == (E, 1, 4)
     assert mha.out.kernel.shape == (H, 4, E)

@@ -18,7 +18,7 @@ kernel (``jax.nn.dot_product_attention``); the einsum path is the reference sema
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -29,8 +29,9 @@ from jax import lax
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs, RngStream
 from nnxlike._variables import Cache, Intermediate
-from nnxlike.nn import initializers
-from nnxlike.nn.linear import LinearGeneral, promote_dtype
+from nnxlike.nn import dtypes, initializers
+from nnxlike.nn._checks import check_rate, check_rngs, check_size
+from nnxlike.nn.linear import _NO_METADATA, LinearGeneral
 from nnxlike.nn.normalization import LayerNorm
 
 Array = jax.Array
@@ -63,15 +64,15 @@ def _check_qk(where: str, query: Array, key: Array) -> tuple[int, int]:
         )
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(
-            f"{where}: query and key head_dim differ: query {query.shape} vs key "
-            f"{key.shape}. Project them to the same size."
+            f"{where}: query and key depths must match (head_dim), got query "
+            f"{query.shape} vs key {key.shape}. Project them to the same size."
         )
     heads, kv_heads = query.shape[-2], key.shape[-2]
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(
-            f"{where}: query has {heads} heads but key has {kv_heads}; the key/value "
-            "head count must equal or divide the query head count (grouped-query "
-            f"attention). Got query {query.shape}, key {key.shape}."
+            f"{where}: query has {heads} heads but key has {kv_heads}; the query "
+            "head count must be a multiple of the key/value head count "
+            f"(grouped-query attention). Got query {query.shape}, key {key.shape}."
         )
     return heads, heads // kv_heads
 
@@ -99,6 +100,8 @@ def dot_product_attention_weights(
     dtype: Any = None,
     precision: Any = None,
     module: Module | None = None,
+    promote_dtype: Any = dtypes.promote_dtype,
+    is_causal: bool = False,
 ) -> Array:
     """``softmax(q k^T / sqrt(head_dim) + bias, masked)`` per head, with dropout.
 
@@ -119,6 +122,9 @@ def dot_product_attention_weights(
         precision: ``jax.lax.Precision`` of the einsum.
         module: if given, the weights are sown into it as
             ``nnx.Intermediate`` ``attention_weights``.
+        promote_dtype: ``f((query, key), dtype=...) -> tuple`` casting first.
+        is_causal: also mask every key position after the query position
+            (``q_index >= k_index`` is allowed), combined with ``mask``.
 
     Returns:
         Weights of shape ``[batch..., heads, q_length, kv_length]``.
@@ -129,6 +135,7 @@ def dot_product_attention_weights(
     >>> w.shape, float(w.sum(-1).mean())
     ((2, 2, 4, 5), 1.0)
     """
+    query, key = promote_dtype((query, key), dtype=dtype)
     # Resolve the dtype here so equivalent calls share one compilation.
     dtype = _compute_dtype(dtype, query, key)
     if not deterministic and dropout_rate > 0.0:
@@ -150,6 +157,7 @@ def dot_product_attention_weights(
         precision=precision,
         dropout_rate=dropout_rate,
         broadcast_dropout=broadcast_dropout,
+        is_causal=bool(is_causal),
     )
     if module is not None:  # the weights before dropout, as flax records them
         module.sow(Intermediate, "attention_weights", weights)
@@ -160,7 +168,13 @@ def dot_product_attention_weights(
 # dozen small ones (each compiled on first use). Under an outer jit it is inlined.
 @partial(
     jax.jit,
-    static_argnames=("dtype", "precision", "dropout_rate", "broadcast_dropout"),
+    static_argnames=(
+        "dtype",
+        "precision",
+        "dropout_rate",
+        "broadcast_dropout",
+        "is_causal",
+    ),
 )
 def _attention_weights(
     query,
@@ -173,9 +187,10 @@ def _attention_weights(
     precision,
     dropout_rate,
     broadcast_dropout,
+    is_causal=False,
 ):
     where = "dot_product_attention_weights"
-    query, key = promote_dtype((query, key), dtype=dtype)
+    query, key = dtypes.promote_dtype((query, key), dtype=dtype)
     heads, groups = _check_qk(where, query, key)
     dtype = query.dtype
     depth = query.shape[-1]
@@ -192,6 +207,10 @@ def _attention_weights(
         mask = _expand_rank(mask, logits.ndim, where, "mask", logits.shape)
         big_neg = jnp.asarray(jnp.finfo(dtype).min, dtype)
         logits = jnp.where(mask.astype(bool), logits, big_neg)
+    if is_causal:
+        q_len, kv_len = logits.shape[-2:]
+        causal = jnp.tril(jnp.ones((q_len, kv_len), bool))
+        logits = jnp.where(causal, logits, jnp.asarray(jnp.finfo(dtype).min, dtype))
 
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     if dropout_rate == 0.0:
@@ -219,6 +238,8 @@ def dot_product_attention(
     dtype: Any = None,
     precision: Any = None,
     module: Module | None = None,
+    promote_dtype: Any = dtypes.promote_dtype,
+    is_causal: bool = False,
 ) -> Array:
     """Attention ``softmax(q k^T / sqrt(d)) v`` per head (flax semantics).
 
@@ -229,7 +250,8 @@ def dot_product_attention(
             divide ``heads`` (grouped-query attention: query head ``h`` reads
             key/value head ``h // (heads // kv_heads)``).
         bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic,
-        dtype, precision, module: as in ``dot_product_attention_weights``.
+        dtype, precision, module, promote_dtype, is_causal: as in
+        ``dot_product_attention_weights``.
 
     Returns:
         ``[batch..., q_length, heads, v_head_dim]``.
@@ -244,9 +266,9 @@ def dot_product_attention(
     _check_qk(where, query, key)
     if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1]:
         raise ValueError(
-            f"{where}: value must match key in batch, length and heads "
-            f"([batch..., kv_length, kv_heads, v_head_dim]), got key {key.shape} "
-            f"and value {value.shape}."
+            f"{where}: key and value lengths must match, and their batch and "
+            "heads ([batch..., kv_length, kv_heads, v_head_dim]), got key "
+            f"{key.shape} and value {value.shape}."
         )
     weights = dot_product_attention_weights(
         query,
@@ -260,6 +282,7 @@ def dot_product_attention(
         query.dtype,
         precision,
         module,
+        is_causal=is_causal,
     )
     return _combine_values(weights, value, precision=precision)
 
@@ -350,14 +373,14 @@ class MultiHeadAttention(Module):
 
     Projects ``inputs_q`` to queries and ``inputs_k``/``inputs_v`` to keys/values
     (``[batch..., length, heads, head_dim]``), applies ``attention_fn`` and
-    projects back to ``out_features``. With ``num_key_value_heads`` smaller than
+    projects back to ``out_features``. With ``num_kv_heads`` smaller than
     ``num_heads`` the key/value projections have that many heads and each serves
     a group of query heads. For decoding, call ``init_cache`` once, then feed one
     token per call with ``decode=True``.
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
-    >>> mha = nnx.MultiHeadAttention(2, 8, num_key_value_heads=1, rngs=nnx.Rngs(0))
+    >>> mha = nnx.MultiHeadAttention(2, 8, num_kv_heads=1, rngs=nnx.Rngs(0))
     >>> mha.query.kernel.shape, mha.key.kernel.shape, mha.out.kernel.shape
     ((8, 2, 4), (8, 1, 4), (2, 4, 8))
     >>> mha(jnp.ones((2, 4, 8))).shape
@@ -374,7 +397,7 @@ class MultiHeadAttention(Module):
         out_features: output size (default ``in_features``).
         in_kv_features: feature size of ``inputs_k``/``inputs_v`` (default
             ``in_features``).
-        num_key_value_heads: key/value heads (default ``num_heads``); must divide
+        num_kv_heads: key/value heads (default ``num_heads``); must divide
             ``num_heads``.
         dtype: computation dtype; param_dtype: parameter dtype.
         broadcast_dropout: share the attention-dropout pattern over batch and heads.
@@ -389,7 +412,20 @@ class MultiHeadAttention(Module):
         normalize_qk: LayerNorm (scale only) on queries and keys per head.
         rngs: ``params`` for the weights; ``dropout`` seeds the stored dropout
             stream when ``dropout_rate > 0``.
+        qkv_promote_dtype, out_promote_dtype, ln_promote_dtype: ``promote_dtype``
+            of the query/key/value projections, the output projection and the
+            q/k LayerNorms.
+        qkv_dot_general, out_dot_general, qkv_dot_general_cls,
+        out_dot_general_cls: contractions of those projections (see
+            ``LinearGeneral``).
+        rngs: ``params`` for the weights; ``dropout`` seeds the stored dropout
+            stream when ``dropout_rate > 0``.
         keep_rngs: store that dropout stream (else pass ``rngs`` to each call).
+        kernel_metadata, bias_metadata: metadata of the query/key/value Params;
+            out_kernel_metadata, out_bias_metadata: of the output projection's
+            (default: the former); query_ln_scale_metadata,
+            key_ln_scale_metadata: of the q/k LayerNorm scales.
+        num_key_value_heads: this library's earlier name of ``num_kv_heads``.
     """
 
     def __init__(
@@ -400,7 +436,7 @@ class MultiHeadAttention(Module):
         out_features: int | None = None,
         in_kv_features: int | None = None,
         *,
-        num_key_value_heads: int | None = None,
+        num_kv_heads: int | None = None,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         broadcast_dropout: bool = True,
@@ -415,13 +451,47 @@ class MultiHeadAttention(Module):
         attention_fn: Callable[..., Array] = dot_product_attention,
         decode: bool | None = None,
         normalize_qk: bool = False,
+        qkv_promote_dtype: Any = dtypes.promote_dtype,
+        out_promote_dtype: Any = dtypes.promote_dtype,
+        ln_promote_dtype: Any = dtypes.promote_dtype,
+        qkv_dot_general: Any = None,
+        out_dot_general: Any = None,
+        qkv_dot_general_cls: Any = None,
+        out_dot_general_cls: Any = None,
         rngs: Rngs,
         keep_rngs: bool = True,
+        kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_kernel_metadata: Mapping[str, Any] = _NO_METADATA,
+        bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        out_bias_metadata: Mapping[str, Any] = _NO_METADATA,
+        query_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
+        key_ln_scale_metadata: Mapping[str, Any] = _NO_METADATA,
+        num_key_value_heads: int | None = None,
     ):
+        where = "MultiHeadAttention"
+        if num_key_value_heads is not None:  # this library's earlier spelling
+            if num_kv_heads is not None and num_kv_heads != num_key_value_heads:
+                raise ValueError(
+                    f"{where}: num_kv_heads={num_kv_heads} and num_key_value_heads="
+                    f"{num_key_value_heads} disagree; pass only num_kv_heads."
+                )
+            num_kv_heads = num_key_value_heads
+        check_size(where, "num_heads", num_heads)
+        check_size(where, "in_features", in_features)
+        for name, value in (
+            ("qkv_features", qkv_features),
+            ("out_features", out_features),
+            ("in_kv_features", in_kv_features),
+            ("num_kv_heads", num_kv_heads),
+        ):
+            if value is not None:
+                check_size(where, name, value)
+        check_rate(where, "dropout_rate", dropout_rate)
+        check_rngs(where, rngs)
         qkv_features = in_features if qkv_features is None else qkv_features
         out_features = in_features if out_features is None else out_features
         in_kv_features = in_features if in_kv_features is None else in_kv_features
-        kv_heads = num_heads if num_key_value_heads is None else num_key_value_heads
+        kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if qkv_features % num_heads:
             nearest = num_heads * max(1, qkv_features // num_heads)
             raise ValueError(
@@ -431,17 +501,12 @@ class MultiHeadAttention(Module):
             )
         if kv_heads <= 0 or num_heads % kv_heads:
             raise ValueError(
-                f"MultiHeadAttention: num_key_value_heads={kv_heads} must divide "
-                f"num_heads={num_heads} (each key/value head serves an equal group "
-                "of query heads)."
-            )
-        if not 0.0 <= dropout_rate <= 1.0:
-            raise ValueError(
-                f"MultiHeadAttention: dropout_rate must be in [0, 1], got "
-                f"{dropout_rate}."
+                f"MultiHeadAttention: num_heads ({num_heads}) must be divisible by "
+                f"num_kv_heads ({kv_heads}): each key/value head serves an equal "
+                "group of query heads."
             )
         self.num_heads = num_heads
-        self.num_key_value_heads = kv_heads
+        self.num_kv_heads = kv_heads
         self.in_features = in_features
         self.in_kv_features = in_kv_features
         self.qkv_features = qkv_features
@@ -457,6 +522,13 @@ class MultiHeadAttention(Module):
         self.attention_fn = attention_fn
         self.decode = decode
         self.normalize_qk = normalize_qk
+        self.qkv_promote_dtype = qkv_promote_dtype
+        self.out_promote_dtype = out_promote_dtype
+        self.ln_promote_dtype = ln_promote_dtype
+        self.qkv_dot_general = qkv_dot_general
+        self.out_dot_general = out_dot_general
+        self.qkv_dot_general_cls = qkv_dot_general_cls
+        self.out_dot_general_cls = out_dot_general_cls
 
         common = dict(
             dtype=dtype,
@@ -465,32 +537,35 @@ class MultiHeadAttention(Module):
             precision=precision,
             rngs=rngs,
         )
-        self.query = LinearGeneral(
-            in_features,
-            (num_heads, self.head_dim),
+        qkv = dict(
             kernel_init=kernel_init,
             bias_init=bias_init,
+            promote_dtype=qkv_promote_dtype,
+            dot_general=qkv_dot_general,
+            dot_general_cls=qkv_dot_general_cls,
+            kernel_metadata=kernel_metadata,
+            bias_metadata=bias_metadata,
             **common,
         )
-        self.key = LinearGeneral(
-            in_kv_features,
-            (kv_heads, self.head_dim),
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            **common,
-        )
-        self.value = LinearGeneral(
-            in_kv_features,
-            (kv_heads, self.head_dim),
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            **common,
-        )
+        self.query = LinearGeneral(in_features, (num_heads, self.head_dim), **qkv)
+        self.key = LinearGeneral(in_kv_features, (kv_heads, self.head_dim), **qkv)
+        self.value = LinearGeneral(in_kv_features, (kv_heads, self.head_dim), **qkv)
         if normalize_qk:
             # Normalised q/k stabilise training at high learning rates (ViT-22B).
-            norm = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype)
-            self.query_ln = LayerNorm(self.head_dim, **norm, rngs=rngs)
-            self.key_ln = LayerNorm(self.head_dim, **norm, rngs=rngs)
+            norm = dict(
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                promote_dtype=ln_promote_dtype,
+            )
+            self.query_ln = LayerNorm(
+                self.head_dim, **norm, scale_metadata=query_ln_scale_metadata,
+                rngs=rngs,
+            )  # fmt: skip
+            self.key_ln = LayerNorm(
+                self.head_dim, **norm, scale_metadata=key_ln_scale_metadata,
+                rngs=rngs,
+            )  # fmt: skip
         else:
             self.query_ln = None
             self.key_ln = None
@@ -500,6 +575,11 @@ class MultiHeadAttention(Module):
             axis=(-2, -1),
             kernel_init=out_kernel_init or kernel_init,
             bias_init=out_bias_init or bias_init,
+            promote_dtype=out_promote_dtype,
+            dot_general=out_dot_general,
+            dot_general_cls=out_dot_general_cls,
+            kernel_metadata=out_kernel_metadata or kernel_metadata,
+            bias_metadata=out_bias_metadata or bias_metadata,
             **common,
         )
         # Tagged "dropout" even when drawn from the default stream, so that
@@ -523,6 +603,9 @@ class MultiHeadAttention(Module):
         rngs: Rngs | RngStream | Array | None = None,
         sow_weights: bool = False,
         decode: bool | None = None,
+        is_causal: bool = False,
+        out_sharding: Any = None,
+        qkv_sharding: Any = None,
     ) -> Array:
         """Attend from ``inputs_q`` to ``inputs_k``/``inputs_v``.
 
@@ -540,6 +623,10 @@ class MultiHeadAttention(Module):
                 ``attention_weights``.
             decode: one-token autoregressive step using the cache (needs
                 ``init_cache``); overrides the attribute.
+            is_causal: also mask future key positions (passed to
+                ``attention_fn``).
+            out_sharding: sharding of the output projection's result.
+            qkv_sharding: sharding of the query/key/value projections' results.
 
         Returns:
             ``[batch..., q_length, out_features]``.
@@ -568,9 +655,9 @@ class MultiHeadAttention(Module):
                     f"the layer with {arg}={shape[-1] if shape else '?'}."
                 )
 
-        query = self.query(inputs_q)
-        key = self.key(inputs_k)
-        value = self.value(inputs_v)
+        query = self.query(inputs_q, out_sharding=qkv_sharding)
+        key = self.key(inputs_k, out_sharding=qkv_sharding)
+        value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
             query = self.query_ln(query)
             key = self.key_ln(key)
@@ -606,8 +693,16 @@ class MultiHeadAttention(Module):
             dtype=self.dtype,
             precision=self.precision,
             module=self if sow_weights else None,
+            # Only when set, so an attention_fn without the keyword still works.
+            **({"is_causal": True} if is_causal else {}),
         )
-        return self.out(x)
+        return self.out(x, out_sharding=out_sharding)
+
+    @property
+    def num_key_value_heads(self) -> int:
+        """This library's earlier name of ``num_kv_heads`` (also accepted as an
+        argument)."""
+        return self.num_kv_heads
 
     def _dropout_key(self, rngs: Rngs | RngStream | Array | None) -> Array:
         if rngs is None:
@@ -679,7 +774,7 @@ class MultiHeadAttention(Module):
         """Create the decoding cache for inputs of shape ``(*batch, max_length, in)``.
 
         Adds ``Cache`` Variables ``cached_key``/``cached_value`` of shape
-        ``(*batch, max_length, num_key_value_heads, head_dim)`` (zeros) and
+        ``(*batch, max_length, num_kv_heads, head_dim)`` (zeros) and
         ``cache_index`` (0). Calling it again resets the cache.
         """
         input_shape = tuple(input_shape)
@@ -688,7 +783,7 @@ class MultiHeadAttention(Module):
                 f"MultiHeadAttention.init_cache: input_shape must be (*batch, "
                 f"max_length, features), got {input_shape}."
             )
-        shape = (*input_shape[:-1], self.num_key_value_heads, self.head_dim)
+        shape = (*input_shape[:-1], self.num_kv_heads, self.head_dim)
         self.cached_key = Cache(jnp.zeros(shape, dtype))
         self.cached_value = Cache(jnp.zeros(shape, dtype))
         self.cache_index = Cache(jnp.array(0, dtype=jnp.int32))
