@@ -110,11 +110,11 @@ def test_dot_product_attention_errors():
     q = jnp.ones((B, L, 3, 4))
     with pytest.raises(ValueError, match="query has 3 heads but key has 2"):
         nnx.dot_product_attention(q, jnp.ones((B, 5, 2, 4)), jnp.ones((B, 5, 2, 4)))
-    with pytest.raises(ValueError, match="head_dim differ"):
+    with pytest.raises(ValueError, match="depths must match"):
         nnx.dot_product_attention(q, jnp.ones((B, 5, 3, 2)), jnp.ones((B, 5, 3, 2)))
     with pytest.raises(ValueError, match="batch dimensions differ"):
         nnx.dot_product_attention(q, jnp.ones((1, 5, 3, 4)), jnp.ones((1, 5, 3, 4)))
-    with pytest.raises(ValueError, match="value must match key"):
+    with pytest.raises(ValueError, match="key and value lengths must match"):
         nnx.dot_product_attention(q, jnp.ones((B, 5, 3, 4)), jnp.ones((B, 6, 3, 4)))
     with pytest.raises(ValueError, match="needs a key"):
         nnx.dot_product_attention_weights(q, q, dropout_rate=0.1)
@@ -314,7 +314,9 @@ def test_attention_dropout_uses_its_dropout_stream_and_train_eval():
 def test_multi_head_attention_errors():
     with pytest.raises(ValueError, match="qkv_features=10 must be divisible by"):
         nnx.MultiHeadAttention(4, E, qkv_features=10, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="num_key_value_heads=3 must divide"):
+    with pytest.raises(ValueError, match=r"must be divisible by num_kv_heads \(3\)"):
+        nnx.MultiHeadAttention(4, E, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"must be divisible by num_kv_heads \(3\)"):
         nnx.MultiHeadAttention(4, E, num_key_value_heads=3, rngs=nnx.Rngs(0))
     mha = nnx.MultiHeadAttention(H, E, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"expected inputs_q of shape .* got shape"):
