@@ -5,16 +5,20 @@ for it. Everything is re-exported here as ``Name as Name`` from private modules.
 """
 
 from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
+from nnxlike import _optimizer as optimizer
 from nnxlike import checkpoint as checkpoint
 from nnxlike import filterlib as filterlib
 from nnxlike import interop as interop
 from nnxlike import metrics as metrics
 from nnxlike import spmd as spmd
 from nnxlike._capture import capture as capture
+from nnxlike._config import set_graph_mode as set_graph_mode
+from nnxlike._config import set_graph_updates as set_graph_updates
 from nnxlike._containers import Dict as Dict
 from nnxlike._containers import List as List
 from nnxlike._containers import Sequential as Sequential
 from nnxlike._display import display as display
+from nnxlike._errors import FilterWarning as FilterWarning
 from nnxlike._errors import NnxError as NnxError
 from nnxlike._errors import ShardingError as ShardingError
 from nnxlike._errors import StructureError as StructureError
@@ -28,6 +32,7 @@ from nnxlike._filters import OfType as OfType
 from nnxlike._filters import PathContains as PathContains
 from nnxlike._graph import GraphDef as GraphDef
 from nnxlike._graph import clone as clone
+from nnxlike._graph import find_duplicates as find_duplicates
 from nnxlike._graph import graphdef as graphdef
 from nnxlike._graph import iter_graph as iter_graph
 from nnxlike._graph import merge as merge
@@ -41,8 +46,18 @@ from nnxlike._module import Module as Module
 from nnxlike._module import iter_children as iter_children
 from nnxlike._module import iter_modules as iter_modules
 from nnxlike._module import view as view
-from nnxlike._object import Object as Object
+from nnxlike._object import Object as Pytree
+from nnxlike._object import PlainObject as Object
+from nnxlike._object import check_pytree as check_pytree
+from nnxlike._object import data as data
+from nnxlike._object import dataclass as dataclass
+from nnxlike._object import is_data as is_data
+from nnxlike._object import register_data_type as register_data_type
+from nnxlike._object import static as static
+from nnxlike._optimizer import ModelAndOptimizer as ModelAndOptimizer
+from nnxlike._optimizer import OptArray as OptArray
 from nnxlike._optimizer import Optimizer as Optimizer
+from nnxlike._optimizer import OptVariable as OptVariable
 from nnxlike._rngs import Rngs as Rngs
 from nnxlike._rngs import RngStream as RngStream
 from nnxlike._rngs import SplitBackups as SplitBackups
@@ -89,6 +104,7 @@ from nnxlike._transforms.shard_map import shard_map as shard_map
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
 from nnxlike._variables import Intermediate as Intermediate
+from nnxlike._variables import LostWriteWarning as LostWriteWarning
 from nnxlike._variables import OptState as OptState
 from nnxlike._variables import Param as Param
 from nnxlike._variables import Perturbation as Perturbation
@@ -114,3 +130,11 @@ from nnxlike.spmd import get_partition_spec as get_partition_spec
 from nnxlike.spmd import logical_axis_rules as logical_axis_rules
 from nnxlike.spmd import with_metadata as with_metadata
 from nnxlike.spmd import with_partitioning as with_partitioning
+
+
+def __getattr__(name: str):
+    # Only for names that do not exist: PyTorch names get a pointer to ours.
+    from nnxlike._errors import torch_name_hint
+
+    hint = None if name.startswith("__") else torch_name_hint(name)
+    raise AttributeError(hint or f"module 'nnxlike' has no attribute {name!r}")

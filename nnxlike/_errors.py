@@ -24,6 +24,19 @@ class ShardingError(NnxError, ValueError):
     """A sharding annotation does not fit the value or the device mesh."""
 
 
+OPTIMIZER_UPDATE_NEEDS_MODEL = (
+    "Optimizer.update takes the model and the gradients: write "
+    "`optimizer.update(model, grads)` (flax.nnx 0.11 changed this from "
+    "`optimizer.update(grads)`). To keep `optimizer.update(grads)`, build "
+    "`nnx.ModelAndOptimizer(model, tx)`, which holds the model."
+)
+
+OPTIMIZER_HAS_NO_MODEL = (
+    "{cls} has no attribute 'model': since flax.nnx 0.11 an Optimizer does not "
+    "hold the model. Pass it to `optimizer.update(model, grads)`, or build "
+    "`nnx.ModelAndOptimizer(model, tx)` to keep `optimizer.model`."
+)
+
 VARIABLE_INPLACE = (
     "In-place `{op}` on a {cls} would rebind the name to a plain array and lose "
     "the Variable. Write through the Variable instead: `var[...] {op} x` "
@@ -54,6 +67,41 @@ NOT_A_PYTREE = (
     "for a tree of arrays use `nnx.state(obj)`."
 )
 
+LOST_WRITE = (
+    "Lost write: {path} changed inside {transform}, but the function did not "
+    "return the object holding it: plain JAX transforms pass copies of their "
+    "arguments, so the change is lost when the function returns. Return the "
+    "object (e.g. "
+    "`return loss, model`) and use the returned one, or use the nnx transform "
+    "(nnx.jit, nnx.grad, nnx.vmap, nnx.scan, ...), which writes every change "
+    "back to the caller's objects."
+)
+SHARED_WITHOUT_GRAPH_UPDATES = (
+    "Duplicate {type} found at paths {first} and {second}: nnx.{fn} with "
+    "graph_updates=False does not support Variable aliasing (duplicate inputs, "
+    "duplicate outputs, or input Variables returned as outputs). Consider the "
+    "following options:\n\n1. Remove the duplicate Variables.\n2. Create new "
+    "Variables via nnx.clone() and use those instead.\n3. Enable graph mode and "
+    "graph updates by passing graph=True and graph_updates=True to {fn}\n\n"
+    "  nnx.{fn}(..., graph=True, graph_updates=True)\n\n4. Use nnx.compat.{fn} "
+    "(sets graph and graph_updates to True automatically)\n\n  nnx.compat.{fn}(...)"
+)
+STRUCTURE_WITHOUT_GRAPH_UPDATES = (
+    "nnx.{fn} with graph=False or graph_updates=False writes back Variable values "
+    "only, but the function changed the structure of its arguments ({what}); the "
+    "change would be lost. Return the new object, or pass graph=True and "
+    "graph_updates=True (the defaults) to nnx.{fn}."
+)
+SHARED_IN_TREE_MODE = (
+    "{fn}: found a shared reference in tree mode (graph=False): the same "
+    "{type} is reachable at {first} and at {second}. A pytree cannot hold one "
+    "object twice. Consider the following options:\n\n"
+    "1. Remove the duplicates and guarantee a tree structure.\n"
+    "2. Enable graph mode by passing graph=True to {fn} e.g.\n\n"
+    "  nnx.{fn}(..., graph=True)\n\n"
+    "3. Use nnx.compat.{fn} instead e.g.\n\n"
+    "  nnx.compat.{fn}(...)"
+)
 UNHASHABLE_STATIC = (
     "{where}: static attribute of type {type} is not hashable, so it cannot be "
     "part of a GraphDef (the compilation cache key). Make it hashable (a tuple "
@@ -192,4 +240,199 @@ STATIC_MUTATED = (
     "dataclass, a tuple, a NamedTuple): `obj.{name} = dataclasses.replace(obj."
     "{name}, ...)`; or, if it is data that changes while training, hold it in a "
     "Variable: `obj.{name} = nnx.Variable(value)`."
+)
+GRAD_SELECTS_NOTHING = (
+    "grad({fn}): the differentiated argument(s) select no Variable, so the "
+    "gradient would be empty and nothing would be trained:\n{lines}\n"
+    "Differentiate with respect to a filter that matches: a Variable kind "
+    "(`nnx.DiffState({argnum}, nnx.Param)`), a path component that exists "
+    "(`nnx.DiffState({argnum}, 'kernel')`), or `argnums={argnum}` for the "
+    "argument's Params."
+)
+
+
+class FilterWarning(UserWarning):
+    """A path-string filter matched no path at all: most likely a typo."""
+
+
+UNMATCHED_PATH_FILTER = (
+    "{op}: the filter {filter!r} matches no path of {what}: no Variable has "
+    "{how}. Probably a typo; the paths are: {paths}. (Filters that can "
+    "legitimately match nothing, such as a Variable kind, e.g. nnx.BatchStat on a "
+    "model without BatchNorm, never warn. To silence this one: "
+    "`warnings.filterwarnings('ignore', category=nnx.FilterWarning)`.)"
+)
+
+
+def unmatched_path_strings(filters: tuple, paths: list) -> list:
+    """The string filters (also inside tuples and lists) that match no path.
+
+    A plain string matches a path with a component equal to it, a string with
+    ``/`` or ``*`` is a glob over the ``/``-joined path (as ``nnx.filterlib``).
+
+    >>> unmatched_path_strings(("kernal", ("bias", "x/*")), [("kernel",), ("bias",)])
+    ['kernal', 'x/*']
+    """
+    import fnmatch
+
+    out: list = []
+
+    def visit(f: object) -> None:
+        if isinstance(f, (tuple, list)):
+            for g in f:
+                visit(g)
+        elif isinstance(f, str):
+            if "/" in f or "*" in f:
+                hit = any(fnmatch.fnmatchcase("/".join(map(str, p)), f) for p in paths)
+            else:
+                hit = any(f in p for p in paths)
+            if not hit and f not in out:
+                out.append(f)
+
+    for f in filters:
+        visit(f)
+    return out
+
+
+def warn_unmatched_path_filters(
+    op: str, what: str, filters: tuple, paths: list, stacklevel: int = 3
+) -> None:
+    """Warn (``FilterWarning``) for each string filter that matches no path."""
+    import warnings
+
+    for f in unmatched_path_strings(filters, paths):
+        glob = "/" in f or "*" in f
+        how = (
+            f"a /-joined path matching the glob {f!r}"
+            if glob
+            else f"a path component equal to {f!r}"
+        )
+        rendered = [path_str(p) for p in paths[:12]]
+        shown = ", ".join(rendered) + (
+            f", ... ({len(paths) - 12} more)" if len(paths) > 12 else ""
+        )
+        warnings.warn(
+            UNMATCHED_PATH_FILTER.format(
+                op=op, filter=f, what=what, how=how, paths=shown or "(none)"
+            ),
+            FilterWarning,
+            stacklevel=stacklevel,
+        )
+
+
+# PyTorch names users reach for, and what to write instead (nnx.__getattr__).
+_CONV = (
+    "nnx.Conv(in_features, out_features, kernel_size={k}, rngs=rngs); inputs are "
+    "channels-last, {shape}, not channels-first"
+)
+TORCH_NAMES = {
+    "Conv1d": _CONV.format(k="(3,)", shape="(N, W, C)"),
+    "Conv2d": _CONV.format(k="(3, 3)", shape="(N, H, W, C)"),
+    "Conv3d": _CONV.format(k="(3, 3, 3)", shape="(N, D, H, W, C)"),
+    "ConvTranspose2d": "nnx.ConvTranspose(in_features, out_features, "
+    "kernel_size=(3, 3), rngs=rngs) on channels-last (N, H, W, C) inputs",
+    "LSTM": "nnx.RNN(nnx.LSTMCell(in_features, hidden_features, rngs=rngs)); "
+    "`carry, out = rnn(x, return_carry=True)` returns the carry first",
+    "GRU": "nnx.RNN(nnx.GRUCell(in_features, hidden_features, rngs=rngs))",
+    "BatchNorm1d": "nnx.BatchNorm(num_features, rngs=rngs) (normalises the last "
+    "axis; call model.train()/model.eval() as in PyTorch)",
+    "BatchNorm2d": "nnx.BatchNorm(num_features, rngs=rngs) on channels-last "
+    "(N, H, W, C) inputs (it normalises the last axis)",
+    "BatchNorm3d": "nnx.BatchNorm(num_features, rngs=rngs) on channels-last inputs",
+    "InstanceNorm2d": "nnx.InstanceNorm(num_features, rngs=rngs)",
+    "Dropout2d": "nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=rngs) on "
+    "(N, H, W, C) inputs",
+    "MaxPool2d": "nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2)), a function "
+    "(use it in nnx.Sequential as `lambda x: nnx.max_pool(x, (2, 2), (2, 2))`)",
+    "AvgPool2d": "nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2)), a function",
+    "AdaptiveAvgPool2d": "`x.mean(axis=(1, 2))` for output size 1 on (N, H, W, C)",
+    "Flatten": "`x.reshape(x.shape[0], -1)` (in nnx.Sequential: "
+    "`lambda x: x.reshape(x.shape[0], -1)`)",
+    "Embedding": "nnx.Embed(num_embeddings, features, rngs=rngs)",
+    "MultiheadAttention": "nnx.MultiHeadAttention(num_heads, in_features, "
+    "rngs=rngs, decode=False)",
+    "ModuleList": "nnx.List([...]) (a plain list attribute becomes one, too)",
+    "ModuleDict": "nnx.Dict({...}) (a plain dict attribute becomes one, too)",
+    "Parameter": "nnx.Param(value)",
+    "Identity": "`lambda x: x` (in nnx.Sequential)",
+    "ReLU": "nnx.relu, a function (nnx.Sequential takes functions as layers)",
+    "GELU": "nnx.gelu, a function",
+    "Sigmoid": "nnx.sigmoid, a function",
+    "Tanh": "nnx.tanh, a function",
+    "Softmax": "nnx.softmax, a function (`nnx.softmax(x, axis=-1)`)",
+    "LeakyReLU": "nnx.leaky_relu, a function",
+    "CrossEntropyLoss": "optax.softmax_cross_entropy_with_integer_labels(logits, "
+    "labels).mean()",
+    "BCEWithLogitsLoss": "optax.sigmoid_binary_cross_entropy(logits, labels).mean()",
+    "MSELoss": "((pred - target) ** 2).mean(), or optax.l2_loss",
+    "Adam": "nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)",
+    "AdamW": "nnx.Optimizer(model, optax.adamw(learning_rate), wrt=nnx.Param)",
+    "SGD": "nnx.Optimizer(model, optax.sgd(learning_rate), wrt=nnx.Param)",
+    "no_grad": "nothing: only what nnx.grad differentiates gets gradients "
+    "(use jax.lax.stop_gradient(x) inside a loss)",
+}
+
+
+def torch_name_hint(name: str, where: str = "nnxlike") -> str | None:
+    """The AttributeError message for a PyTorch name, or None.
+
+    >>> torch_name_hint("Conv2d").split(": ")[0]
+    "module 'nnxlike' has no attribute 'Conv2d' (a PyTorch name)"
+    """
+    fix = TORCH_NAMES.get(name)
+    if fix is None:
+        return None
+    return (
+        f"module {where!r} has no attribute {name!r} (a PyTorch name): nnxlike "
+        f"follows flax.nnx. Use {fix}. See docs/pytorch_cheatsheet.md."
+    )
+
+
+# PyTorch Module methods and what they are here (Module.__getattr__).
+TORCH_MODULE_ATTRS = {
+    "parameters": "nnx.state(model, nnx.Param) (a State of the parameters; "
+    "jax.tree.leaves(...) for a list of arrays), and nnx.Optimizer(model, tx, "
+    "wrt=nnx.Param) trains them",
+    "named_parameters": "nnx.state(model, nnx.Param).flat_state() "
+    "(path, Variable pairs) or nnx.iter_graph(model)",
+    "buffers": "nnx.state(model, nnx.BatchStat)",
+    "named_buffers": "nnx.state(model, nnx.BatchStat)",
+    "state_dict": "nnx.state(model) (`.to_pure_dict()` for nested dicts of arrays), "
+    "or nnx.to_torch_state_dict(model) for PyTorch names and layouts",
+    "load_state_dict": "nnx.update(model, state), or "
+    "nnx.load_torch_state_dict(model, state_dict) for PyTorch weights",
+    "modules": "model.iter_modules() (yields (path, module))",
+    "named_modules": "model.iter_modules() (yields (path, module))",
+    "children": "model.iter_children() (yields (name, module))",
+    "named_children": "model.iter_children() (yields (name, module))",
+    "zero_grad": "nothing: nnx.grad returns fresh gradients on every call",
+    "forward": "calling the module: model(x) runs its __call__",
+    "to": "jax.device_put: `nnx.update(model, jax.device_put(nnx.state(model), "
+    "device))` (arrays start on JAX's default device)",
+    "cuda": "nothing on a GPU machine (JAX puts arrays on the GPU by default)",
+    "cpu": "`nnx.update(model, jax.device_put(nnx.state(model), "
+    "jax.devices('cpu')[0]))`",
+    "requires_grad_": "choosing what to differentiate: nnx.grad(f, "
+    "argnums=nnx.DiffState(0, filter)) or nnx.Optimizer(model, tx, wrt=filter)",
+    "register_buffer": "assigning a Variable: `self.name = nnx.BatchStat(value)`",
+    "register_parameter": "assigning a Variable: `self.name = nnx.Param(value)`",
+    "apply": "`for path, m in model.iter_modules(): ...`",
+    "half": "casting the state: `nnx.update(model, jax.tree.map(lambda x: "
+    "x.astype(jnp.float16), nnx.state(model)))`",
+}
+
+MODULE_FORWARD_ONLY = (
+    "{cls} defines forward() but no __call__: an nnx Module (as in flax.nnx) is "
+    "called through __call__, so `model(x)` cannot run forward(). Rename "
+    "`def forward(self, ...)` to `def __call__(self, ...)`, or add "
+    "`__call__ = forward` to the class."
+)
+
+VARIABLE_CALLED = (
+    "{cls} is a Variable (it holds {what}), not a method. "
+    "{hint}Read its value with `v.value` or `v[...]`."
+)
+OPTIMIZER_STEP_CALLED = (
+    "`optimizer.step` is the step counter, not a method (PyTorch's "
+    "optimizer.step()): apply the gradients with `optimizer.update(model, grads)`. "
 )

@@ -1,14 +1,18 @@
-"""``Optimizer``: optax state held in Variables, updated in place.
+"""``Optimizer``: optax's own state tree held in Variables, updated in place.
 
-Design note: optax works on pytrees of arrays; the model's parameters are given
-to it as the nested plain dict ``nnx.state(model, wrt).to_pure_dict()``. The
-optax state (any structure: chains, MultiSteps, masks, schedules' counters) is
-flattened with its key paths and each array kept in an ``OptState`` Variable in
-an ``nnx.Dict`` keyed by the rendered path, with the pytree structure as a static
-attribute. So the optimizer is an ordinary object graph: it passes through
-``nnx.jit``, its state is written back, it checkpoints like a model. An optax
-state leaf mirroring a parameter inherits that parameter's metadata (sharding)
-and, when the parameter is a sharded array, its placement (see ``nnx.spmd``).
+Design note: as in flax.nnx 0.12, optax works on the parameters selected by
+``wrt`` given as a ``State`` of raw arrays (``value_fn``, masks and label
+callbacks see that State), and ``opt_state`` is optax's state tree itself
+(``optimizer.opt_state[0].mu['kernel']``) with every array in a Variable:
+``OptVariable`` where optax keeps a copy of the parameter tree (Adam's ``mu``,
+momentum traces; it carries the parameter's metadata, so sharding follows) and
+``OptArray`` elsewhere (step counts, schedule state, L-BFGS memories). The tree
+is a data attribute, so the graph walk descends into it: the optimizer passes
+through ``nnx.jit`` with write-back and checkpoints like a model. A transformation
+whose labels or masks are plain nested dicts (built for pure-dict parameters) is
+given the parameters as plain dicts instead; ``state_as_dict`` records which.
+``update`` runs at trace time only under ``nnx.jit``: its cost is not on the
+per-call path, the number of Variables is.
 """
 
 from __future__ import annotations
@@ -18,70 +22,145 @@ import types
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optax
 
 from nnxlike import _errors, _graph
-from nnxlike._containers import Dict
 from nnxlike._filters import Filter
-from nnxlike._object import Object
+from nnxlike._object import Object, data, static
 from nnxlike._state import State
 from nnxlike._variables import OptState, Param, Variable
 
-
-def _key_str(path: tuple) -> str:
-    parts = []
-    for k in path:
-        if isinstance(k, jtu.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jtu.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jtu.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jtu.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+__all__ = ["ModelAndOptimizer", "OptArray", "OptState", "OptVariable", "Optimizer"]
 
 
-def _pure_params(model: Any, wrt: Filter) -> tuple[dict, dict]:
-    """Parameters as a nested pure dict, and ``{path: (shape, metadata, value)}``."""
-    flat = _graph.flatten(model)
-    from nnxlike._filters import to_predicate
+class OptArray(OptState):
+    """Optimizer state for an array that mirrors no parameter (counts, memories)."""
 
-    pred = to_predicate(wrt)
-    paths, values, meta = [], [], {}
-    for path, v in zip(flat.graphdef.paths, flat.leaves):
-        if isinstance(v, Variable) and pred(path, v):
-            paths.append(path)
-            values.append(v._raw_value)
-            meta["/".join(map(str, path))] = (
-                jnp.shape(v._raw_value),
-                v._metadata,
-                v._raw_value,
-            )
-    return State.from_flat(paths, values).to_pure_dict(), meta
+
+class OptVariable(OptState):
+    """Optimizer state mirroring a parameter (momenta); keeps its metadata."""
+
+
+_MISSING = object()
+
+
+def _selected(model: Any, wrt: Filter) -> tuple[tuple, list]:
+    """Paths and Variables of ``model`` matching ``wrt``, in definition order."""
+    flat = _graph.variables(model, wrt).flat_state()
+    return flat.paths, flat.leaves
+
+
+def _no_match_error(model: Any, wrt: Filter) -> ValueError:
+    flat = _graph.variables(model).flat_state()
+    kinds = sorted({type(v).__name__ for v in flat.leaves})
+    paths = [f"{_errors.path_str(p)} ({type(v).__name__})" for p, v in flat][:10]
+    more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
+    return ValueError(
+        f"Optimizer: no Variable of the {type(model).__name__} matches "
+        f"wrt={_filter_text(wrt)}, so there is nothing to optimize. The model holds "
+        f"Variables of the kinds {kinds}: {paths}{more}. Pass a filter that selects "
+        "the Variables to train, e.g. `nnx.Optimizer(model, tx, wrt=nnx.Param)`."
+    )
+
+
+def _filter_text(f: Filter) -> str:
+    if isinstance(f, type):
+        return f.__name__
+    if isinstance(f, (tuple, list)):
+        return "(" + ", ".join(_filter_text(x) for x in f) + ")"
+    return repr(f)
+
+
+def _raw(x: Any) -> Any:
+    return x._raw_value if isinstance(x, Variable) else getattr(x, "value", x)
+
+
+def _is_var(x: Any) -> bool:
+    return isinstance(x, Variable) or type(x).__name__ == "VariableState"
+
+
+def _pure(tree: Any) -> Any:
+    """``tree`` with every Variable (or State leaf) replaced by its raw value."""
+    return jtu.tree_map(_raw, tree, is_leaf=_is_var)
+
+
+def _as_tree(paths: tuple, values: list, as_dict: bool) -> Any:
+    state = State.from_flat(paths, values)
+    return state.to_pure_dict() if as_dict else state
+
+
+def _to_opt_state(tree: Any, paths: tuple, params: list) -> Any:
+    """optax's state with arrays in Variables: ``OptVariable`` for parameter copies."""
+    shapes = {p: np.shape(v._raw_value) for p, v in zip(paths, params)}
+    by_path = dict(zip(paths, params))
+
+    def flat_of(node: Any) -> dict | None:
+        if isinstance(node, State):
+            return node.flat_dict()
+        if type(node) is dict:
+            return State(node).flat_dict()
+        return None
+
+    def mirrors(node: Any) -> bool:
+        flat = flat_of(node)
+        return (
+            flat is not None
+            and flat.keys() == shapes.keys()
+            and all(np.shape(_raw(x)) == shapes[p] for p, x in flat.items())
+        )
+
+    def convert(node: Any) -> Any:
+        if not mirrors(node):
+            return OptArray(node)
+        flat = flat_of(node)
+        out = []
+        for path in paths:
+            param = by_path[path]
+            leaf = _placed_like(_raw(flat[path]), param._raw_value)
+            out.append(OptVariable(leaf, **_opt_metadata(param)))
+        return _as_tree(paths, out, not isinstance(node, State))
+
+    return jtu.tree_map(convert, tree, is_leaf=lambda n: mirrors(n) or _is_var(n))
+
+
+def _opt_metadata(param: Variable) -> dict:
+    meta = param.get_metadata()
+    if "optimizer_sharding" in meta:  # flax.nnx: the optimizer state's own layout
+        meta["sharding_names"] = meta.pop("optimizer_sharding")
+    return meta
 
 
 class Optimizer(Object):
     """Holds an optax transformation's state for the ``wrt`` Variables of a model.
 
+    ``update(model, grads)`` applies one optax step to ``model`` in place and
+    returns optax's updates. ``opt_state`` is optax's state tree, with arrays in
+    ``OptVariable`` (copies of the parameter tree) and ``OptArray`` Variables;
+    ``step`` is an ``OptState`` counter.
+
     >>> import jax.numpy as jnp, optax
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    >>> optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
     >>> grads = nnx.grad(lambda m: m(jnp.ones(2)).sum())(model)
     >>> before = model.bias.value
-    >>> optimizer.update(model, grads)
-    >>> (model.bias.value - before).tolist(), int(optimizer.step.value)
-    ([-0.10000000149011612], 1)
+    >>> updates = optimizer.update(model, grads)
+    >>> round(float((model.bias.value - before)[0]), 4), int(optimizer.step.value)
+    (-0.1, 1)
+    >>> adam = optimizer.opt_state[0]  # optax's ScaleByAdamState
+    >>> type(adam.mu["bias"]).__name__, type(adam.count).__name__, int(adam.count.value)
+    ('OptVariable', 'OptArray', 1)
     """
 
     def __init__(
-        self, model: Any, tx: optax.GradientTransformation, *, wrt: Filter = Param
+        self,
+        model: Any,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: Filter = Param,
+        graph: bool | None = None,
     ):
         if not hasattr(tx, "init") or not hasattr(tx, "update"):
             raise TypeError(
@@ -89,56 +168,161 @@ class Optimizer(Object):
                 f"{type(tx).__name__}. Example: "
                 "`nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)`."
             )
+        paths, params = _selected(model, wrt)
+        if not paths:
+            raise _no_match_error(model, wrt)
         # Static (in the GraphDef): two `optax.adam(1e-3)` calls give equal keys,
         # so a second optimizer built the same way reuses nnx.jit's compiled step.
-        self.tx = _with_config_equality(tx)
+        # nnx.static: an optax transformation is a NamedTuple (a pytree) of
+        # functions; as one static value it compares by configuration.
+        self.tx = static(_with_config_equality(tx))
         # Static (part of the GraphDef, the nnx.jit cache key): must be hashable.
         self.wrt = tuple(wrt) if isinstance(wrt, list) else wrt
-        self.step = OptState(jnp.zeros((), jnp.uint32))
-        params, meta = _pure_params(model, wrt)
-        self._set_opt_state(tx.init(params), meta)
+        self.graph = graph
+        self.step = OptState(jax.numpy.zeros((), jax.numpy.uint32))
+        values = [v._raw_value for v in params]
+        self.state_as_dict, opt_state = _init(tx, paths, values)
+        self.opt_state = data(_to_opt_state(opt_state, paths, params))
 
-    def _set_opt_state(self, opt_state: Any, meta: dict) -> None:
-        pairs, treedef = jtu.tree_flatten_with_path(opt_state)
-        keys = [_key_str(path) for path, _ in pairs]
-        shapes = dict(zip(keys, (jnp.shape(leaf) for _, leaf in pairs)))
-        items, mirrors = {}, {}
-        for key, (_, leaf) in zip(keys, pairs):
-            param = _mirrored_param(key, keys, shapes, meta, mirrors)
-            if param is None:
-                items[key] = OptState(leaf)
-                continue
-            items[key] = OptState(_placed_like(leaf, param[2]), **param[1])
-        self.opt_state = Dict(items)
-        self.opt_treedef = treedef
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails.
+        if name == "model":
+            raise AttributeError(
+                _errors.OPTIMIZER_HAS_NO_MODEL.format(cls=type(self).__name__)
+            )
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
 
     def opt_state_tree(self) -> Any:
-        """The optax state as optax built it (arrays read from the Variables)."""
-        return self.opt_treedef.unflatten([v.value for v in self.opt_state.values()])
+        """optax's state as arrays, with the parameter trees as plain nested dicts.
 
-    def update(self, model: Any, grads: Any, /, **kwargs: Any) -> None:
-        """Apply one optax step to ``model`` in place with ``grads``.
-
-        ``kwargs`` reach ``tx.update`` (e.g. ``value=loss`` for
-        ``optax.contrib.reduce_on_plateau``).
+        The same tree as ``tx.init(nnx.state(model, wrt).to_pure_dict())`` gives,
+        for comparing with a plain optax loop (flax.nnx's
+        ``nnx.as_pure(optimizer.opt_state)`` keeps the States).
         """
-        params, _ = _pure_params(model, self.wrt)
-        if isinstance(grads, State):
-            g = grads.to_pure_dict()
-        elif isinstance(grads, dict):
-            g = State(grads).to_pure_dict()
-        else:
-            raise TypeError(
-                f"Optimizer.update: grads must be a State (as returned by nnx.grad) "
-                f"or a nested dict, got {type(grads).__name__}."
+        return jtu.tree_map(
+            lambda x: x.to_pure_dict() if isinstance(x, State) else _raw(x),
+            self.opt_state,
+            is_leaf=lambda x: isinstance(x, State) or _is_var(x),
+        )
+
+    def update(self, model: Any, grads: Any = _MISSING, /, **kwargs: Any) -> Any:
+        """Apply one optax step to ``model`` in place with ``grads``; return updates.
+
+        ``kwargs`` reach ``tx.update`` (``value=loss`` for
+        ``optax.contrib.reduce_on_plateau``; ``value=``, ``grad=``, ``value_fn=`` for
+        ``optax.lbfgs``); States and Variables in them are given as raw arrays, and
+        ``value_fn`` receives the parameters in the form optax sees them.
+        """
+        if grads is _MISSING:
+            raise TypeError(_errors.OPTIMIZER_UPDATE_NEEDS_MODEL)
+        paths, params = _selected(model, self.wrt)
+        g = _grads_in_order(grads, paths, params)
+        as_dict = self.state_as_dict
+        param_tree = _as_tree(paths, [v._raw_value for v in params], as_dict)
+        grad_tree = _as_tree(paths, g, as_dict)
+        extra = {k: _kwarg_tree(v, paths, as_dict) for k, v in kwargs.items()}
+        updates, new_state = self.tx.update(
+            grad_tree, _pure(self.opt_state), param_tree, **extra
+        )
+        new_params = optax.apply_updates(param_tree, updates)
+        # By path: plain dicts flatten in sorted key order, not definition order.
+        new_flat = (State(new_params) if as_dict else new_params).flat_dict()
+        for path, var in zip(paths, params):
+            var.value = new_flat[path]
+        holders = jtu.tree_leaves(self.opt_state, is_leaf=_is_var)
+        values = jtu.tree_leaves(new_state)
+        if len(holders) != len(values):
+            raise _errors.StructureError(
+                f"Optimizer.update: optax returned a state with {len(values)} arrays "
+                f"where init made {len(holders)}; the transformation's state must "
+                "keep its structure between steps."
             )
-        _check_same_paths(params, g)
-        updates, new_state = self.tx.update(g, self.opt_state_tree(), params, **kwargs)
-        new_params = optax.apply_updates(params, updates)
-        _graph.update(model, State(new_params))
-        for var, leaf in zip(self.opt_state.values(), jtu.tree_leaves(new_state)):
-            var.value = leaf
+        for var, value in zip(holders, values):
+            var.value = value
         self.step.value = self.step.value + 1
+        return updates
+
+
+class ModelAndOptimizer(Optimizer):
+    """An ``Optimizer`` that holds its model: ``update(grads)`` (flax.nnx <= 0.10).
+
+    >>> import jax.numpy as jnp, optax
+    >>> import nnxlike as nnx
+    >>> state = nnx.ModelAndOptimizer(nnx.Linear(2, 1, rngs=nnx.Rngs(0)),
+    ...                               optax.sgd(0.5))
+    >>> grads = nnx.grad(lambda m: m(jnp.ones(2)).sum())(state.model)
+    >>> before = state.model.bias.value
+    >>> _ = state.update(grads)
+    >>> (state.model.bias.value - before).tolist()
+    [-0.5]
+    """
+
+    def __init__(
+        self, model: Any, tx: optax.GradientTransformation, *, wrt: Filter = Param
+    ):
+        super().__init__(model, tx, wrt=wrt)
+        self.model = model
+
+    def update(self, grads: Any, /, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Apply one optax step to ``self.model`` with ``grads``; return updates."""
+        return super().update(self.model, grads, **kwargs)
+
+
+def _init(tx: Any, paths: tuple, values: list) -> tuple[bool, Any]:
+    """``(as_dict, tx.init(params))``: a State first (flax), plain dicts if refused."""
+    try:
+        return False, tx.init(_as_tree(paths, values, False))
+    except (ValueError, TypeError) as error:
+        try:
+            return True, tx.init(_as_tree(paths, values, True))
+        except Exception:
+            raise error from None
+
+
+def _kwarg_tree(value: Any, paths: tuple, as_dict: bool) -> Any:
+    if isinstance(value, State):
+        flat = value.flat_dict()
+        if set(flat) == set(paths):  # e.g. grad=grads: same layout as the params
+            return _as_tree(paths, [_raw(flat[p]) for p in paths], as_dict)
+        return _pure(value)
+    if callable(value) or isinstance(value, (str, bytes)):
+        return value
+    return _pure(value)
+
+
+def _grads_in_order(grads: Any, paths: tuple, params: list) -> list:
+    if isinstance(grads, State):
+        g = {p: _raw(v) for p, v in grads.flat_dict().items()}
+    elif isinstance(grads, dict):
+        g = {p: _raw(v) for p, v in State(grads).flat_dict().items()}
+    else:
+        raise TypeError(
+            f"Optimizer.update: grads must be a State (as returned by nnx.grad) "
+            f"or a nested dict, got {type(grads).__name__}."
+        )
+    if set(g) != set(paths):
+        missing = sorted(_errors.path_str(x) for x in set(paths) - set(g))
+        extra = sorted(_errors.path_str(x) for x in set(g) - set(paths))
+        raise _errors.StructureError(
+            "Optimizer.update: the gradients do not match the parameters selected by "
+            f"wrt. Missing gradients for: {missing[:10]}; gradients for paths that are "
+            f"not optimized: {extra[:10]}. Compute grads for the same Variables, e.g. "
+            "`nnx.grad(loss_fn)(model)` with the default wrt=nnx.Param, or build the "
+            "Optimizer with the same filter: `nnx.Optimizer(model, tx, wrt=...)`."
+        )
+    out = []
+    for path, var in zip(paths, params):
+        gv = g[path]
+        if np.shape(gv) != np.shape(var._raw_value):
+            raise _errors.StructureError(
+                f"Optimizer.update: gradient at {_errors.path_str(path)!r} has shape "
+                f"{np.shape(gv)} but the parameter has shape "
+                f"{np.shape(var._raw_value)}."
+            )
+        out.append(gv)
+    return out
 
 
 def _placed_like(leaf: Any, param: Any) -> Any:
@@ -158,55 +342,6 @@ def _placed_like(leaf: Any, param: Any) -> Any:
     ):
         return leaf
     return jax.device_put(leaf, sharding)
-
-
-def _mirrored_param(
-    key: str, keys: list, shapes: dict, meta: dict, mirrors: dict
-) -> tuple | None:
-    """The ``(shape, metadata, value)`` of the parameter optax leaf ``key`` mirrors.
-
-    ``key`` mirrors parameter ``q`` when it is ``prefix/q`` (or ``q``) with the
-    same shape and every leaf under ``prefix`` is a parameter path too (a copy of
-    the parameter tree such as Adam's ``mu``), so neither Adam's scalar
-    ``0/count`` nor ``0/mu/sub/w`` is mistaken for a parameter ``count`` or ``w``.
-    The longest matching parameter path wins. ``mirrors`` caches, per prefix,
-    whether it holds a copy of the parameter tree.
-    """
-    parts = key.split("/")
-    for i in range(len(parts)):  # longest suffix first
-        param_path = "/".join(parts[i:])
-        if param_path not in meta or meta[param_path][0] != shapes[key]:
-            continue
-        prefix = "/".join(parts[:i]) + "/" if i else ""
-        if prefix not in mirrors:
-            under = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-            mirrors[prefix] = all(
-                u in meta and shapes[prefix + u] == meta[u][0] for u in under
-            )
-        if mirrors[prefix]:
-            return meta[param_path]
-    return None
-
-
-def _check_same_paths(params: dict, grads: dict) -> None:
-    p = State(params).flat_dict()
-    g = State(grads).flat_dict()
-    if p.keys() != g.keys():
-        missing = sorted(_errors.path_str(x) for x in p.keys() - g.keys())
-        extra = sorted(_errors.path_str(x) for x in g.keys() - p.keys())
-        raise _errors.StructureError(
-            "Optimizer.update: the gradients do not match the parameters selected by "
-            f"wrt. Missing gradients for: {missing[:10]}; gradients for paths that are "
-            f"not optimized: {extra[:10]}. Compute grads for the same Variables, e.g. "
-            "`nnx.grad(loss_fn)(model)` with the default wrt=nnx.Param, or build the "
-            "Optimizer with the same filter: `nnx.Optimizer(model, tx, wrt=...)`."
-        )
-    for path, gv in g.items():
-        if jnp.shape(gv) != jnp.shape(p[path]):
-            raise _errors.StructureError(
-                f"Optimizer.update: gradient at {_errors.path_str(path)!r} has shape "
-                f"{jnp.shape(gv)} but the parameter has shape {jnp.shape(p[path])}."
-            )
 
 
 # -- tx equality by configuration ----------------------------------------------
@@ -300,6 +435,12 @@ class _KeyedGradientTransformationExtraArgs(
 ):
     pass
 
+
+# A keyed transformation is one static pytree node with no children (itself as the
+# treedef data): a walk that descends into pytrees then compares it by
+# configuration instead of comparing its closures by identity.
+for _cls in (_KeyedGradientTransformation, _KeyedGradientTransformationExtraArgs):
+    jtu.register_pytree_node(_cls, lambda tx: ((), tx), lambda tx, _: tx)
 
 _KEYED = {
     optax.GradientTransformation: _KeyedGradientTransformation,

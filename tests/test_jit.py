@@ -449,7 +449,7 @@ def test_donate_argnums_model_and_optimizer():
 
     for _ in range(2):
         old_kernel = model.kernel.value
-        old_moment = next(iter(optimizer.opt_state.values())).value
+        old_moment = optimizer.opt_state[0].mu["kernel"].value
         old_step = optimizer.step.value
         x_arg = XB + 0.0
         loss = donating(model, optimizer, x_arg, YB)

@@ -92,7 +92,17 @@ def run_both(
     return model, optimizer, ref_params, ref_state, traces
 
 
+def _dictify(tree):
+    """optax state over States (as Optimizer keeps it) -> over plain dicts."""
+    return jax.tree.map(
+        lambda x: x.to_pure_dict() if isinstance(x, nnx.State) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.State),
+    )
+
+
 def assert_tree_allclose(actual, desired, rtol=1e-6):
+    actual, desired = _dictify(actual), _dictify(desired)
     assert jax.tree.structure(actual) == jax.tree.structure(desired)
     for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(d), rtol=rtol)
@@ -139,6 +149,8 @@ def test_matches_plain_optax_loop_inside_jit(name):
     assert len(traces) == 1
     assert optimizer.step.value.dtype == jnp.uint32
     assert int(optimizer.step.value) == 5
+    # dict labels (multi_transform) get dict parameters; the rest get States
+    assert optimizer.state_as_dict == (name == "multi_transform")
 
 
 def test_reduce_on_plateau_receives_value():
@@ -223,7 +235,7 @@ def test_grads_not_matching_wrt_name_the_path():
     kernel_grads = zeros.filter(nnx.PathContains("kernel"))
     with pytest.raises(nnx.StructureError, match=r"Missing gradients for: .*l1\.bias"):
         optimizer.update(model, kernel_grads)
-    zeros["l1"]["bias"] = nnx.VariableState(nnx.Param, jnp.zeros((7,)))
+    zeros["l1"]["bias"] = nnx.Param(jnp.zeros((7,)))
     with pytest.raises(nnx.StructureError, match=r"'l1\.bias' has shape \(7,\)"):
         optimizer.update(model, zeros)
     with pytest.raises(TypeError, match="grads must be a State"):
@@ -238,15 +250,20 @@ def test_opt_state_inherits_parameter_metadata():
     nnx.jit(lambda m, o: o.update(m, nnx.grad(model_loss)(m, XS[0], YS[0])))(
         model, optimizer
     )
-    opt_vars = dict(optimizer.opt_state.items())
-    for moment in ("mu", "nu"):
-        kernel = opt_vars[f"0/{moment}/kernel"]
-        assert isinstance(kernel, nnx.OptState)
-        assert kernel.sharding_names == ("a", "b")
-        assert "sharding_names" not in opt_vars[f"0/{moment}/bias"].get_metadata()
-    assert opt_vars["0/count"].get_metadata() == {}
-    assert int(opt_vars["0/count"].value) == 1
-    assert not np.allclose(opt_vars["0/mu/kernel"].value, 0.0)
+    adam = optimizer.opt_state[0]
+    for moment in (adam.mu, adam.nu):
+        assert isinstance(moment, nnx.State)
+        assert type(moment["kernel"]) is nnx.OptVariable
+        assert moment["kernel"].sharding_names == ("a", "b")
+        assert "sharding_names" not in moment["bias"].get_metadata()
+    assert type(adam.count) is nnx.OptArray and adam.count.get_metadata() == {}
+    assert int(adam.count.value) == 1
+    assert not np.allclose(adam.mu["kernel"].value, 0.0)
+    # the same tree is what nnx.state sees
+    state = nnx.state(optimizer)
+    np.testing.assert_array_equal(
+        state["opt_state"][0]["mu"]["kernel"].value, adam.mu["kernel"].value
+    )
 
 
 class Sub(nnx.Module):
@@ -262,13 +279,106 @@ class SameNames(nnx.Module):
 
 
 def test_metadata_goes_to_the_mirrored_parameter_only():
-    optimizer = nnx.Optimizer(SameNames(), optax.adam(1e-2))
-    meta = {k: v.get_metadata() for k, v in optimizer.opt_state.items()}
-    assert meta["0/mu/w"] == {"sharding_names": ("x",)}
-    assert meta["0/nu/w"] == {"sharding_names": ("x",)}
-    assert meta["0/mu/sub/w"] == {}  # not the top-level ``w``'s metadata
-    assert meta["0/mu/count"] == {"sharding_names": ()}
-    assert meta["0/count"] == {}  # Adam's step count is not the Param ``count``
+    adam = nnx.Optimizer(SameNames(), optax.adam(1e-2)).opt_state[0]
+    assert adam.mu["w"].get_metadata() == {"sharding_names": ("x",)}
+    assert adam.nu["w"].get_metadata() == {"sharding_names": ("x",)}
+    assert adam.mu["sub"]["w"].get_metadata() == {}  # not the top-level w's
+    assert adam.mu["count"].get_metadata() == {"sharding_names": ()}
+    assert adam.count.get_metadata() == {}  # Adam's step count is not Param count
+
+
+def test_flax_layout_of_opt_state_for_a_list_of_layers():
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+    )
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    kernel = optimizer.opt_state[0].mu.layers[0]["kernel"]
+    assert type(kernel) is nnx.OptVariable and kernel.shape == (3, 4)
+    assert optimizer.opt_state[0].nu.layers[1]["bias"].shape == (2,)
+    assert type(optimizer.step) is nnx.OptState
+
+
+def test_partition_with_labels_from_map_state_matches_plain_optax():
+    model = MLP(rngs=nnx.Rngs(0))
+    labels = nnx.map_state(
+        lambda path, _: "fast" if path[-1] == "kernel" else "slow",
+        nnx.state(model, nnx.Param),
+    )
+    make = lambda lab: optax.partition(  # noqa: E731
+        {"fast": optax.adam(3e-2), "slow": optax.sgd(1e-2)}, lab
+    )
+    ref_labels = {k: {"kernel": "fast", "bias": "slow"} for k in ("l1", "l2")}
+    ref_tx = make(ref_labels)
+    ref = nnx.state(model, nnx.Param).to_pure_dict()
+    ref_state = ref_tx.init(ref)
+    optimizer = nnx.Optimizer(model, make(labels), wrt=nnx.Param)
+    assert not optimizer.state_as_dict
+    for i in range(3):
+        grads = nnx.grad(model_loss)(model, XS[i], YS[i])
+        updates = optimizer.update(model, grads)
+        g = jax.grad(ref_loss)(ref, XS[i], YS[i])
+        ref_updates, ref_state = ref_tx.update(g, ref_state, ref)
+        ref = optax.apply_updates(ref, ref_updates)
+        assert_tree_allclose(updates, ref_updates)
+    assert_tree_allclose(nnx.state(model, nnx.Param).to_pure_dict(), ref)
+
+
+def test_lbfgs_with_value_fn_matches_plain_optax():
+    model = MLP(rngs=nnx.Rngs(0))
+    graphdef, _ = nnx.split(model)
+    x, y = XS[0], YS[0]
+    optimizer = nnx.ModelAndOptimizer(model, optax.lbfgs())
+    ref_tx = optax.lbfgs()
+    ref = nnx.state(model, nnx.Param).to_pure_dict()
+    ref_state = ref_tx.init(ref)
+    ref_value_fn = lambda p: ref_loss(p, x, y)  # noqa: E731
+    seen = []
+
+    def value_fn(params):  # what optax sees: a State of the parameters
+        seen.append(type(params))
+        return model_loss(nnx.merge(graphdef, params), x, y)
+
+    for _ in range(3):
+        loss, grads = nnx.value_and_grad(model_loss)(optimizer.model, x, y)
+        optimizer.update(grads, grad=grads, value=loss, value_fn=value_fn)
+        value, g = jax.value_and_grad(ref_value_fn)(ref)
+        ref_updates, ref_state = ref_tx.update(
+            g, ref_state, ref, value=value, grad=g, value_fn=ref_value_fn
+        )
+        ref = optax.apply_updates(ref, ref_updates)
+    assert seen and all(t is nnx.State for t in seen)
+    assert_tree_allclose(nnx.state(model, nnx.Param).to_pure_dict(), ref, rtol=1e-5)
+    assert model_loss(model, x, y) < 0.5 * ref_value_fn(
+        nnx.state(MLP(rngs=nnx.Rngs(0)), nnx.Param).to_pure_dict()
+    )
+
+
+def test_model_and_optimizer_and_the_flax_0_10_call():
+    model = MLP(rngs=nnx.Rngs(0))
+    both = nnx.ModelAndOptimizer(model, optax.sgd(0.1))
+    assert both.model is model
+    ref = nnx.state(model, nnx.Param).to_pure_dict()
+    grads = nnx.grad(model_loss)(both.model, XS[0], YS[0])
+    updates = both.update(grads)
+    g = jax.grad(ref_loss)(ref, XS[0], YS[0])
+    expected = jax.tree.map(lambda p, d: p - 0.1 * d, ref, g)
+    assert_tree_allclose(nnx.state(model, nnx.Param).to_pure_dict(), expected)
+    assert_tree_allclose(updates, jax.tree.map(lambda d: -0.1 * d, g))
+
+    plain = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    with pytest.raises(TypeError, match=r"write `optimizer.update\(model, grads\)`"):
+        plain.update(grads)
+    with pytest.raises(AttributeError, match="nnx.ModelAndOptimizer"):
+        plain.model  # noqa: B018
+    assert int(plain.step.value) == 0
+
+
+def test_wrt_matching_nothing_names_the_filter_and_what_exists():
+    with pytest.raises(
+        ValueError,
+        match=r"wrt=BatchStat.*kinds \['Param'\].*'l1\.kernel \(Param\)'",
+    ):
+        nnx.Optimizer(MLP(rngs=nnx.Rngs(0)), optax.sgd(0.1), wrt=nnx.BatchStat)
 
 
 def test_tx_must_be_a_gradient_transformation():

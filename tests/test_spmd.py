@@ -291,12 +291,12 @@ def test_optimizer_state_is_placed_like_the_params():
     with jax.set_mesh(mesh), nnx.logical_axis_rules(RULES):
         model = MLP(rngs=nnx.Rngs(0))
         optimizer = nnx.Optimizer(model, optax.adam(1e-2))
-    mu = optimizer.opt_state["0/mu/l1/kernel"]
+    mu = optimizer.opt_state[0].mu["l1"]["kernel"]
     assert mu.sharding_names == ("embed", "hidden")
     assert mu.value.sharding.spec == P(None, "model")
     specs = nnx.get_partition_spec(optimizer, RULES)
-    assert specs.opt_state["0/nu/l2/kernel"].value == P("model", None)
-    assert specs.opt_state["0/count"].value == P()
+    assert specs["opt_state"][0]["nu"]["l2"]["kernel"].value == P("model", None)
+    assert specs["opt_state"][0]["count"].value == P()
 
 
 @pytest.mark.parametrize("auto", [True, False], ids=["Auto", "Explicit"])
@@ -327,7 +327,7 @@ def test_jit_in_shardings_from_get_named_sharding(auto):
     # On one device XLA may report a size-1 axis as replicated: compare layouts
     # (the 8-device worker checks the specs themselves).
     want = NamedSharding(mesh, P(None, "model") if auto else P(None, None))
-    for x in (model.l1.kernel.value, optimizer.opt_state["0/mu/l1/kernel"].value):
+    for x in (model.l1.kernel.value, optimizer.opt_state[0].mu["l1"]["kernel"].value):
         assert x.sharding.mesh == mesh and x.sharding.is_equivalent_to(want, 2)
     assert int(optimizer.step.value) == 1
 

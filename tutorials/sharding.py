@@ -217,10 +217,10 @@ def show_layout(name: str, x: jax.Array) -> None:
 
 
 show_layout("up.kernel", kernel)
-show_layout("adam mu of up.kernel", optimizer.opt_state["0/mu/up/kernel"].value)
+show_layout("adam mu of up.kernel", optimizer.opt_state[0].mu["up"]["kernel"].value)
 
 assert kernel.addressable_shards[0].data.shape == (DIN, DHIDDEN // model_axis)
-mu = optimizer.opt_state["0/mu/up/kernel"].value
+mu = optimizer.opt_state[0].mu["up"]["kernel"].value
 assert mu.sharding.is_equivalent_to(kernel.sharding, 2)
 
 # %% [markdown]
