@@ -16,10 +16,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnxlike import _graph
+from nnxlike import _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._object import Object
 from nnxlike._variables import Intermediate, Perturbation, Variable
+
+
+def _forward_only_call(self, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError(_errors.MODULE_FORWARD_ONLY.format(cls=type(self).__name__))
+
+
+def _defines_call(cls: type) -> bool:
+    for klass in cls.__mro__:
+        call = klass.__dict__.get("__call__")
+        if call is not None and call is not _forward_only_call:
+            return klass is not object
+    return False
 
 
 def _append(acc: tuple, x: Any) -> tuple:
@@ -63,6 +75,25 @@ class Module(Object):
     >>> [path for path, _ in model.iter_modules()]
     [('hidden',), ('out',), ()]
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # PyTorch habit: forward() without __call__ gets a pointer, not
+        # "object is not callable".
+        if "forward" in cls.__dict__ and not _defines_call(cls):
+            cls.__call__ = _forward_only_call  # type: ignore[method-assign]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for missing attributes: PyTorch methods get a pointer.
+        hint = None if name.startswith("_") else _errors.TORCH_MODULE_ATTRS.get(name)
+        if hint is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            )
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r} (a PyTorch "
+            f"Module method); here that is {hint}."
+        )
 
     def sow(
         self,

@@ -267,6 +267,23 @@ _SAVER = textwrap.dedent(
     root, trials, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(seed)
     n = 1 << 20  # 4 MB per save: a kill often lands inside one
+    for race in range(5):  # 4 processes save one new file at the same moment
+        path = os.path.join(root, f"race{race}.nnx")
+        start = time.time() + 0.2
+        pids = []
+        for who in range(4):
+            pid = os.fork()
+            if pid == 0:
+                x = np.full(n, who, np.float32)
+                time.sleep(max(0.0, start - time.time()))
+                try:
+                    checkpoint.save(path, {"who": who, "x": x})
+                except FileExistsError as e:
+                    os._exit(3 if "already exists" in str(e) else 4)
+                os._exit(0)
+            pids.append(pid)
+        codes = [os.WEXITSTATUS(os.waitpid(pid, 0)[1]) for pid in pids]
+        print("race", race, *codes, flush=True)
     for t in range(trials):
         path = os.path.join(root, f"t{t}", "ckpt.nnx")
         checkpoint.save(path, {"i": 0, "x": np.zeros(n, np.float32)})
@@ -287,12 +304,14 @@ _SAVER = textwrap.dedent(
         done = os.read(r, 1 << 20).decode().split()
         os.close(r)
         last = int(done[-1]) if done else 0
-        print(f"{t} {last} {os.WTERMSIG(status)}", flush=True)
+        print(f"kill {t} {last} {os.WTERMSIG(status)}", flush=True)
     """
 )
 
 
-def test_kill_9_loop_previous_checkpoint_restores_bit_exactly(tmp_path):
+def test_process_races_and_kill_9_loop(tmp_path):
+    """Forked processes: 5 races of 4 savers (exactly one wins each), then 20
+    trials of a saver killed at a random moment."""
     trials = 20
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     out = subprocess.run(
@@ -303,7 +322,15 @@ def test_kill_9_loop_previous_checkpoint_restores_bit_exactly(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = [line.split() for line in out.stdout.splitlines()]
+    rows = [line.split() for line in out.stdout.splitlines()]
+    races = [row[2:] for row in rows if row[0] == "race"]
+    assert len(races) == 5
+    for r, codes in enumerate(races):  # real processes: exactly one wins
+        assert sorted(codes) == ["0", "3", "3", "3"], codes
+        data = ckpt.restore(tmp_path / f"race{r}.nnx")
+        assert codes[data["who"]] == "0"
+        assert bool((np.asarray(data["x"]) == data["who"]).all())
+    lines = [row[1:] for row in rows if row[0] == "kill"]
     assert len(lines) == trials
     left_over = 0
     for t, last, sig in lines:

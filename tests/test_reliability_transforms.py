@@ -320,3 +320,166 @@ def test_jit_refuses_a_static_config_mutated_in_place():
     np.testing.assert_allclose(
         forward(model, x), 2.0 * _linear_ref(model.lin, x), rtol=1e-6
     )
+
+
+# -- 15. filters that match nothing where that cannot be meant ------------------------
+
+
+def _loss(model, x):
+    return (model(x) ** 2).sum()
+
+
+def test_grad_with_an_empty_selection_raises_and_lists_what_exists():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 2))
+    grad = nnx.value_and_grad(_loss, argnums=nnx.DiffState(0, "kernal"))
+    with pytest.raises(ValueError) as excinfo:
+        grad(model, x)
+    msg = str(excinfo.value)
+    assert "grad(_loss): the differentiated argument(s) select no Variable" in msg
+    assert "argument 0 (Linear) with filter 'kernal'" in msg
+    assert "it holds: kernel (Param), bias (Param)" in msg
+    with pytest.raises(ValueError, match="with filter BatchStat"):
+        nnx.grad(_loss, argnums=nnx.DiffState(0, nnx.BatchStat))(model, x)
+    # A selection that matches, and one empty argument next to a full one, work;
+    # the gradient is the hand-written one: d/dk sum((x k + b)^2) = 2 x^T (x k + b).
+    g = nnx.grad(_loss, argnums=nnx.DiffState(0, "kernel"))(model, x)
+    y = np.asarray(x) @ np.asarray(model.kernel.value) + np.asarray(model.bias.value)
+    np.testing.assert_allclose(g["kernel"].value, 2 * np.asarray(x).T @ y, 1e-6)
+    assert set(g.to_pure_dict()) == {"kernel"}
+    stats = nnx.Dict(mean=nnx.BatchStat(jnp.zeros(3)))  # no Param: empty, fine
+    both = nnx.grad(
+        lambda m, o, x: _loss(m, x) + o["mean"].value.sum(), argnums=(0, 1)
+    )(model, stats, x)
+    assert set(both[1].to_pure_dict()) == set()
+    np.testing.assert_allclose(both[0]["kernel"].value, g["kernel"].value, 1e-6)
+
+
+def test_path_filter_that_matches_no_path_is_named_with_the_paths():
+    paths = list(nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0))).paths)
+    with pytest.warns(nnx.FilterWarning) as record:
+        nnx._errors.warn_unmatched_path_filters(
+            "nnx.state", "Linear", ("kernal", nnx.Param, ("bias", "x/*")), paths
+        )
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert "nnx.state: the filter 'kernal' matches no path of Linear" in messages[0]
+    assert "a path component equal to 'kernal'" in messages[0]
+    assert "the paths are: kernel, bias" in messages[0]
+    assert "matching the glob 'x/*'" in messages[1]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="needs the one-line hook in _graph.state (lead's file)"
+)
+def test_nnx_state_warns_for_a_typo_but_not_for_an_absent_kind():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    assert nnx.state(model, nnx.BatchStat).to_pure_dict() == {}  # no warning
+    assert set(nnx.state(model, "kernel").to_pure_dict()) == {"kernel"}
+    with pytest.warns(nnx.FilterWarning, match="'kernal' matches no path of Linear"):
+        nnx.state(model, "kernal")
+
+
+# -- 16. PyTorch habits get a pointer ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, fix",
+    [
+        ("Conv2d", "nnx.Conv(in_features, out_features, kernel_size=(3, 3)"),
+        ("LSTM", "nnx.RNN(nnx.LSTMCell(in_features, hidden_features"),
+        ("BatchNorm2d", "nnx.BatchNorm(num_features, rngs=rngs) on channels-last"),
+        ("CrossEntropyLoss", "optax.softmax_cross_entropy_with_integer_labels"),
+    ],
+)
+def test_torch_names_point_at_ours(name, fix):
+    with pytest.raises(AttributeError) as excinfo:
+        getattr(nnx, name)
+    msg = str(excinfo.value)
+    assert f"module 'nnxlike' has no attribute {name!r} (a PyTorch name)" in msg
+    assert fix in msg
+    assert not hasattr(nnx, name)
+    with pytest.raises(AttributeError, match="^module 'nnxlike' has no attribute 'X'$"):
+        nnx.X  # noqa: B018
+
+
+def test_module_with_forward_but_no_call_says_so():
+    class Net(nnx.Module):
+        def __init__(self):
+            self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+        def forward(self, x):
+            return self.lin(x)
+
+    net = Net()
+    with pytest.raises(TypeError, match="Net defines forward.. but no __call__"):
+        net(jnp.ones((1, 2)))
+
+    class Fixed(Net):
+        __call__ = Net.forward
+
+    fixed = Fixed()
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(fixed(x), _linear_ref(fixed.lin, x), rtol=1e-6)
+
+
+def test_module_torch_methods_point_at_ours():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(AttributeError, match=r"nnx.state\(model, nnx.Param\)"):
+        model.parameters()
+    with pytest.raises(AttributeError, match=r"nnx.update\(model, state\)"):
+        model.load_state_dict({})
+    assert not hasattr(model, "parameters")
+    with pytest.raises(AttributeError, match="^'Linear' object has no attribute 'x'$"):
+        model.x  # noqa: B018
+
+
+@pytest.mark.xfail(strict=True, reason="needs Variable.__call__ (lead's file)")
+def test_optimizer_step_called_like_pytorch_points_at_update():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    with pytest.raises(TypeError, match=r"optimizer.update\(model, grads\)"):
+        optimizer.step()
+
+
+class _DropNet(nnx.Module):
+    def __init__(self):
+        self.lin = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+        self.drop = nnx.Dropout(0.5)
+
+    def __call__(self, x, rngs=None):
+        return self.drop(self.lin(x), rngs=rngs)
+
+
+def test_trace_context_error_names_the_captured_rngs_and_the_layer():
+    model = _DropNet()
+    rngs = nnx.Rngs(dropout=1)
+
+    def loss(model, x):
+        return model(x, rngs=rngs).sum()
+
+    with pytest.raises(nnx.TraceContextError) as excinfo:
+        nnx.grad(loss)(model, jnp.ones((1, 2)))
+    msg = str(excinfo.value)
+    assert msg.startswith("nnx.grad(loss): Dropout drew from a captured Rngs: `rngs`")
+    assert "its counter rngs.dropout.count (RngCount)" in msg
+    # The fix it gives works: the Rngs as an argument advances its counter.
+    count = int(rngs.dropout.count.value)
+    nnx.grad(lambda model, rngs, x: model(x, rngs=rngs).sum())(
+        model, rngs, jnp.ones((1, 2))
+    )
+    assert int(rngs.dropout.count.value) == count + 1
+
+
+def test_trace_context_error_names_the_path_of_a_captured_variable():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+    def loss(params_only, x):
+        model.bias.value = model.bias.value + 1.0  # a write through the closure
+        return params_only(x).sum()
+
+    with pytest.raises(nnx.TraceContextError) as excinfo:
+        nnx.grad(loss)(nnx.Linear(2, 3, rngs=nnx.Rngs(1)), jnp.ones((1, 2)))
+    msg = str(excinfo.value)
+    assert msg.startswith("nnx.grad(loss): cannot write model.bias (Param)")
+    assert "(`model`, read through a closure) was not passed to nnx.grad" in msg

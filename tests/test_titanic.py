@@ -455,3 +455,16 @@ def test_train_val_split():
     assert c[3].tolist() != yv.tolist()
     with pytest.raises(ValueError, match="lengths differ"):
         train_val_split(x, y[:-1])
+
+
+def test_download_removes_part_files_of_killed_downloads(mirror, payload, isolated):
+    isolated.mkdir(parents=True)
+    stale = isolated / ".train.csv.abc123.part"
+    fresh = isolated / ".train.csv.def456.part"
+    for p in (stale, fresh):
+        p.write_bytes(b"partial")
+    hour_ago = os.path.getmtime(stale) - 3601
+    os.utime(stale, (hour_ago, hour_ago))
+    mirror.serve("train", payload("train"))
+    load_titanic("train", url=mirror.url)
+    assert not stale.exists() and fresh.exists()  # a live download is left alone

@@ -170,9 +170,9 @@ def check_captured_reads(fun: Any, transform: str) -> None:
 # ``object.__setattr__``), and mutating a static attribute's own state in place
 # (``m.cfg.scale = 2.0`` on a plain config object, which the GraphDef compares by
 # identity). ``Snapshot`` keeps, per cached argument set, the number of
-# attributes of every Object, the identity of every attribute that is an edge of
-# the graph (a node or a container), and of every attribute of such a static
-# object. Checking is two C-level map/compare passes per call, no Python code
+# attributes of every Object, every attribute that is an edge of the graph (a
+# node, or a container of nodes) and every attribute of such a static object.
+# Checking is two C-level map/compare passes per call, no Python code
 # per attribute; ordinary static values (ints, dtypes, functions) are not
 # re-read, so reassigning one through ``__dict__`` is not seen (assign normally).
 
@@ -215,7 +215,7 @@ def _holds_nodes(value: Any) -> bool:
 class Snapshot:
     """What ``intact`` compares: attribute counts and edge identities."""
 
-    __slots__ = ("dicts", "lens", "edge_dicts", "edge_keys", "edge_ids", "statics")
+    __slots__ = ("dicts", "lens", "edge_dicts", "edge_keys", "edge_values", "statics")
 
     def __init__(self, objects: list):
         dicts: list = []
@@ -241,14 +241,23 @@ class Snapshot:
         self.lens = list(map(len, dicts))
         self.edge_dicts = edge_dicts
         self.edge_keys = edge_keys
-        self.edge_ids = self._ids()
+        self.edge_values = self._values()
         self.statics = statics
 
-    def _ids(self) -> list:
-        return list(map(id, map(_dict_get, self.edge_dicts, self.edge_keys)))
+    def _values(self) -> list:
+        return list(map(_dict_get, self.edge_dicts, self.edge_keys))
 
     def intact(self) -> bool:
-        return list(map(len, self.dicts)) == self.lens and self._ids() == self.edge_ids
+        # Unchanged values are the same objects: the list comparison takes its
+        # identity shortcut. A changed one may compare elementwise (a Variable,
+        # an array in a config) and refuse bool(): changed, too.
+        try:
+            return (
+                list(map(len, self.dicts)) == self.lens
+                and self._values() == self.edge_values
+            )
+        except Exception:
+            return False
 
     def check_statics(self, roots: tuple, names: list, fn: str) -> None:
         """Raise if a static object changed in place (recompiling cannot help).
@@ -256,15 +265,15 @@ class Snapshot:
         ``roots`` are the argument graph nodes, ``names`` how the message calls
         them (``model``, ``args[1]``).
         """
-        ids = self._ids()
+        now = self._values()
         for owner, name, value, first in self.statics:
             if owner.__dict__.get(name) is not value:  # replaced: nothing stale
                 continue
             n = len(value.__dict__)
-            if (
-                list(value.__dict__) == self.edge_keys[first : first + n]
-                and ids[first : first + n] == self.edge_ids[first : first + n]
-            ):
+            same = list(value.__dict__) == self.edge_keys[first : first + n] and all(
+                a is b for a, b in zip(now[first : first + n], self.edge_values[first:])
+            )
+            if same:
                 continue
             where = f"{type(owner).__name__}.{name}"
             for root, root_name in zip(roots, names):
@@ -287,3 +296,75 @@ def _render(root: str, path: tuple) -> str:
     if rest and not rest.startswith("["):
         rest = "." + rest
     return root + rest
+
+
+# -- enriching the closure-write error -------------------------------------------------
+#
+# A Variable refuses a write from a trace it was not created in, but it does not
+# know its own path, nor who wrote it. The transform does: the failing frame's
+# ``self`` is the Variable, an outer frame's ``self`` the layer that drew from or
+# wrote it, and the function's captured objects hold the path.
+
+
+def _frames(error: BaseException) -> list:
+    out = []
+    tb = error.__traceback__
+    while tb is not None:
+        out.append(tb.tb_frame)
+        tb = tb.tb_next
+    return out
+
+
+def explain_trace_context(
+    error: _errors.TraceContextError, fun: Any, transform: str
+) -> _errors.TraceContextError:
+    """A TraceContextError naming the Variable's path, the writer and ``transform``."""
+    from nnxlike._object import Object
+    from nnxlike._rngs import Rngs, RngStream
+
+    frames = _frames(error)
+    var = writer = stream = None
+    for frame in reversed(frames):  # innermost first
+        s = frame.f_locals.get("self")
+        if var is None:
+            if isinstance(s, Variable):
+                var = s
+            continue
+        if isinstance(s, RngStream) and stream is None:
+            stream = s
+        elif isinstance(s, Object) and not isinstance(s, (Rngs, RngStream)):
+            writer = s
+            break
+    if var is None:
+        return error
+    where = owner = None
+    for how, name, node in captured_reads(fun):
+        for path, value in iter_graph(node):
+            if value is var:
+                where, owner = (_render(name, path), (how, name, node))
+                break
+        if where is not None:
+            break
+    fn = getattr(fun, "__name__", None) or type(fun).__name__
+    what = f"{where} ({type(var).__name__})" if where else type(var).__name__
+    if stream is not None or isinstance(owner and owner[2], Rngs):
+        drew = type(writer).__name__ if writer is not None else "A layer"
+        name = owner[1] if owner else "rngs"
+        headline = (
+            f"{transform}({fn}): {drew} drew from a captured Rngs: `{name}` is read "
+            f"through a {owner[0] if owner else 'closure'}, not passed as an "
+            f"argument, so advancing its counter {what} cannot be written back. "
+            f"Pass it in (`{transform}(lambda model, {name}, x: model(x, "
+            f"rngs={name}))`), or give the layer its own stream at construction "
+            f"(`nnx.Dropout(rate, rngs=rngs)`) and pass the model."
+        )
+    else:
+        by = f" by {type(writer).__name__}" if writer is not None else ""
+        via = f" (`{owner[1]}`, read through a {owner[0]})" if owner else ""
+        headline = (
+            f"{transform}({fn}): cannot write {what}{by}: its object{via} was "
+            f"not passed to {transform} as an argument."
+        )
+    new = _errors.TraceContextError(headline + " " + str(error))
+    new.__cause__ = error
+    return new

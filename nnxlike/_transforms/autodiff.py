@@ -20,10 +20,11 @@ from typing import Any
 import jax
 import jax.tree_util as jtu
 
+from nnxlike import _errors
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._state import State
-from nnxlike._transforms import _core
+from nnxlike._transforms import _core, _traps
 from nnxlike._variables import Param, VariableState
 
 
@@ -123,6 +124,9 @@ def value_and_grad(
             else:
                 plain_argnums.append(argnum % len(args))
                 graph_specs.append((-1, []))
+        if not diff_idx and not plain_argnums:
+            # An empty gradient would train nothing, silently (issue 12.15).
+            raise ValueError(_empty_selection(f, specs, args))
         diff_set = set(diff_idx)
         nondiff_idx = [i for i in range(len(lifted.flat.leaves)) if i not in diff_set]
         arrays = lifted.arrays()
@@ -134,7 +138,10 @@ def value_and_grad(
             args2 = list(args2)
             for k, argnum in enumerate(plain_argnums):
                 args2[argnum] = plain_diff[k]
-            out = f(*args2, **kwargs2)
+            try:
+                out = f(*args2, **kwargs2)
+            except _errors.TraceContextError as e:  # name the path and the writer
+                raise _traps.explain_trace_context(e, f, "nnx.grad") from None
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
                     raise TypeError(
@@ -221,6 +228,28 @@ def grad(
         return (g, value[1]) if has_aux else g
 
     return wrapper
+
+
+def _empty_selection(f: Callable, specs: list, args: tuple) -> str:
+    """The message for differentiated arguments whose filters select nothing."""
+    lines = []
+    for argnum, filt in specs:
+        arg = args[argnum]
+        flat = flatten(arg)
+        held = [
+            f"{_errors.path_str(p)} ({type(v).__name__})"
+            for p, v in zip(flat.graphdef.paths, flat.leaves)
+        ]
+        shown = ", ".join(held[:10]) + (
+            f", ... ({len(held) - 10} more)" if len(held) > 10 else ""
+        )
+        lines.append(
+            f"  argument {argnum} ({type(arg).__name__}) with filter "
+            f"{_errors.filter_repr(filt)}; it holds: {shown or 'no Variables'}"
+        )
+    return _errors.GRAD_SELECTS_NOTHING.format(
+        fn=getattr(f, "__name__", "f"), lines="\n".join(lines), argnum=specs[0][0]
+    )
 
 
 def state_of(chosen: list, value_of: dict, variables: list) -> State:

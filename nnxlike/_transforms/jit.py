@@ -285,7 +285,10 @@ class JitWrapped:
         args, kwargs = self._rejoin_static(dyn_args, dyn_kwargs, spec.static_args)
         # Trace time only: objects read through a closure would become constants.
         _traps.check_captured_reads(self.fun, "nnx.jit")
-        out = self.fun(*args, **kwargs)
+        try:
+            out = self.fun(*args, **kwargs)
+        except _errors.TraceContextError as e:  # name the path and the writer
+            raise _traps.explain_trace_context(e, self.fun, "nnx.jit") from None
         if self.out_shardings is not None:
             out = _constrain_prefix(self.out_shardings, out)
         collected = _core.collect(lifted, copies, out)

@@ -346,6 +346,12 @@ def _write_atomic(dest: Path, payload: bytes) -> None:
     file stays standalone (no nnxlike or jax import; it can be copied to Kaggle).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob(f".{dest.name}.*.part"):  # left by killed writers
+        try:  # a download lasts DOWNLOAD_DEADLINE at most: an hour-old one is dead
+            if time.time() - old.stat().st_mtime > 3600:
+                old.unlink()
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
