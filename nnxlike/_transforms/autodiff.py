@@ -25,7 +25,7 @@ from nnxlike._filters import Filter, to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._state import State
 from nnxlike._transforms import _core, _traps
-from nnxlike._variables import Param, VariableState
+from nnxlike._variables import Param, new_variable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def value_and_grad(
                     f"function was called with {len(args)} positional argument(s)."
                 )
         lifted = _core.Lifted.from_args((args, kwargs))
-        var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+        var_index = lifted.index_by_id()
         # Which Variables are differentiated, per spec (paths inside that arg).
         graph_specs: list[tuple[int, list[tuple]]] = []  # (spec pos, [(path, idx)])
         plain_argnums: list[int] = []
@@ -261,7 +261,9 @@ def state_of(chosen: list, value_of: dict, variables: list) -> State:
     return State.from_flat(
         [p for p, _ in chosen],
         [
-            VariableState(type(variables[i]), value_of[i], dict(variables[i]._metadata))
+            value_of[i]
+            if type(variables[i]) is _core.RawSlot  # a raw array: a raw leaf
+            else new_variable(type(variables[i]), value_of[i], variables[i]._metadata)
             for _, i in chosen
         ],
     )

@@ -386,7 +386,7 @@ class JitWrapped:
             per_arg = (None,) * self._offset + tuple(spec)
         else:
             per_arg = (spec,) * n
-        var_index = {id(v): i for i, v in enumerate(lifted.flat.leaves)}
+        var_index = lifted.index_by_id()
         var_sh: list = [None] * len(var_index)
         leaf_sh: list = []
         for j, a in enumerate(dyn_args):
@@ -510,6 +510,8 @@ class JitWrapped:
                     written = [variables[i] for i in changed]
                     entry.written = (changed, written)
                 _consume(map(_set_raw, written, new_arrays))
+            if entry.lifted.slots:  # raw array attributes: store them back
+                _core.flush_slots(entry.lifted)
             return out_static[2].unflatten(out_leaves)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
