@@ -167,6 +167,9 @@ def execute(paths: list[Path], out: Path, *, timeout: int = 900) -> list[Path]:
             timeout=timeout,
             kernel_name="python3",
             resources={"metadata": {"path": str(workdir)}},
+            # The kernel's own log (ipykernel 7 warns about its unencrypted
+            # local TCP sockets at every start); cells' warnings still show.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         client.execute(env=env, cwd=str(workdir))
         target = out / (path.stem + ".ipynb")
