@@ -11,7 +11,7 @@ from ``rngs`` so it matches a plain ``Linear`` built with the same seed) plus a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs
 from nnxlike._variables import Param, Variable
-from nnxlike.nn import initializers
-from nnxlike.nn.linear import Linear, promote_dtype
+from nnxlike.nn import dtypes, initializers
+from nnxlike.nn._checks import check_rngs, check_size
+from nnxlike.nn.linear import _NO_METADATA, Linear
 
 Initializer = Any
 
@@ -59,7 +60,14 @@ class LoRA(Module):
         a_initializer: initializer of ``lora_a`` (default: He uniform).
         b_initializer: initializer of ``lora_b`` (default: zeros).
         lora_param_type: the Variable kind of the adapter weights.
+        promote_dtype: ``f((x, lora_a, lora_b), dtype=...) -> tuple`` casting
+            first.
         rngs: the ``params`` stream is drawn for ``lora_a`` and ``lora_b``.
+        a_metadata: metadata of ``lora_a``; b_metadata: of ``lora_b``.
+
+    Keyword arguments of a call are passed on to ``base_module`` (flax's
+    signature), with the input as given (flax passes it already cast to
+    ``dtype``).
     """
 
     def __init__(
@@ -74,8 +82,15 @@ class LoRA(Module):
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
+        promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        a_metadata: Mapping[str, Any] = _NO_METADATA,
+        b_metadata: Mapping[str, Any] = _NO_METADATA,
     ):
+        check_size("LoRA", "in_features", in_features)
+        check_size("LoRA", "lora_rank", lora_rank)
+        check_size("LoRA", "out_features", out_features)
+        check_rngs("LoRA", rngs)
         if base_module is not None and not callable(base_module):
             raise ValueError(
                 f"LoRA: base_module must be callable (a Module or function), got "
@@ -88,25 +103,28 @@ class LoRA(Module):
         self.param_dtype = param_dtype
         self.lora_param_type = lora_param_type
         self.base_module = base_module
+        self.promote_dtype = promote_dtype
         self.lora_a = lora_param_type(
-            a_initializer(rngs.params(), (in_features, lora_rank), param_dtype)
+            a_initializer(rngs.params(), (in_features, lora_rank), param_dtype),
+            **(a_metadata or {}),
         )
         self.lora_b = lora_param_type(
-            b_initializer(rngs.params(), (lora_rank, out_features), param_dtype)
+            b_initializer(rngs.params(), (lora_rank, out_features), param_dtype),
+            **(b_metadata or {}),
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
         if jnp.shape(x)[-1:] != (self.in_features,):
             raise ValueError(
                 f"LoRA.__call__: expected input with last dimension "
                 f"{self.in_features}, got shape {tuple(jnp.shape(x))}."
             )
-        xc, a, b = promote_dtype(
+        xc, a, b = self.promote_dtype(
             (x, self.lora_a.value, self.lora_b.value), dtype=self.dtype
         )
         out = jnp.matmul(jnp.matmul(xc, a), b)
         if self.base_module is not None:
-            out = out + self.base_module(x)
+            out = out + self.base_module(x, **kwargs)
         return out
 
 
@@ -133,7 +151,9 @@ class LoRALinear(Linear):
         a_initializer: initializer of ``lora_a``.
         b_initializer: initializer of ``lora_b``.
         lora_param_type: the Variable kind of the adapter weights.
+        lora_promote_dtype: ``promote_dtype`` of the adapter.
         rngs: drawn for the Linear weights first, then for the adapter.
+        a_metadata: metadata of ``lora.lora_a``; b_metadata: of ``lora.lora_b``.
         **kwargs: passed on to ``Linear`` (``use_bias``, ``kernel_init``, ...).
     """
 
@@ -148,7 +168,10 @@ class LoRALinear(Linear):
         a_initializer: Initializer = default_a_initializer,
         b_initializer: Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
+        lora_promote_dtype: Any = dtypes.promote_dtype,
         rngs: Rngs,
+        a_metadata: Mapping[str, Any] = _NO_METADATA,
+        b_metadata: Mapping[str, Any] = _NO_METADATA,
         **kwargs: Any,
     ):
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
@@ -161,8 +184,11 @@ class LoRALinear(Linear):
             a_initializer=a_initializer,
             b_initializer=b_initializer,
             lora_param_type=lora_param_type,
+            promote_dtype=lora_promote_dtype,
             rngs=rngs,
+            a_metadata=a_metadata,
+            b_metadata=b_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return super().__call__(x) + self.lora(x)
+    def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
+        return super().__call__(x, out_sharding=out_sharding) + self.lora(x)

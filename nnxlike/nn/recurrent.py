@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from nnxlike import _errors
-from nnxlike._graph import merge, split, update
+from nnxlike._filters import All, to_predicate
+from nnxlike._graph import iter_graph, merge, split, update
 from nnxlike._module import Module
 from nnxlike._rngs import Rngs, RngStream
-from nnxlike._variables import Param
+from nnxlike._variables import Param, RngState
 from nnxlike.nn import initializers
 from nnxlike.nn.activations import sigmoid, tanh
 from nnxlike.nn.linear import Linear
@@ -38,7 +39,22 @@ Carry = Any
 Initializer = Any
 
 default_kernel_init = initializers.lecun_normal()
-default_recurrent_kernel_init = initializers.orthogonal()
+
+
+def modified_orthogonal(key: Array, shape: Any, dtype: Any = jnp.float32) -> Array:
+    """``orthogonal()`` computed in float32 and cast, so half precision works.
+
+    (The QR decomposition behind ``orthogonal`` has no float16/bfloat16 kernel.)
+    In float32 the values equal ``initializers.orthogonal()``'s for the same key.
+
+    >>> import jax, jax.numpy as jnp
+    >>> modified_orthogonal(jax.random.key(0), (4, 4), jnp.bfloat16).dtype
+    dtype(bfloat16)
+    """
+    return initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
+
+
+default_recurrent_kernel_init = modified_orthogonal
 default_bias_init = initializers.zeros
 
 # Carry initializers that ignore their key: usable with no random stream at hand.
@@ -583,28 +599,95 @@ def _scan_cell(
     xs: Array,
     seq_lengths: Array | None,
     unroll: int,
+    broadcast_rngs: Any = None,
 ) -> tuple[Carry, Any]:
     """Run ``cell`` over the leading (time) axis of ``xs``; write back its state."""
     # Split: Params are closed over, all other state travels in the scan carry.
-    graphdef, params, rest = split(cell, Param, ...)
-    rest, carry, ys = _scan_pure(graphdef, params, rest, carry, xs, seq_lengths, unroll)
+    # A broadcast RNG stream is forked once (its count advances by one, as flax's
+    # split_rngs(splits=1) does): inside, every step restarts from the forked key
+    # at count 0, so each step draws the same keys; it is restored afterwards.
+    bcast_filter = None
+    if broadcast_rngs is not None:
+        bcast_filter = All(RngState, _StreamFilter(broadcast_rngs))
+    saved = _fork_broadcast_streams(cell, bcast_filter)
+    try:
+        if bcast_filter is None:
+            graphdef, params, rest = split(cell, Param, ...)
+            bcast = None
+        else:
+            graphdef, params, bcast, rest = split(cell, Param, bcast_filter, ...)
+        _, rest, carry, ys = _scan_pure(
+            graphdef, params, bcast, rest, carry, xs, seq_lengths, unroll, bcast_filter
+        )
+    finally:
+        for stream, key, count in saved:
+            stream.key.value, stream.count.value = key, count
     # Write back: RNG counters and other non-Param state advanced inside the loop.
     if len(rest):
         update(cell, rest)
     return carry, ys
 
 
+class _StreamFilter:
+    """``broadcast_rngs`` as a filter: a name matches a stream's tag (flax reads a
+    string filter as a tag) or a path entry; anything else is an ordinary filter.
+    Hashable, since it is part of the compiled loop's static key."""
+
+    def __init__(self, spec: Any):
+        self.spec = tuple(spec) if isinstance(spec, list) else spec
+        names = self.spec if isinstance(self.spec, tuple) else (self.spec,)
+        self.names = tuple(n for n in names if isinstance(n, str))
+        others = tuple(n for n in names if not isinstance(n, str))
+        self.other = to_predicate(others) if others else None
+
+    def __call__(self, path: tuple, value: Any) -> bool:
+        if getattr(value, "tag", None) in self.names or any(
+            n in path for n in self.names
+        ):
+            return True
+        return self.other is not None and bool(self.other(path, value))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _StreamFilter) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(("_StreamFilter", self.spec))
+
+
+def _fork_broadcast_streams(cell: Module, bcast_filter: Any) -> list:
+    """Point each stream matching ``bcast_filter`` at a forked key (count 0).
+
+    Returns ``(stream, key, count)`` to restore: the original key and the count
+    advanced by the one draw the fork took.
+    """
+    if bcast_filter is None:
+        return []
+    predicate = to_predicate(bcast_filter)
+    saved = []
+    for path, node in iter_graph(cell):
+        if isinstance(node, RngStream) and predicate((*path, "key"), node.key):
+            key = node.key.value
+            forked = node()
+            saved.append((node, key, node.count.value))
+            node.key.value = forked
+            node.count.value = jnp.zeros_like(node.count.value)
+    return saved
+
+
 # Compiled once per (cell structure, shapes): an eager RNN call would otherwise
 # re-trace and re-compile its scan every time. Under an outer jit it is inlined.
-@partial(jax.jit, static_argnums=(0, 6))
-def _scan_pure(graphdef, params, rest, carry, xs, seq_lengths, unroll):
+@partial(jax.jit, static_argnums=(0, 7, 8))
+def _scan_pure(graphdef, params, bcast, rest, carry, xs, seq_lengths, unroll, bfilter):
     cell_name = graphdef.root_type.__name__
     in_struct = _describe(carry)
 
     def body(loop_carry, step):
-        rest_state, carry = loop_carry
+        _, rest_state, carry = loop_carry
         t, x = step
-        live = merge(graphdef, params, rest_state)
+        if bfilter is None:
+            live = merge(graphdef, params, rest_state)
+        else:
+            live = merge(graphdef, params, bcast, rest_state)
         new_carry, y = live(carry, x)
         if _describe(new_carry) != in_struct:
             raise ValueError(
@@ -613,7 +696,11 @@ def _scan_pure(graphdef, params, rest, carry, xs, seq_lengths, unroll):
                 "same carry every step. Build initial_carry with "
                 "`cell.initialize_carry(x[:, 0].shape)` (same batch shape, dtype)."
             )
-        new_graphdef, _, new_rest = split(live, Param, ...)
+        if bfilter is None:
+            new_graphdef, _, new_rest = split(live, Param, ...)
+            new_bcast = None
+        else:
+            new_graphdef, _, new_bcast, new_rest = split(live, Param, bfilter, ...)
         if new_graphdef != graphdef:
             raise _errors.StructureError(
                 f"RNN: {cell_name}.__call__ changed the cell's structure (added or "
@@ -631,11 +718,13 @@ def _scan_pure(graphdef, params, rest, carry, xs, seq_lengths, unroll):
             y = jax.tree.map(
                 lambda v: jnp.where(_broadcast_mask(valid, v), v, jnp.zeros_like(v)), y
             )
-        return (new_rest, new_carry), y
+        return (new_bcast, new_rest, new_carry), y
 
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
-    (rest, carry), ys = jax.lax.scan(body, (rest, carry), (steps, xs), unroll=unroll)
-    return rest, carry, ys
+    (bcast, rest, carry), ys = jax.lax.scan(
+        body, (bcast, rest, carry), (steps, xs), unroll=unroll
+    )
+    return bcast, rest, carry, ys
 
 
 class RNN(Module):
@@ -647,6 +736,10 @@ class RNN(Module):
     carry is the carry after each sequence's last valid step. With ``reverse=True``
     each sequence is read backwards (padding stays at the end, see
     ``flip_sequences``); outputs come back in reversed order unless ``keep_order``.
+    ``broadcast_rngs`` (a filter, e.g. the stream name ``'recurrent_dropout'``)
+    names RNG streams that give the same keys at every time step (one dropout mask
+    for the whole sequence, "variational" recurrent dropout); they advance once per
+    call. ``state_axes`` (flax's per-Variable scan axes) is not supported.
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
@@ -669,7 +762,15 @@ class RNN(Module):
         keep_order: bool = False,
         unroll: int = 1,
         rngs: Rngs | RngStream | bool | None = None,
+        state_axes: Any = None,
+        broadcast_rngs: Any = None,
     ):
+        if state_axes is not None:
+            raise NotImplementedError(
+                "RNN: state_axes is not supported; every non-Param Variable of the "
+                "cell is carried through the time loop (flax's default), and RNG "
+                "streams to share across steps go in broadcast_rngs."
+            )
         if not isinstance(cell, Module) or not hasattr(cell, "initialize_carry"):
             raise TypeError(
                 f"RNN: cell must be an nnx cell Module with __call__(carry, x) and "
@@ -682,6 +783,8 @@ class RNN(Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
+        self.state_axes = None
+        self.broadcast_rngs = broadcast_rngs
         if isinstance(rngs, Rngs):
             rngs = RngStream(rngs["carry"](), tag="carry")
         elif rngs is None or isinstance(rngs, bool):
@@ -749,7 +852,9 @@ class RNN(Module):
                 initial_carry = self.cell.initialize_carry(step_shape, rngs)
 
         xs = jnp.moveaxis(inputs, time_axis, 0)
-        carry, ys = _scan_cell(self.cell, initial_carry, xs, seq_lengths, self.unroll)
+        carry, ys = _scan_cell(
+            self.cell, initial_carry, xs, seq_lengths, self.unroll, self.broadcast_rngs
+        )
         outputs = jax.tree.map(lambda y: jnp.moveaxis(y, 0, time_axis), ys)
 
         if reverse and keep_order:
