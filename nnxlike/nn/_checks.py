@@ -90,7 +90,8 @@ def check_rate(where: str, name: str, value: Any) -> float:
     if not 0.0 <= rate < 1.0:
         raise ValueError(
             f"{where}: {name} must be in [0, 1), got {value!r}. It is the "
-            "probability of dropping an element; 0.0 turns dropout off."
+            f"probability of dropping an element; 0.0 turns dropout off. Pass "
+            f"e.g. {name}=0.1."
         )
     return value
 

@@ -324,6 +324,7 @@ class BatchNorm(Module):
         scale_metadata: Any = _NO_METADATA,
     ):
         self.promote_dtype = promote_dtype
+        check_size("BatchNorm", "num_features", num_features)
         feature_shape = (num_features,)
         self.mean = BatchStat(jnp.zeros(feature_shape, jnp.float32))
         self.var = BatchStat(jnp.ones(feature_shape, jnp.float32))
