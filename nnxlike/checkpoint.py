@@ -35,7 +35,8 @@ returned as a new value of the same structure. An array is placed with
 its ``mesh`` (or the mesh set with ``jax.set_mesh``), else the sharding of a
 committed target array; otherwise it goes to the default device. Without a
 target, ``restore(path)`` returns nested plain dicts of arrays keyed like
-``State.to_pure_dict()``.
+``State.to_pure_dict()``: JAX arrays, except NumPy arrays for dtypes JAX would
+narrow (64-bit numbers when ``jax_enable_x64`` is off), which come back exact.
 
 **Mismatches.** Every path of the target must be in the file with the same shape
 and dtype, and the file must hold nothing else. Otherwise ``restore`` raises one
@@ -534,7 +535,14 @@ def _restore_pure(reader: Reader) -> Any:
     root: dict = {}
     for rec in reader.records:
         data = reader.read(rec)
-        value = data[()].item() if "python" in rec else to_jax(data, rec, reader.path)
+        if "python" in rec:
+            value = data[()].item()
+        elif (
+            "key" not in rec and jax.dtypes.canonicalize_dtype(data.dtype) != data.dtype
+        ):
+            value = data  # JAX would narrow it (64-bit without x64): keep it exact
+        else:
+            value = to_jax(data, rec, reader.path)
         path = tuple(rec["path"])
         if not path:
             return value

@@ -590,6 +590,15 @@ def test_crafted_checkpoint_headers_give_the_librarys_error(tmp_path, base_blob)
         ckpt.restore(tmp_path / "h.nnx")
 
 
+def test_64_bit_values_come_back_exact_without_a_target(tmp_path):
+    """JAX without x64 would wrap 3e9 to -1294967296 and round 1 + 1e-12 to 1."""
+    tree = {"i": np.array([3_000_000_000, -(2**40)]), "u": np.array([2**40], np.uint64)}
+    tree["f"] = np.array([1 + 1e-12, 1e300])
+    ckpt.save(tmp_path / "a.nnx", tree)
+    out = ckpt.restore(tmp_path / "a.nnx")
+    assert all(_same(out[k], v) for k, v in tree.items())
+
+
 def test_longdouble_is_refused_at_save(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=r"'x'.*longdouble.*float64"):
         ckpt.save(tmp_path / "a.nnx", {"x": np.zeros(2, np.longdouble)})
