@@ -315,10 +315,10 @@ def wn_kernel(w, scale, eps=1e-12):
 def test_weightnorm_linear_matches_formula_and_gradients():
     lin = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
     wn = nnx.WeightNorm(lin, rngs=nnx.Rngs(1))
-    assert list(wn.scales) == ["kernel"]  # the default filter: kernels only
-    assert isinstance(wn.scales["kernel"], nnx.Param)
+    assert list(wn.scales) == [("kernel",)]  # the default filter: kernels only
+    assert isinstance(wn.scales[("kernel",)], nnx.Param)
     scale = jnp.asarray(rand(3, 4, shift=1.0))
-    wn.scales["kernel"].value = scale
+    wn.scales[("kernel",)].value = scale
     x = jnp.asarray(rand(4, 5, 3))
     w, b = lin.kernel.value, lin.bias.value
 
@@ -339,9 +339,9 @@ def test_weightnorm_linear_matches_formula_and_gradients():
 def test_weightnorm_conv_normalizes_each_output_channel():
     conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
     wn = nnx.WeightNorm(conv, rngs=nnx.Rngs(1))
-    assert wn.scales["kernel"].shape == (3,)
+    assert wn.scales[("kernel",)].shape == (3,)
     scale = jnp.asarray(rand(5, 3, shift=1.0))
-    wn.scales["kernel"].value = scale
+    wn.scales[("kernel",)].value = scale
     x = jnp.asarray(rand(6, 2, 5, 5, 2))
     raw = conv.kernel.value
     want_conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
@@ -353,7 +353,7 @@ def test_weightnorm_conv_normalizes_each_output_channel():
 def test_weightnorm_options():
     lin = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
     every = nnx.WeightNorm(lin, variable_filter=None, rngs=nnx.Rngs(1))
-    assert sorted(every.scales) == ["bias", "kernel"]
+    assert sorted(every.scales) == [("bias",), ("kernel",)]
     bare = nnx.WeightNorm(lin, use_scale=False, rngs=nnx.Rngs(1))
     assert len(bare.scales) == 0
     x = jnp.asarray(rand(7, 2, 3))

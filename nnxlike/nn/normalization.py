@@ -796,9 +796,9 @@ def _path_key(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
-def _params_of(layer: Module) -> list[tuple[str, Param]]:
-    """``(key, Param)`` for every Param in ``layer``, each once, in graph order."""
-    return [(_path_key(p), v) for p, v in iter_graph(layer) if isinstance(v, Param)]
+def _params_of(layer: Module) -> list[tuple[tuple, Param]]:
+    """``(path, Param)`` for every Param in ``layer``, each once, in graph order."""
+    return [(tuple(p), v) for p, v in iter_graph(layer) if isinstance(v, Param)]
 
 
 @contextlib.contextmanager
@@ -834,14 +834,15 @@ class WeightNorm(Module):
     ``w / ||w|| * scale``: the norm is taken over every axis but
     ``feature_axes`` (for a ``Linear`` or ``Conv`` kernel with the default ``-1``:
     one norm per output feature) and ``scale`` is a learned ``Param`` with the
-    shape of the feature axes. The wrapped layer keeps the unnormalized
+    shape of the feature axes, in ``scales`` keyed by the Param's path tuple
+    (``scales[("kernel",)]``, as in flax). The wrapped layer keeps the unnormalized
     weights; gradients flow to them and to the scales.
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
     >>> wn = nnx.WeightNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
-    >>> list(wn.scales), wn.scales["kernel"].shape
-    (['kernel'], (2,))
+    >>> list(wn.scales), wn.scales[("kernel",)].shape
+    ([('kernel',)], (2,))
     >>> wn(jnp.ones((4, 3))).shape
     (4, 2)
 
@@ -893,7 +894,11 @@ class WeightNorm(Module):
         pairs = _params_of(self.layer_instance)
         if self.variable_filter is None:
             return pairs
-        return [(k, v) for k, v in pairs if any(f in k for f in self.variable_filter)]
+        return [
+            (k, v)
+            for k, v in pairs
+            if any(f in _path_key(k) for f in self.variable_filter)
+        ]
 
     def _axes(self, value: Any, where: str) -> tuple[int, ...]:
         if self.feature_axes is None:
@@ -1018,7 +1023,8 @@ class SpectralNorm(Module):
 
     def _selected(self) -> list[tuple[str, Param]]:
         out = []
-        for key, v in _params_of(self.layer_instance):
+        for path, v in _params_of(self.layer_instance):
+            key = _path_key(path)
             ndim = np.ndim(v.value)
             if ndim < 2:
                 continue
