@@ -333,7 +333,7 @@ def test_weightnorm_linear_matches_formula_and_gradients():
     )
     close(grads["layer_instance"]["kernel"].value, gw, tol=1e-4)
     close(grads["layer_instance"]["bias"].value, gb, tol=1e-4)
-    close(grads["scales"]["kernel"].value, gs, tol=1e-4)
+    close(grads["scales"][("kernel",)].value, gs, tol=1e-4)
 
 
 def test_weightnorm_conv_normalizes_each_output_channel():
