@@ -80,6 +80,8 @@ def value_and_grad(
     holomorphic: bool = False,
     allow_int: bool = False,
     wrt: Filter = Param,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Like ``jax.value_and_grad``, lifted over objects (see the module note).
 
@@ -99,8 +101,14 @@ def value_and_grad(
             holomorphic=holomorphic,
             allow_int=allow_int,
             wrt=wrt,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     single, specs = _specs(argnums, wrt)
+    explicit_filters = [
+        isinstance(a, DiffState)
+        for a in ((argnums,) if single else tuple(argnums))  # type: ignore[arg-type]
+    ]
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -110,14 +118,18 @@ def value_and_grad(
                     f"grad({getattr(f, '__name__', 'f')}): argnums={argnum} but the "
                     f"function was called with {len(args)} positional argument(s)."
                 )
-        lifted = _core.Lifted.from_args((args, kwargs))
+        lifted = _core.Lifted.from_args(
+            (args, kwargs), graph=graph, graph_updates=graph_updates, fn="grad"
+        )
         var_index = lifted.index_by_id()
         # Which Variables are differentiated, per spec (paths inside that arg).
         graph_specs: list[tuple[int, list[tuple]]] = []  # (spec pos, [(path, idx)])
         plain_argnums: list[int] = []
         diff_idx: list[int] = []
-        for argnum, filt in specs:
+        for (argnum, filt), explicit in zip(specs, explicit_filters):
             arg = args[argnum]
+            if isinstance(arg, State) and not explicit:
+                filt = ...  # a State is a pytree: all of it, as flax.nnx does
             if _contains_graph(arg):
                 chosen = select_variables(arg, filt, var_index, diff_idx)
                 graph_specs.append((len(graph_specs) + len(plain_argnums), chosen))
@@ -194,6 +206,8 @@ def grad(
     holomorphic: bool = False,
     allow_int: bool = False,
     wrt: Filter = Param,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Like ``jax.grad``, lifted over objects; returns a ``State`` for objects.
 
@@ -212,6 +226,8 @@ def grad(
             holomorphic=holomorphic,
             allow_int=allow_int,
             wrt=wrt,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     vg = value_and_grad(
         f,
@@ -220,6 +236,8 @@ def grad(
         holomorphic=holomorphic,
         allow_int=allow_int,
         wrt=wrt,
+        graph=graph,
+        graph_updates=graph_updates,
     )
 
     @functools.wraps(f)
