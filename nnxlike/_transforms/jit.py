@@ -26,6 +26,13 @@ trained side by side with one jitted step). Nothing about one call lives on the
 shared wrapper: a trace reports its output structure to the calling thread's
 sink (JAX traces in the calling thread), the tables it records into are keyed
 by (spec, avals), and the argument cache is only edited under a lock.
+
+Traps (``_traps``): at trace time a function that reads objects it was not
+given (closure, globals) is refused, since their arrays would become constants;
+on every call the cached objects' attribute counts and graph edges are compared
+(C-level passes), so edits through ``__dict__`` rebuild the entry and a static
+config object mutated in place raises; a call that fails after donating says
+which Variables now hold deleted arrays.
 """
 
 from __future__ import annotations
