@@ -582,8 +582,14 @@ def _vars_where(lifted: _core.Lifted, flags: list, dyn_args, dyn_kwargs) -> set[
     return donated - kept
 
 
-# Variables whose buffers a failed call consumed: Variable -> what happened.
-_DELETED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Variables whose buffers a failed call consumed: id -> (weakref, what happened).
+# Keyed by id: a Variable's == compares values (elementwise), as in flax.nnx.
+_DELETED_BY: dict[int, tuple] = {}
+
+
+def _deleted_by(v: Variable) -> str | None:
+    got = _DELETED_BY.get(id(v))
+    return got[1] if got is not None and got[0]() is v else None
 
 
 def _is_deleted(x: Any) -> bool:
@@ -636,7 +642,7 @@ def _note_deleted(jw, entry, dyn_args, dyn_kwargs, static_args, error) -> None:
         f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
     )
     donated_now = set(entry.spec.donated_idx)
-    earlier = {_DELETED_BY.get(variables[i]) for i in deleted} - {None}
+    earlier = {_deleted_by(variables[i]) for i in deleted} - {None}
     if earlier:
         why = _errors.DELETED_EARLIER.format(what="; ".join(sorted(earlier)))
     elif any(i in donated_now for i in deleted):
@@ -648,8 +654,13 @@ def _note_deleted(jw, entry, dyn_args, dyn_kwargs, static_args, error) -> None:
         f"handed over ({type(error).__name__})"
     )
     for i in deleted:
-        if i in donated_now and variables[i] not in _DELETED_BY:
-            _DELETED_BY[variables[i]] = what
+        v = variables[i]
+        if i in donated_now and _deleted_by(v) is None:
+            key = id(v)
+            _DELETED_BY[key] = (
+                weakref.ref(v, lambda _, k=key: _DELETED_BY.pop(k)),
+                what,
+            )
     error.add_note(
         _errors.DONATED_DELETED.format(fn=fn, n=len(names), paths=shown, why=why)
     )
