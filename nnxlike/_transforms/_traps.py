@@ -215,7 +215,15 @@ def _holds_nodes(value: Any) -> bool:
 class Snapshot:
     """What ``intact`` compares: attribute counts and edge identities."""
 
-    __slots__ = ("dicts", "lens", "edge_dicts", "edge_keys", "edge_values", "statics")
+    __slots__ = (
+        "dicts",
+        "lens",
+        "edge_dicts",
+        "edge_keys",
+        "edge_values",
+        "edge_ids",
+        "statics",
+    )
 
     def __init__(self, objects: list):
         dicts: list = []
@@ -241,23 +249,20 @@ class Snapshot:
         self.lens = list(map(len, dicts))
         self.edge_dicts = edge_dicts
         self.edge_keys = edge_keys
-        self.edge_values = self._values()
+        self.edge_values = self._values()  # kept alive, so ids stay unique
+        self.edge_ids = list(map(id, self.edge_values))
         self.statics = statics
 
     def _values(self) -> list:
         return list(map(_dict_get, self.edge_dicts, self.edge_keys))
 
     def intact(self) -> bool:
-        # Unchanged values are the same objects: the list comparison takes its
-        # identity shortcut. A changed one may compare elementwise (a Variable,
-        # an array in a config) and refuse bool(): changed, too.
-        try:
-            return (
-                list(map(len, self.dicts)) == self.lens
-                and self._values() == self.edge_values
-            )
-        except Exception:
-            return False
+        # By identity: a Variable's == compares values (elementwise), so a
+        # replaced Variable holding an equal value would otherwise pass.
+        return list(map(len, self.dicts)) == self.lens and (
+            list(map(id, map(_dict_get, self.edge_dicts, self.edge_keys)))
+            == self.edge_ids
+        )
 
     def check_statics(self, roots: tuple, names: list, fn: str) -> None:
         """Raise if a static object changed in place (recompiling cannot help).
