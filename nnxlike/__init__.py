@@ -7,10 +7,12 @@ for it. Everything is re-exported here as ``Name as Name`` from private modules.
 from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
 from nnxlike import _optimizer as optimizer
 from nnxlike import checkpoint as checkpoint
+from nnxlike import compat as compat
 from nnxlike import filterlib as filterlib
 from nnxlike import interop as interop
 from nnxlike import metrics as metrics
 from nnxlike import spmd as spmd
+from nnxlike import variablelib as variablelib
 from nnxlike._capture import capture as capture
 from nnxlike._config import set_graph_mode as set_graph_mode
 from nnxlike._config import set_graph_updates as set_graph_updates
@@ -35,8 +37,10 @@ from nnxlike._graph import clone as clone
 from nnxlike._graph import find_duplicates as find_duplicates
 from nnxlike._graph import graphdef as graphdef
 from nnxlike._graph import iter_graph as iter_graph
+from nnxlike._graph import map_graph as map
 from nnxlike._graph import merge as merge
 from nnxlike._graph import pop as pop
+from nnxlike._graph import recursive_map as recursive_map
 from nnxlike._graph import set_metadata as set_metadata
 from nnxlike._graph import split as split
 from nnxlike._graph import state as state
@@ -93,6 +97,7 @@ from nnxlike._transforms.control import switch as switch
 from nnxlike._transforms.control import while_loop as while_loop
 from nnxlike._transforms.iteration import Carry as Carry
 from nnxlike._transforms.iteration import StateAxes as StateAxes
+from nnxlike._transforms.iteration import prefix as prefix
 from nnxlike._transforms.iteration import scan as scan
 from nnxlike._transforms.iteration import vmap as vmap
 from nnxlike._transforms.jit import cached_partial as cached_partial
@@ -101,10 +106,12 @@ from nnxlike._transforms.jit import jit_partial as jit_partial
 from nnxlike._transforms.linearize import jvp as jvp
 from nnxlike._transforms.linearize import vjp as vjp
 from nnxlike._transforms.shard_map import shard_map as shard_map
+from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
 from nnxlike._variables import Intermediate as Intermediate
 from nnxlike._variables import LostWriteWarning as LostWriteWarning
+from nnxlike._variables import M as M
 from nnxlike._variables import OptState as OptState
 from nnxlike._variables import Param as Param
 from nnxlike._variables import Perturbation as Perturbation
@@ -114,6 +121,9 @@ from nnxlike._variables import RngState as RngState
 from nnxlike._variables import Variable as Variable
 from nnxlike._variables import VariableMetadata as VariableMetadata
 from nnxlike._variables import VariableState as VariableState
+from nnxlike._variables import use_eager_sharding as use_eager_sharding
+from nnxlike._variables import using_eager_sharding as using_eager_sharding
+from nnxlike._variables import var_defaults as var_defaults
 from nnxlike._version import __version__ as __version__
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict

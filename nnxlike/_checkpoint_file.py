@@ -205,7 +205,7 @@ def _write(f: Any, leaves: list) -> None:
             }
         )
         offset += data.nbytes
-    from nnxlike import __version__
+    from nnxlike._version import __version__
 
     header = json.dumps(
         {

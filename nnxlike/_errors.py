@@ -93,9 +93,9 @@ STRUCTURE_WITHOUT_GRAPH_UPDATES = (
     "graph_updates=True (the defaults) to nnx.{fn}."
 )
 SHARED_IN_TREE_MODE = (
-    "{fn}: found a shared reference in tree mode (graph=False): the same "
-    "{type} is reachable at {first} and at {second}. A pytree cannot hold one "
-    "object twice. Consider the following options:\n\n"
+    "Duplicate {type}\nfound at paths:\n\n  - {first}\n  - {second}\n\n"
+    "nnx.{fn} in tree mode (graph=False) does not support shared references: "
+    "a pytree cannot hold one object twice. Consider the following options:\n\n"
     "1. Remove the duplicates and guarantee a tree structure.\n"
     "2. Enable graph mode by passing graph=True to {fn} e.g.\n\n"
     "  nnx.{fn}(..., graph=True)\n\n"

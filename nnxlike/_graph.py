@@ -34,7 +34,7 @@ from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._object import Object
 from nnxlike._state import State, check_value_fits
-from nnxlike._variables import Variable, new_variable
+from nnxlike._variables import Variable
 
 # GraphDef node kinds (first element of every node tuple). PYTREE is any other
 # registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
@@ -359,6 +359,7 @@ def unflatten(
     *,
     reuse: Callable[[int], Any] | None = None,
     built: dict[int, Any] | None = None,
+    keep_variables: bool = False,
 ) -> Any:
     """Rebuild the graph from ``graphdef`` and leaf ``values`` (walk order).
 
@@ -382,6 +383,9 @@ def unflatten(
             value = values[pos]
             pos += 1
             if isinstance(value, Variable):
+                if keep_variables:  # merge(recreate_variables=False)
+                    built[d[2]] = value
+                    return value
                 value = value._raw_value
             old = reuse(d[2]) if reuse is not None else None
             if old is not None:
@@ -473,8 +477,8 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
 
 
 def _to_state_leaf(x: Any) -> Any:
-    if isinstance(x, Variable):
-        return new_variable(type(x), x._raw_value, x._metadata)
+    # A State holds the graph's own Variables, as in flax.nnx 0.12 (`nnx.state(m)
+    # ["kernel"] is m.kernel`); jax.tree.map over it builds new ones.
     return x
 
 
@@ -498,7 +502,10 @@ def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple:
     the rest). ``graph=False`` (tree mode) refuses shared references.
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "split"))
-    return (flat.graphdef, *_partition(flat, filters))
+    states = _partition(flat, filters)
+    if flat.graphdef.paths == ((),):  # the root is itself a Variable or a leaf
+        states = [s[()] if () in s._mapping else s for s in states]
+    return (flat.graphdef, *states)
 
 
 def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
@@ -507,6 +514,9 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
     else:
         lookup = {}
         for s in states:
+            if graphdef.paths == ((),) and not isinstance(s, (State, dict)):
+                lookup[()] = s  # the root is itself a Variable or a leaf
+                continue
             if not isinstance(s, State):
                 s = State(s)
             lookup.update(s.flat_dict())
@@ -553,7 +563,11 @@ def merge(
             f"merge: expected a GraphDef as first argument, got "
             f"{type(graphdef).__name__}. Usage: `nnx.merge(graphdef, state)`."
         )
-    return unflatten(graphdef, _values_in_order(graphdef, states))
+    return unflatten(
+        graphdef,
+        _values_in_order(graphdef, states),
+        keep_variables=not recreate_variables and not copy,
+    )
 
 
 def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
@@ -856,3 +870,91 @@ def find_duplicates(node: Any, /, *, only: Filter = ...) -> list[list[tuple]]:
 
     visit(node, ())
     return [p for p in paths.values() if len(p) > 1]
+
+
+def map_graph(
+    f: Callable[[tuple, Any], Any],
+    node: Any,
+    /,
+    *,
+    graph: bool | None = None,
+    recreate_variables: bool = True,
+) -> Any:
+    """``nnx.map``: a new graph with every State leaf replaced by ``f(path, leaf)``.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> zeros = nnx.map(lambda path, v: v.replace(jnp.zeros_like(v[...])), model)
+    >>> float(abs(zeros.kernel[...]).sum()), zeros is model
+    (0.0, False)
+    """
+    graphdef, state = split(node, graph=graph)
+    if isinstance(state, State):
+        flat = state.flat_state()
+        state = State.from_flat(flat.paths, [f(p, v) for p, v in flat])
+    else:  # the root is a Variable or a leaf
+        state = f((), state)
+    return merge(graphdef, state, recreate_variables=recreate_variables)
+
+
+def recursive_map(
+    f: Callable[[tuple, Any], Any], node: Any, /, *, graph: bool | None = None
+) -> Any:
+    """Apply ``f(path, x)`` to every node and leaf, children first; ``f``'s
+    result replaces ``x`` in its parent. The input is not modified (its structure
+    is cloned; Variables are shared unless ``f`` replaces them).
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    >>> seen = []
+    >>> _ = nnx.recursive_map(lambda p, x: (seen.append((p, type(x).__name__)), x)[1],
+    ...                       model)
+    >>> seen[-2:]
+    [(('layers',), 'List'), ((), 'Sequential')]
+    """
+    tree = not _config.resolve(graph, None)[0]
+    if tree:
+        check_tree(node, "recursive_map")
+    node = clone(node, variables=False)
+    results: dict[int, Any] = {}
+    visiting: set[int] = set()
+
+    def visit(x: Any, path: tuple) -> Any:
+        shared = isinstance(x, (Object, Variable))
+        if shared:
+            if id(x) in results:
+                return results[id(x)]
+            if id(x) in visiting:
+                raise ValueError(
+                    f"Found cycle in the graph at path '{_errors.path_str(path)}'. "
+                    f"Node of type {type(x)} has already been visited but has not "
+                    "been returned yet."
+                )
+            visiting.add(id(x))
+        if isinstance(x, Object):
+            for k, v in list(x._nnx_children()):
+                new = visit(v, (*path, k))
+                if new is not v:
+                    _set_child(x, k, new)
+        elif isinstance(x, (list, dict)):
+            items = enumerate(x) if isinstance(x, list) else list(x.items())
+            for k, v in list(items):
+                new = visit(v, (*path, k))
+                if new is not v:
+                    x[k] = new
+        elif type(x) is tuple:
+            x = tuple(visit(v, (*path, k)) for k, v in enumerate(x))
+        out = f(path, x)
+        if shared:
+            results[id(x)] = out
+        return out
+
+    return visit(node, ())
+
+
+def _set_child(obj: Object, key: Any, value: Any) -> None:
+    if hasattr(obj, "_nnx_remove"):  # nnx.List / nnx.Dict hold items
+        obj[key] = value
+    else:
+        setattr(obj, key, value)

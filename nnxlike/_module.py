@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnxlike import _errors, _graph
+from nnxlike import _config, _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._object import Object
 from nnxlike._variables import Intermediate, Perturbation, Variable
@@ -256,19 +256,32 @@ class Module(Object):
         return self
 
 
-def iter_modules(node: Any) -> Iterator[tuple[tuple, Module]]:
+def iter_modules(
+    node: Any, /, *, graph: bool | None = None
+) -> Iterator[tuple[tuple, Module]]:
     """Yield ``(path, module)`` for every Module reachable from ``node``."""
-    for path, value in _graph.iter_graph(node):
+    for path, value in _graph.iter_graph(node, graph=graph):
         if isinstance(value, Module):
             yield path, value
 
 
-def iter_children(node: Module) -> Iterator[tuple[Any, Module]]:
+def iter_children(
+    node: Module, /, *, graph: bool | None = None
+) -> Iterator[tuple[Any, Module]]:
     """Yield ``(name, module)`` for the Modules held directly by ``node``."""
+    if graph is False or (graph is None and not _config.resolve(None, None)[0]):
+        _graph.check_tree(node, "iter_children")
     return node.iter_children()
 
 
-def view(node: Any, /, *, raise_if_not_found: bool = True, **attributes: Any) -> Any:
+def view(
+    node: Any,
+    /,
+    *,
+    raise_if_not_found: bool = True,
+    graph: bool | None = None,
+    **attributes: Any,
+) -> Any:
     """A new object graph sharing every Variable of ``node``, with attributes set.
 
     The usual use: an evaluation view of a model that keeps training.
@@ -282,7 +295,8 @@ def view(node: Any, /, *, raise_if_not_found: bool = True, **attributes: Any) ->
     >>> ev.layers[0].kernel is model.layers[0].kernel
     True
     """
-    flat = _graph.flatten(node)
+    tree = not _config.resolve(graph, None)[0]
+    flat = _graph.flatten(node, tree_mode="view" if tree else None)
     objects = flat.objects
 
     def reuse(i: int):

@@ -4,8 +4,9 @@ Design note: a State maps keys (attribute names, list indices, dict keys) to
 either a sub-State or a leaf: a Variable (a copy sharing the array: flax.nnx
 0.12's ``VariableState``) or a raw array. It is the currency between objects and
 JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
-maps over its arrays, optax updates it. Keys keep insertion order (the order of the model's definition).
-A State never holds live Variables except when built by ``nnx.variables``.
+maps over its arrays, optax updates it. Keys keep insertion order (the order of
+the model's definition). As in flax.nnx 0.12, the leaves of ``nnx.state(model)``
+are the model's own Variables; ``jax.tree.map`` over a State builds new ones.
 """
 
 from __future__ import annotations

@@ -19,21 +19,225 @@ by subclassing. Invariants:
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import sys
+import threading
+import types
 import warnings
 import weakref
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _errors, _tracking
+from nnxlike import _config, _errors, _tracking
 
 _SLOTS = ("_raw_value", "_metadata", "_trace_state", "_nnx_copy")
+_MISSING: Any = object()  # no default given
+_PLACEMENT: list = []  # [shard_value], set by nnxlike.spmd at import
+
+
+def register_placement(place: Any) -> None:
+    """Set the function that places annotated values on a mesh (nnxlike.spmd)."""
+    _PLACEMENT[:] = [place]
+
+
+A = TypeVar("A")
+"""Type variable of a Variable's value (``nnx.Variable[nnx.A]``), as flax.nnx."""
+M = TypeVar("M", bound="Module")  # noqa: F821 - a forward name, as in flax.nnx
+"""Type variable bound to ``Module``, as flax.nnx's ``nnx.M``."""
+
+# Metadata every Variable has (flax.nnx 0.12's ``Variable.required_metadata``).
+# Values equal to these defaults are not stored in ``_metadata`` (so GraphDefs,
+# pytree aux data, checkpoints and displays of ordinary Variables are unchanged);
+# ``get_metadata()`` reports them.
+REQUIRED_METADATA = {"hijax": False, "ref": False, "eager_sharding": True}
+
+
+class _DefaultStacks(threading.local):
+    def __init__(self) -> None:
+        self.hijax: list[bool] = []
+        self.ref: list[bool] = []
+        self.eager_sharding: list[bool] = []
+
+
+_DEFAULTS = _DefaultStacks()
+
+
+class VarDefaults(Mapping):
+    """The current defaults of ``hijax`` and ``ref`` (what ``nnx.var_defaults()``
+    returns): a read-only mapping with attribute access.
+
+    >>> import nnxlike as nnx
+    >>> d = nnx.var_defaults()
+    >>> d.hijax, d["ref"], list(d)
+    (False, False, ['hijax', 'ref'])
+    """
+
+    __slots__ = ("hijax", "ref")
+
+    def __init__(self, hijax: bool, ref: bool) -> None:
+        object.__setattr__(self, "hijax", hijax)
+        object.__setattr__(self, "ref", ref)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"VarDefaults is read-only (tried to set {name!r}).")
+
+    def __getitem__(self, key: str) -> bool:
+        if key not in ("hijax", "ref"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(("hijax", "ref"))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        return f"VarDefaults(hijax={self.hijax}, ref={self.ref})"
+
+
+class VarDefaultsContext:
+    """What ``nnx.var_defaults(hijax=..., ref=...)`` returns: the new defaults are
+    already set; as a context manager or a decorator they apply inside only."""
+
+    def __init__(self, new: dict[str, bool], prev: dict[str, bool | None]) -> None:
+        self._new, self._prev = new, prev
+
+    def __enter__(self) -> VarDefaultsContext:
+        for name, prev in self._prev.items():
+            if prev is not None:
+                getattr(_DEFAULTS, name).insert(-1, prev)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self._new:
+            getattr(_DEFAULTS, name).pop()
+
+    def __call__(self, f: Any) -> Any:
+        for name, prev in self._prev.items():  # undo the plain-call setting
+            stack = getattr(_DEFAULTS, name)
+            stack.pop()
+            if prev is not None:
+                stack.append(prev)
+        new = self._new
+
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for name, value in new.items():
+                getattr(_DEFAULTS, name).append(value)
+            try:
+                return f(*args, **kwargs)
+            finally:
+                for name in new:
+                    getattr(_DEFAULTS, name).pop()
+
+        return wrapper
+
+
+def var_defaults(
+    *, hijax: bool | None = None, ref: bool | None = None
+) -> VarDefaults | VarDefaultsContext:
+    """Read or set the default ``hijax``/``ref`` metadata of new Variables.
+
+    Called with no argument it returns the current defaults. Called with
+    ``ref=True`` (or ``hijax=``) it sets them: plainly (from then on), as a
+    context manager, or as a decorator (inside only). A ``ref=True`` Variable
+    holds its array in a JAX array reference (``jax.new_ref``), so a write
+    inside a plain ``jax.jit`` reaches the caller's Variable.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> with nnx.var_defaults(ref=True):
+    ...     count = nnx.Variable(jnp.array(0))
+    >>> count.ref, nnx.var_defaults().ref
+    (True, False)
+    >>> @jax.jit
+    ... def step(v):
+    ...     v[...] += 1
+    >>> step(count); step(count)
+    >>> int(count[...])
+    2
+    """
+    if hijax is None and ref is None:
+        return VarDefaults(
+            _DEFAULTS.hijax[-1] if _DEFAULTS.hijax else False,
+            _DEFAULTS.ref[-1] if _DEFAULTS.ref else False,
+        )
+    new: dict[str, bool] = {}
+    prev: dict[str, bool | None] = {}
+    for name, value in (("hijax", hijax), ("ref", ref)):
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"nnx.var_defaults({name}=...) takes True or False, got "
+                f"{type(value).__name__} {value!r}."
+            )
+        stack = getattr(_DEFAULTS, name)
+        prev[name] = stack[-1] if stack else None
+        if stack:
+            stack[-1] = value
+        else:
+            stack.append(value)
+        new[name] = value
+    return VarDefaultsContext(new, prev)
+
+
+class use_eager_sharding(_config._Switch):
+    """Choose whether new Variables with sharding metadata are placed on the
+    mesh when created (True, the default) or left where they are.
+
+    Called plainly it sets the default; as a context manager or decorator it
+    applies inside only. A Variable records the choice as its
+    ``eager_sharding`` metadata.
+
+    >>> import nnxlike as nnx
+    >>> with nnx.use_eager_sharding(False):
+    ...     nnx.using_eager_sharding(), nnx.Param(1.0).eager_sharding
+    (False, False)
+    >>> nnx.using_eager_sharding()
+    True
+    """
+
+    _default = True
+
+    @classmethod
+    def _stack(cls) -> list[bool]:
+        return _DEFAULTS.eager_sharding
+
+
+def using_eager_sharding() -> bool:
+    """Whether new Variables are placed eagerly (see ``nnx.use_eager_sharding``).
+
+    >>> import nnxlike as nnx
+    >>> nnx.using_eager_sharding()
+    True
+    """
+    return use_eager_sharding.current_value()
+
+
+def is_array_ref(x: Any) -> bool:
+    """Whether ``x`` is a JAX array reference (``jax.new_ref``), traced or not.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> from nnxlike.variablelib import is_array_ref
+    >>> is_array_ref(jax.new_ref(1.0)), is_array_ref(1.0)
+    (True, False)
+    """
+    return isinstance(x, jax.Ref)
+
+
+def _read(raw: Any) -> Any:
+    """The value held: a reference is read, anything else is returned as is."""
+    return raw[...] if isinstance(raw, jax.Ref) else raw
 
 
 class LostWriteWarning(UserWarning):
@@ -203,16 +407,38 @@ class Variable:
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
             metadata = {**value._metadata, **metadata}
-            value = value._raw_value
+            value = _read(value._raw_value)
         elif type(value) is VariableMetadata:
             metadata = {**value.metadata, **metadata}
             value = value.raw_value
-        if "sharding_names" in metadata:
+        elif isinstance(value, jax.Ref):
+            raise ValueError(
+                f"{type(self).__name__}(...): got a JAX array reference (jax.Ref) "
+                f"as the value; pass the array and ref=True instead: "
+                f"`{type(self).__name__}(array, ref=True)`."
+            )
+        # hijax/ref/eager_sharding: defaults are not stored (see REQUIRED_METADATA)
+        ref = metadata.pop("ref", None)
+        if ref is None:
+            ref = _DEFAULTS.ref[-1] if _DEFAULTS.ref else False
+        hijax = metadata.pop("hijax", None)
+        if hijax is None:
+            hijax = _DEFAULTS.hijax[-1] if _DEFAULTS.hijax else False
+        eager = metadata.pop("eager_sharding", None)
+        if eager is None:
+            eager = use_eager_sharding.current_value()
+        if hijax:
+            metadata["hijax"] = True
+        if not eager:
+            metadata["eager_sharding"] = False
+        elif "sharding_names" in metadata and _PLACEMENT:
             # Only annotated Variables pay for this (merge/unflatten never come
-            # here): under a mesh the value is placed as annotated (nnxlike.spmd).
-            from nnxlike import spmd
-
-            value = spmd.shard_value(value, metadata, type(self))
+            # here): under a mesh the value is placed as annotated. nnxlike.spmd
+            # registers the placement (it sits above this layer).
+            value = _PLACEMENT[0](value, metadata, type(self))
+        if ref:
+            metadata["ref"] = True
+            value = jax.new_ref(value)
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
@@ -220,18 +446,39 @@ class Variable:
     # -- value access --------------------------------------------------------
     @property
     def value(self) -> Any:
-        return self._raw_value
+        raw = self._raw_value
+        return raw[...] if isinstance(raw, jax.Ref) else raw
 
     @value.setter
     def value(self, value: Any) -> None:
         self.set_value(value)
 
-    def get_value(self) -> Any:
-        return self._raw_value
+    def get_value(self, *, index: Any = Ellipsis) -> Any:
+        """The value (``index=`` reads ``value[index]``; a reference is read)."""
+        raw = self._raw_value
+        if index is Ellipsis:
+            return raw[...] if isinstance(raw, jax.Ref) else raw
+        return raw[index]
 
-    def set_value(self, value: Any) -> None:
+    def set_value(self, value: Any, *, index: Any = Ellipsis) -> None:
+        """Store ``value`` (``index=`` writes ``value[index]`` only).
+
+        A ``ref=True`` Variable writes into its array reference, which JAX
+        lets any trace do (that is how the write leaves a plain ``jax.jit``).
+        """
         if isinstance(value, Variable):
-            value = value._raw_value
+            value = _read(value._raw_value)
+        raw = self._raw_value
+        if isinstance(raw, jax.Ref):
+            raw[index] = value
+            return
+        if index is not Ellipsis:
+            if isinstance(raw, (jax.Array, np.ndarray)) or np.isscalar(raw):
+                value = jnp.asarray(raw).at[index].set(value)
+            else:  # a dict or list value: item assignment on a copy
+                new = type(raw)(raw)
+                new[index] = value
+                value = new
         if self._trace_state != _tracking.get_trace_state():
             raise _errors.TraceContextError(
                 _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
@@ -242,15 +489,24 @@ class Variable:
         object.__setattr__(self, "_raw_value", value)
 
     def __getitem__(self, key: Any) -> Any:
-        if key is Ellipsis:
-            return self._raw_value
-        return self._raw_value[key]
+        raw = self._raw_value
+        if key is Ellipsis and not isinstance(raw, jax.Ref):
+            return raw
+        return raw[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if key is Ellipsis:
-            self.set_value(value)
-        else:
-            self.set_value(jnp.asarray(self._raw_value).at[key].set(value))
+        self.set_value(value, index=key)
+
+    def __delitem__(self, key: Any) -> None:
+        value = type(self._raw_value)(self._raw_value)
+        del value[key]
+        self.set_value(value)
+
+    def __contains__(self, item: Any) -> bool:
+        return item in _read(self._raw_value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _read(self._raw_value)(*args, **kwargs)
 
     # -- metadata ------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -260,9 +516,16 @@ class Variable:
         try:
             return self._metadata[name]
         except KeyError:
+            pass
+        # Anything else is the value's (``v.at``, ``v.reshape``, ``v.sharding``),
+        # as flax.nnx forwards it.
+        try:
+            return getattr(self._raw_value, name)
+        except AttributeError:
             raise AttributeError(
-                f"{type(self).__name__} has no attribute or metadata {name!r}; "
-                f"its metadata keys are {sorted(self._metadata)}."
+                f"{type(self).__name__} has no attribute or metadata {name!r}, and "
+                f"its value ({type(self._raw_value).__name__}) has no such "
+                f"attribute; its metadata keys are {sorted(self.get_metadata())}."
             ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -274,12 +537,246 @@ class Variable:
             self._metadata[name] = value
             _tracking.bump_structure_version()
 
-    def get_metadata(self) -> dict[str, Any]:
-        return dict(self._metadata)
+    @property
+    def hijax(self) -> bool:
+        """flax.nnx's hijax flag (recorded; nnxlike has no hijax Variable type)."""
+        return self._metadata.get("hijax", False)
 
-    def set_metadata(self, **metadata: Any) -> None:
-        self._metadata.update(metadata)
+    @property
+    def ref(self) -> bool:
+        """Whether the value lives in a JAX array reference (``ref=True``)."""
+        return self._metadata.get("ref", False)
+
+    @property
+    def eager_sharding(self) -> bool:
+        """Whether sharding metadata placed the value when it was created."""
+        return self._metadata.get("eager_sharding", True)
+
+    required_metadata = frozenset(REQUIRED_METADATA)
+
+    def get_metadata(
+        self,
+        name: str | None = None,
+        default: Any = _MISSING,
+        *,
+        exclude_required: bool | None = None,
+    ) -> Any:
+        """All metadata as a new dict, or the entry ``name`` (else ``default``).
+
+        The dict includes ``hijax``, ``ref`` and ``eager_sharding``, as flax.nnx's
+        does (``exclude_required=True`` leaves them out).
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0, note="x")
+        >>> p.get_metadata()
+        {'hijax': False, 'ref': False, 'eager_sharding': True, 'note': 'x'}
+        >>> p.get_metadata("note"), p.get_metadata("absent", None)
+        ('x', None)
+        >>> p.get_metadata(exclude_required=True)
+        {'note': 'x'}
+        """
+        if name is not None and exclude_required is not None:
+            raise TypeError(
+                "get_metadata: give either a name or exclude_required, not both."
+            )
+        if name is None:
+            if default is not _MISSING:
+                raise TypeError(
+                    f"get_metadata: a default ({default!r}) needs a name: "
+                    f"`v.get_metadata('key', default)`."
+                )
+            if exclude_required:
+                return {
+                    k: v
+                    for k, v in self._metadata.items()
+                    if k not in REQUIRED_METADATA
+                }
+            return {**REQUIRED_METADATA, **self._metadata}
+        if name in self._metadata:
+            return self._metadata[name]
+        if name in REQUIRED_METADATA:
+            return REQUIRED_METADATA[name]
+        if default is not _MISSING:
+            return default
+        raise KeyError(
+            f"{type(self).__name__} has no metadata {name!r}; its keys are "
+            f"{sorted(self.get_metadata())}. Pass a default: "
+            f"`v.get_metadata({name!r}, None)`."
+        )
+
+    def set_metadata(self, *args: Any, **kwargs: Any) -> None:
+        """Set metadata: ``set_metadata(key=value)``, ``set_metadata('key', value)``,
+        or ``set_metadata({...})`` (which replaces all of it).
+
+        ``ref`` and ``hijax`` cannot change (``nnx.with_vars`` makes a new
+        Variable for that).
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0)
+        >>> p.set_metadata(a=1); p.set_metadata("b", 2)
+        >>> p.get_metadata(exclude_required=True)
+        {'a': 1, 'b': 2}
+        >>> p.set_metadata({"c": 3}); p.get_metadata(exclude_required=True)
+        {'c': 3}
+        """
+        if args and kwargs:
+            raise TypeError(
+                "set_metadata takes a dict, a name and a value, or keywords; not "
+                "positional arguments and keywords together."
+            )
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            new = dict(args[0])
+            for key in REQUIRED_METADATA:
+                new.setdefault(key, getattr(self, key))
+            self._check_required(new)
+            metadata = {
+                k: v
+                for k, v in new.items()
+                if not (k in REQUIRED_METADATA and v == REQUIRED_METADATA[k])
+            }
+            object.__setattr__(self, "_metadata", metadata)
+        elif len(args) == 2 and isinstance(args[0], str):
+            self._set_meta({args[0]: args[1]})
+        elif kwargs and not args:
+            self._set_meta(kwargs)
+        else:
+            raise TypeError(
+                f"set_metadata takes a dict, a name and a value, or keywords, got "
+                f"{len(args)} positional argument(s) {args!r}. Examples: "
+                f"`v.set_metadata(note='x')`, `v.set_metadata('note', 'x')`."
+            )
         _tracking.bump_structure_version()
+
+    def _check_required(self, new: Mapping) -> None:
+        for key in ("hijax", "ref"):
+            if key in new and bool(new[key]) != getattr(self, key):
+                raise ValueError(
+                    f"Cannot change `{key}` metadata of a {type(self).__name__}, "
+                    f"expected {getattr(self, key)}, got {new[key]}; make a new "
+                    f"Variable instead: `nnx.with_vars(v, {key}={new[key]})` or "
+                    f"`v.copy({key}={new[key]})`."
+                )
+
+    def _set_meta(self, updates: Mapping) -> None:
+        self._check_required(updates)
+        for key, value in updates.items():
+            if key in REQUIRED_METADATA and value == REQUIRED_METADATA[key]:
+                self._metadata.pop(key, None)
+            else:
+                self._metadata[key] = value
+
+    def has_metadata(self, name: str) -> bool:
+        """Whether the metadata has the key ``name``.
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0, note="x")
+        >>> p.has_metadata("note"), p.has_metadata("ref"), p.has_metadata("other")
+        (True, True, False)
+        """
+        return name in self._metadata or name in REQUIRED_METADATA
+
+    def del_metadata(self, name: str) -> None:
+        """Remove the metadata entry ``name`` (``hijax``/``ref`` stay).
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0, note="x")
+        >>> p.del_metadata("note"); p.has_metadata("note")
+        False
+        """
+        if name in ("hijax", "ref"):
+            raise ValueError(f"Cannot delete `{name}` metadata of a Variable.")
+        if name not in self._metadata and name not in REQUIRED_METADATA:
+            raise KeyError(
+                f"{type(self).__name__} has no metadata {name!r}; its keys are "
+                f"{sorted(self.get_metadata())}."
+            )
+        self._metadata.pop(name, None)
+        _tracking.bump_structure_version()
+
+    def copy_from(self, other: Variable) -> None:
+        """Take ``other``'s value and metadata (same kind required), in place.
+
+        >>> import nnxlike as nnx
+        >>> a, b = nnx.Param(1.0), nnx.Param(2.0, note="b")
+        >>> a.copy_from(b); float(a[...]), a.note
+        (2.0, 'b')
+        """
+        if type(self) is not type(other):
+            raise ValueError(
+                f"copy_from: cannot copy a {type(other).__name__} into a "
+                f"{type(self).__name__}; both must be the same Variable kind."
+            )
+        if self is other:
+            return
+        object.__setattr__(self, "_raw_value", other._raw_value)
+        object.__setattr__(self, "_metadata", dict(other._metadata))
+        _tracking.bump_structure_version()
+
+    def update_from_state(self, variable_state: Variable) -> None:
+        """Take a State leaf's value and metadata, keeping this one's ``ref``/``hijax``.
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0)
+        >>> p.update_from_state(nnx.Param(3.0)); float(p[...])
+        3.0
+        """
+        object.__setattr__(self, "_raw_value", variable_state._raw_value)
+        if self._metadata != variable_state._metadata:
+            meta = {
+                k: v
+                for k, v in variable_state._metadata.items()
+                if k not in ("hijax", "ref")
+            }
+            for key in ("hijax", "ref"):
+                if key in self._metadata:
+                    meta[key] = self._metadata[key]
+            object.__setattr__(self, "_metadata", meta)
+            _tracking.bump_structure_version()
+
+    def copy(self, value: Any = _MISSING, **updates: Any) -> Variable:
+        """A new Variable of the same kind: this one's value (or ``value``) and
+        metadata updated by ``updates`` (``ref=True`` gives an array reference).
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param(1.0, note="x")
+        >>> q = p.copy(2.0, note="y")
+        >>> float(q[...]), q.note, p.note
+        (2.0, 'y', 'x')
+        >>> p.copy(ref=True).ref
+        True
+        """
+        metadata = {**self._metadata, **updates}
+        if value is _MISSING:
+            value = metadata.pop("value", _MISSING)
+            if value is _MISSING:
+                value = self._raw_value
+        value = _read(value)
+        ref = metadata.pop("ref", False)
+        if ref:
+            value = jax.new_ref(value)
+            metadata["ref"] = True
+        return self.from_metadata(value, metadata)
+
+    @classmethod
+    def from_metadata(cls, value: Any, attributes: Mapping[str, Any]) -> Variable:
+        """A Variable of this kind holding ``value`` with exactly this metadata
+        (no placement, no reference made: the value is used as given).
+
+        >>> import nnxlike as nnx
+        >>> p = nnx.Param.from_metadata(1.0, {"note": "x", "hijax": False})
+        >>> type(p).__name__, p.note, p.hijax
+        ('Param', 'x', False)
+        """
+        metadata = {
+            k: v
+            for k, v in attributes.items()
+            if not (k in REQUIRED_METADATA and v == REQUIRED_METADATA[k])
+        }
+        return new_variable(cls, value, metadata)
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        # ``nnx.Param[jax.Array]``: a typing alias that still builds a Param.
+        return types.GenericAlias(cls, item)
 
     def replace(self, value: Any = None, **metadata: Any) -> Variable:
         """A new Variable of the same type with a new value and/or metadata."""
@@ -302,8 +799,19 @@ class Variable:
     def get_raw_value(self) -> Any:
         return self._raw_value
 
-    def set_raw_value(self, value: Any) -> None:
-        self.set_value(value)
+    def set_raw_value(self, value: Any, *, _unsafe_bypass_check: bool = False) -> None:
+        """Store ``value`` as the raw value (a reference replaces the reference)."""
+        if (
+            not _unsafe_bypass_check
+            and self._trace_state != _tracking.get_trace_state()
+        ):
+            raise _errors.TraceContextError(
+                _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
+            )
+        info = getattr(self, "_nnx_copy", None)
+        if info is not None:
+            _arm(self, info)
+        object.__setattr__(self, "_raw_value", value)
 
     @property
     def raw_value(self) -> Any:
@@ -316,61 +824,67 @@ class Variable:
     # -- array-like behaviour ------------------------------------------------
     @property
     def shape(self) -> tuple:
-        return np.shape(self._raw_value)
+        raw = self._raw_value
+        return tuple(raw.shape) if isinstance(raw, jax.Ref) else np.shape(raw)
 
     @property
     def dtype(self) -> Any:
-        return getattr(self._raw_value, "dtype", None) or np.result_type(
-            self._raw_value
-        )
+        raw = self._raw_value
+        return getattr(raw, "dtype", None) or np.result_type(raw)
 
     @property
     def ndim(self) -> int:
-        return np.ndim(self._raw_value)
+        return np.ndim(_read(self._raw_value))
 
     @property
     def size(self) -> int:
-        return int(np.size(self._raw_value))
+        return int(np.size(_read(self._raw_value)))
 
     def __jax_array__(self) -> jax.Array:
-        return jnp.asarray(self._raw_value)
+        return jnp.asarray(_read(self._raw_value))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self._raw_value, dtype=dtype)
+        return np.asarray(_read(self._raw_value), dtype=dtype)
 
     def __len__(self) -> int:
-        return len(self._raw_value)
+        return len(_read(self._raw_value))
 
     def __iter__(self):
-        return iter(self._raw_value)
+        return iter(_read(self._raw_value))
 
     def __bool__(self) -> bool:
-        return bool(self._raw_value)
+        return bool(_read(self._raw_value))
 
     def __float__(self) -> float:
-        return float(self._raw_value)
+        return float(_read(self._raw_value))
 
     def __int__(self) -> int:
-        return int(self._raw_value)
+        return int(_read(self._raw_value))
 
     def __index__(self) -> int:
-        return operator.index(self._raw_value)
+        return operator.index(_read(self._raw_value))
 
     @property
     def T(self) -> Any:
-        return self._raw_value.T
+        return _read(self._raw_value).T
 
     def astype(self, dtype: Any) -> Any:
-        return self._raw_value.astype(dtype)
+        return _read(self._raw_value).astype(dtype)
 
+    # Comparisons act on the value, as in flax.nnx 0.12 (``p1 == p2`` is
+    # elementwise); hashing stays by identity, so a Variable can be a dict key.
     def __hash__(self) -> int:
         return object.__hash__(self)
 
-    def __eq__(self, other: object) -> bool:
-        return self is other
+    def __eq__(self, other: object) -> Any:
+        if isinstance(other, Variable):
+            other = _read(other._raw_value)
+        return _read(self._raw_value) == other
 
-    def __ne__(self, other: object) -> bool:
-        return self is not other
+    def __ne__(self, other: object) -> Any:
+        if isinstance(other, Variable):
+            other = _read(other._raw_value)
+        return _read(self._raw_value) != other
 
     def __getstate__(self):
         return {
@@ -384,13 +898,14 @@ class Variable:
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
 
     def __copy__(self) -> Variable:
-        return type(self)(self._raw_value, **self._metadata)
+        return type(self)(_read(self._raw_value), **self._metadata)
 
     def __deepcopy__(self, memo) -> Variable:
         import copy
 
         return type(self)(
-            copy.deepcopy(self._raw_value, memo), **copy.deepcopy(self._metadata, memo)
+            copy.deepcopy(_read(self._raw_value), memo),
+            **copy.deepcopy(self._metadata, memo),
         )
 
     def __repr__(self) -> str:
@@ -405,14 +920,14 @@ def _binary(name: str, fn, reflected: bool = False):
 
         def method(self, other):
             if isinstance(other, Variable):
-                other = other._raw_value
-            return fn(other, self._raw_value)
+                other = _read(other._raw_value)
+            return fn(other, _read(self._raw_value))
     else:
 
         def method(self, other):
             if isinstance(other, Variable):
-                other = other._raw_value
-            return fn(self._raw_value, other)
+                other = _read(other._raw_value)
+            return fn(_read(self._raw_value), other)
 
     method.__name__ = name
     return method
@@ -477,10 +992,43 @@ for _name, _fn in {
 }.items():
     setattr(Variable, f"__{_name}__", _binary(f"__{_name}__", _fn))
 
-Variable.__neg__ = lambda self: -self._raw_value
-Variable.__pos__ = lambda self: +self._raw_value
-Variable.__abs__ = lambda self: abs(self._raw_value)
-Variable.__invert__ = lambda self: ~self._raw_value
+Variable.__neg__ = lambda self: -_read(self._raw_value)
+Variable.__pos__ = lambda self: +_read(self._raw_value)
+Variable.__abs__ = lambda self: abs(_read(self._raw_value))
+Variable.__invert__ = lambda self: ~_read(self._raw_value)
+Variable.__complex__ = lambda self: complex(_read(self._raw_value))
+Variable.__trunc__ = lambda self: _read(self._raw_value).__trunc__()
+Variable.__floor__ = lambda self: _read(self._raw_value).__floor__()
+Variable.__ceil__ = lambda self: _read(self._raw_value).__ceil__()
+Variable.__round__ = lambda self, ndigits=0: _read(self._raw_value).__round__(ndigits)
+
+
+PARTITION_NAME = "partition_name"
+"""The ``transform_metadata`` key naming a new axis in ``sharding_names``."""
+
+
+def normalize_sharding_names(names: Any, where: str) -> tuple:
+    """``sharding_names`` as a hashable tuple (it is part of the GraphDef)."""
+    if isinstance(names, jax.sharding.PartitionSpec):
+        names = tuple(names)
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+        raise TypeError(
+            f"{where}: sharding_names must be a tuple with one entry per array axis "
+            f"(a mesh axis or logical name, a tuple of names, or None), got "
+            f"{names!r}. Example: `sharding_names=(None, 'model')`."
+        )
+    out = []
+    for n in names:
+        if n is None or isinstance(n, str):
+            out.append(n)
+        elif isinstance(n, (tuple, list)) and all(isinstance(a, str) for a in n):
+            out.append(tuple(n))
+        else:
+            raise TypeError(
+                f"{where}: each entry of sharding_names must be a name, a tuple of "
+                f"names or None, got {n!r} in {tuple(names)!r}."
+            )
+    return tuple(out)
 
 
 class VariableMetadata:

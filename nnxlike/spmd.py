@@ -48,12 +48,14 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from nnxlike import _errors
+from nnxlike import _errors, _graph, _variables
+from nnxlike._transforms.control import eval_shape
+from nnxlike._variables import PARTITION_NAME as PARTITION_NAME
 from nnxlike._variables import Variable, VariableMetadata
+from nnxlike._variables import normalize_sharding_names as _normalize_names
 
 # Key of ``transform_metadata`` (``nnx.vmap``/``nnx.scan``): the sharding name of
 # the axis the transform adds to the Variables it stacks.
-PARTITION_NAME = "partition_name"
 
 ShardingNames = Sequence[str | tuple[str, ...] | None]
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -64,30 +66,6 @@ _RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar(
 
 
 # -- annotations -----------------------------------------------------------------
-
-
-def _normalize_names(names: Any, where: str) -> tuple:
-    """``sharding_names`` as a hashable tuple (it is part of the GraphDef)."""
-    if isinstance(names, PartitionSpec):
-        names = tuple(names)
-    if isinstance(names, str) or not isinstance(names, (tuple, list)):
-        raise TypeError(
-            f"{where}: sharding_names must be a tuple with one entry per array axis "
-            f"(a mesh axis or logical name, a tuple of names, or None), got "
-            f"{names!r}. Example: `sharding_names=(None, 'model')`."
-        )
-    out = []
-    for n in names:
-        if n is None or isinstance(n, str):
-            out.append(n)
-        elif isinstance(n, (tuple, list)) and all(isinstance(a, str) for a in n):
-            out.append(tuple(n))
-        else:
-            raise TypeError(
-                f"{where}: each entry of sharding_names must be a name, a tuple of "
-                f"names or None, got {n!r} in {tuple(names)!r}."
-            )
-    return tuple(out)
 
 
 def with_partitioning(
@@ -185,7 +163,7 @@ def logical_axis_rules(rules: Rules) -> Iterator[tuple]:
     >>> import nnxlike as nnx
     >>> w = nnx.Param(jnp.ones((4, 8)), sharding_names=("embed", "hidden"))
     >>> with nnx.logical_axis_rules([("embed", None), ("hidden", "model")]):
-    ...     nnx.get_partition_spec(w)
+    ...     nnx.get_partition_spec(w).value  # a Variable holding the spec
     P(None, 'model')
     """
     token = _RULES.set(_normalize_rules(rules))
@@ -373,8 +351,6 @@ def _is_variable(x: Any) -> bool:
 
 def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
     """Map every Variable/VariableState/array leaf of ``tree`` to ``make(spec)``."""
-    from nnxlike import _graph
-
     if _graph.is_graph_node(tree) and not isinstance(tree, Variable):
         tree = _graph.state(tree)
     if rules is None:
@@ -466,9 +442,6 @@ def get_abstract_model(
     >>> type(kernel).__name__, kernel.shape, kernel.sharding.spec
     ('ShapeDtypeStruct', (1024, 4096), P(None, 'model'))
     """
-    from nnxlike import _graph
-    from nnxlike._transforms.control import eval_shape
-
     rules_ctx = (
         logical_axis_rules(rules) if rules is not None else contextlib.nullcontext()
     )
@@ -482,3 +455,6 @@ def get_abstract_model(
         shardings,
     )
     return graphdef, state
+
+
+_variables.register_placement(shard_value)

@@ -21,7 +21,6 @@ from jax.sharding import PartitionSpec as P
 from multidevice import run_worker
 
 import nnxlike as nnx
-from nnxlike import spmd
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "spmd_worker.py"
@@ -353,7 +352,8 @@ def test_no_sharding_work_for_unannotated_variables_or_merge(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("shard_value called")
 
-    monkeypatch.setattr(spmd, "shard_value", fail)
+    # spmd registers its placement on the values layer; replace what it registered
+    monkeypatch.setattr(nnx._variables, "_PLACEMENT", [fail])
     nnx.Param(jnp.ones(3))  # no sharding_names: never reaches the hook
     nnx.Param(jnp.ones(3), note="x")
     copy = nnx.merge(graphdef, state)  # merge rebuilds without __init__

@@ -94,9 +94,10 @@ def test_flat_state_paths_and_leaves(state):
 
 
 def test_root_leaf_state_uses_the_empty_path():
-    _, s = nnx.split(nnx.Param(jnp.ones(2)))
-    assert s.flat_state().paths == ((),)
-    assert s[()].type is nnx.Param
+    v = nnx.Param(jnp.ones(2))
+    graphdef, s = nnx.split(v)
+    assert s is v  # a root Variable splits into itself, as in flax.nnx
+    assert type(nnx.merge(graphdef, s)) is nnx.Param
     assert nnx.State.from_flat([()], [1]).flat_state() == [((), 1)]
 
 

@@ -48,7 +48,14 @@ def _lifted_call(lifted: _core.Lifted, fn: Callable, statics: list, unpack=True)
     return pure
 
 
-def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> Any:
+def cond(
+    pred: Any,
+    true_fun: Callable,
+    false_fun: Callable,
+    *operands: Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.cond`` with objects among the operands, updated in place.
 
     >>> import jax.numpy as jnp
@@ -60,12 +67,28 @@ def cond(pred: Any, true_fun: Callable, false_fun: Callable, *operands: Any) -> 
     >>> int(counter.value)
     1
     """
-    return switch(jax.numpy.where(pred, 0, 1), (true_fun, false_fun), *operands)
+    return switch(
+        jax.numpy.where(pred, 0, 1),
+        (true_fun, false_fun),
+        *operands,
+        graph=graph,
+        graph_updates=graph_updates,
+        _fn="cond",
+    )
 
 
-def switch(index: Any, branches: Sequence[Callable], *operands: Any) -> Any:
+def switch(
+    index: Any,
+    branches: Sequence[Callable],
+    *operands: Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    _fn: str = "switch",
+) -> Any:
     """``jax.lax.switch`` with objects among the operands, updated in place."""
-    lifted = _core.Lifted.from_args(operands)
+    lifted = _core.Lifted.from_args(
+        operands, graph=graph, graph_updates=graph_updates, fn=_fn
+    )
     statics: list = []
 
     def checked(branch: Callable) -> Callable:
@@ -99,11 +122,18 @@ def remat(
     prevent_cse: bool = True,
     static_argnums: int | tuple[int, ...] = (),
     policy: Callable | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.checkpoint`` (rematerialisation) over a function taking objects."""
     if f is None:
         return functools.partial(
-            remat, prevent_cse=prevent_cse, static_argnums=static_argnums, policy=policy
+            remat,
+            prevent_cse=prevent_cse,
+            static_argnums=static_argnums,
+            policy=policy,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     static = (static_argnums,) if isinstance(static_argnums, int) else static_argnums
 
@@ -120,7 +150,9 @@ def remat(
             ]
             return f(*full)
 
-        lifted = _core.Lifted.from_args(dyn)
+        lifted = _core.Lifted.from_args(
+            dyn, graph=graph, graph_updates=graph_updates, fn="remat"
+        )
         statics: list = []
         pure = _lifted_call(lifted, call, statics)
         new_arrays, out_leaves = jax.checkpoint(
@@ -134,7 +166,13 @@ def remat(
 checkpoint = remat
 
 
-def eval_shape(f: Callable, *args: Any, **kwargs: Any) -> Any:
+def eval_shape(
+    f: Callable,
+    *args: Any,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """Run ``f`` abstractly: objects it returns hold ``ShapeDtypeStruct`` values.
 
     No memory is allocated for parameters, so this is how to build a large model
@@ -145,7 +183,9 @@ def eval_shape(f: Callable, *args: Any, **kwargs: Any) -> Any:
     >>> type(abstract.kernel.value).__name__, abstract.kernel.value.shape
     ('ShapeDtypeStruct', (1024, 1024))
     """
-    lifted = _core.Lifted.from_args((args, kwargs))
+    lifted = _core.Lifted.from_args(
+        (args, kwargs), graph=graph, graph_updates=graph_updates, fn="eval_shape"
+    )
     statics: list = []
 
     def call(tree):
@@ -196,7 +236,14 @@ def _finish_loop(lifted: _core.Lifted, carry) -> Any:
     return lifted.rebuild_with(lifted.nodes, _with_jax_leaves(lifted, jleaves))
 
 
-def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
+def while_loop(
+    cond_fun: Callable,
+    body_fun: Callable,
+    init_val: Any,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.while_loop`` whose value may hold objects (updated in place).
 
     >>> import jax.numpy as jnp
@@ -209,7 +256,9 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
     >>> int(v.value)
     128
     """
-    lifted = _core.Lifted.from_args(init_val)
+    lifted = _core.Lifted.from_args(
+        init_val, graph=graph, graph_updates=graph_updates, fn="while_loop"
+    )
     to_tree, from_tree = _loop_body(lifted, "while_loop")
 
     def pure_cond(carry):
@@ -227,10 +276,19 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
 
 
 def fori_loop(
-    lower: int, upper: int, body_fun: Callable, init_val: Any, *, unroll: Any = None
+    lower: int,
+    upper: int,
+    body_fun: Callable,
+    init_val: Any,
+    *,
+    unroll: Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.fori_loop`` whose value may hold objects (updated in place)."""
-    lifted = _core.Lifted.from_args(init_val)
+    lifted = _core.Lifted.from_args(
+        init_val, graph=graph, graph_updates=graph_updates, fn="fori_loop"
+    )
     to_tree, from_tree = _loop_body(lifted, "fori_loop")
 
     def pure_body(i, carry):
@@ -256,10 +314,24 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
     mutate its object arguments.
     """
 
-    def __init__(self, fun: Callable, nondiff_argnums: tuple[int, ...] = ()):
+    def __new__(cls, fun: Callable | None = None, *args: Any, **kwargs: Any):
+        if fun is None:  # @nnx.custom_vjp(nondiff_argnums=...)
+            return functools.partial(cls, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        fun: Callable,
+        nondiff_argnums: tuple[int, ...] = (),
+        *,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
+    ):
         functools.update_wrapper(self, fun)
         self.fun = fun
         self.nondiff_argnums = tuple(nondiff_argnums)
+        self.graph = graph
+        self.graph_updates = graph_updates
         self.fwd: Callable | None = None
         self.bwd: Callable | None = None
 
@@ -282,7 +354,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
         inputs = []
         for i, (a, obj) in enumerate(zip(args, is_obj)):
             if obj:
-                gd, st = split(a)
+                gd, st = split(a, graph=self.graph)
                 graphdefs[i] = gd
                 inputs.append(st)
             else:

@@ -43,7 +43,7 @@ from nnxlike import _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._transforms import _core
-from nnxlike._variables import RngKey
+from nnxlike._variables import PARTITION_NAME, RngKey, normalize_sharding_names
 
 
 class _CarryType:
@@ -197,18 +197,16 @@ _NAMES = "sharding_names"
 
 def _partition_name(transform_metadata: Mapping, name: str) -> Any:
     """The sharding name for the new axis, from ``transform_metadata``."""
-    from nnxlike import spmd
-
-    unknown = [k for k in transform_metadata if k != spmd.PARTITION_NAME]
+    unknown = [k for k in transform_metadata if k != PARTITION_NAME]
     if unknown:
         raise ValueError(
             f"nnx.{name}: transform_metadata has unknown key(s) {unknown}; the one "
             f"key is nnx.PARTITION_NAME, e.g. "
             f"`transform_metadata={{nnx.PARTITION_NAME: 'layers'}}`."
         )
-    entry = transform_metadata.get(spmd.PARTITION_NAME)
+    entry = transform_metadata.get(PARTITION_NAME)
     where = f"nnx.{name}(transform_metadata={{nnx.PARTITION_NAME: ...}})"
-    return spmd._normalize_names((entry,), where)[0]
+    return normalize_sharding_names((entry,), where)[0]
 
 
 def _map_vars(tree: tuple, fn: Callable) -> tuple:
@@ -344,6 +342,8 @@ def vmap(
     spmd_axis_name: Any = None,
     split_rngs: bool = True,
     transform_metadata: Mapping = _NO_METADATA,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.vmap`` over functions taking objects (see the module note).
 
@@ -376,6 +376,8 @@ def vmap(
             spmd_axis_name=spmd_axis_name,
             split_rngs=split_rngs,
             transform_metadata=transform_metadata,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     partition_name = _partition_name(transform_metadata, "vmap")
 
@@ -384,7 +386,9 @@ def vmap(
         if kwargs:
             _no_kwargs("vmap", f, kwargs)
         axes = _per_arg(in_axes, len(args), "vmap")
-        lifted = _core.Lifted.from_args(args)
+        lifted = _core.Lifted.from_args(
+            args, graph=graph, graph_updates=graph_updates, fn="vmap"
+        )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
         lifted, removed = _strip_mapped_names(lifted, var_axis)
         name = axis_name if axis_name is not None else _fresh_axis_name()
@@ -552,6 +556,8 @@ def scan(
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
     transform_metadata: Mapping = _NO_METADATA,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.scan`` over functions taking objects (see the module note).
 
@@ -584,6 +590,8 @@ def scan(
             in_axes=in_axes,
             out_axes=out_axes,
             transform_metadata=transform_metadata,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     _partition_name(transform_metadata, "scan")  # validated; see the docstring
 
@@ -595,7 +603,9 @@ def scan(
         carry_args = [i for i, a in enumerate(axes) if isinstance(a, _CarryType)]
         if len(carry_args) > 1:
             raise ValueError("scan: at most one argument can be nnx.Carry.")
-        lifted = _core.Lifted.from_args(args)
+        lifted = _core.Lifted.from_args(
+            args, graph=graph, graph_updates=graph_updates, fn="scan"
+        )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
         lifted, _ = _strip_mapped_names(lifted, var_axis)
         carried_vars = [i for i, a in enumerate(var_axis) if not isinstance(a, int)]
@@ -722,3 +732,74 @@ def _join_out(carry: Any, ys: Any, out_axes: Any) -> Any:
     ):
         return carry, ys
     return ys
+
+
+class _PathAxes(StateAxes):
+    """Axes chosen per Variable path (what ``nnx.prefix`` builds for an object)."""
+
+    def __init__(self, by_path: dict):
+        self.by_path = by_path
+        self.filters, self.axes, self._preds = (), (), ()
+
+    def axis_of(self, path: tuple, var: Any) -> Any:
+        try:
+            return self.by_path[path]
+        except KeyError:
+            raise _errors.StructureError(
+                f"nnx.prefix: no axis for the Variable at {_errors.path_str(path)!r}: "
+                "the prefix was computed for another object. Compute it from the "
+                "objects passed to the transform, in the same order."
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"prefix({self.by_path!r})"
+
+
+def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
+    """In-axes (or out-axes) for ``node``: ``filter_map(path, leaf)`` per leaf.
+
+    ``filter_map`` is a callable ``(path, leaf) -> axis`` or a mapping from
+    filters to axes (the first matching filter wins). The result has the shape of
+    ``node`` (containers are kept; each object becomes per-path axes), so it can
+    be passed as an ``in_axes`` entry of ``nnx.vmap``.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> d = {"a": nnx.Param(jnp.array(2)), "b": nnx.BatchStat(jnp.arange(5))}
+    >>> axes = nnx.prefix(d, {nnx.Param: None, nnx.BatchStat: 0})
+    >>> axes
+    {'a': None, 'b': 0}
+    >>> nnx.vmap(lambda d: d["a"][...] * d["b"][...], in_axes=(axes,))(d).tolist()
+    [0, 2, 4, 6, 8]
+    """
+    if callable(filter_map) and not isinstance(filter_map, Mapping):
+        axis_for = filter_map
+    else:
+        preds = [(to_predicate(f), a) for f, a in dict(filter_map).items()]
+
+        def axis_for(path: tuple, leaf: Any) -> Any:
+            for pred, a in preds:
+                if pred(path, leaf):
+                    return a
+            raise _errors.StructureError(
+                f"nnx.prefix: the leaf at {_errors.path_str(path)!r} "
+                f"({type(leaf).__name__}) matches none of the filters "
+                f"{list(dict(filter_map))}. End the mapping with `...: None`."
+            )
+
+    def visit(x: Any, path: tuple) -> Any:
+        if isinstance(x, _graph.Object):
+            flat = flatten(x, tree_mode=None if graph is not False else "prefix")
+            return _PathAxes(
+                {
+                    p: axis_for((*path, *p), v)
+                    for p, v in zip(flat.graphdef.paths, flat.leaves)
+                }
+            )
+        if isinstance(x, (list, tuple)):
+            return type(x)(visit(v, (*path, i)) for i, v in enumerate(x))
+        if isinstance(x, dict):
+            return {k: visit(v, (*path, k)) for k, v in x.items()}
+        return axis_for(path, x)
+
+    return visit(node, ())

@@ -50,7 +50,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _errors, _tracking
+from nnxlike import _config, _errors, _tracking
 from nnxlike._graph import Flat, flatten, is_graph_node
 from nnxlike._object import Object
 from nnxlike._transforms import _core, _traps
@@ -186,10 +186,14 @@ class JitWrapped:
         donate_argnames: str | Sequence[str] | None = None,
         in_shardings: Any = None,
         out_shardings: Any = None,
+        graph: bool | None = None,
+        graph_updates: bool | None = None,
         **jit_kwargs: Any,
     ):
         functools.update_wrapper(self, fun)
         self.fun = fun
+        # Resolved when decorated, as flax does (set_graph_mode around the def).
+        self._modes = _config.resolve(graph, graph_updates)
         self.bound_self = None
         if inspect.ismethod(fun) and is_graph_node(fun.__self__):
             # nnx.jit(model.method): the object becomes a real (hidden) first
@@ -329,7 +333,14 @@ class JitWrapped:
 
     # -- slow path: full flatten -------------------------------------------------------
     def _build_entry(self, dyn_args, dyn_kwargs, static_args) -> _Entry:
-        lifted = _core.Lifted.from_args((dyn_args, dyn_kwargs), track=True)
+        graph, graph_updates = self._modes
+        lifted = _core.Lifted.from_args(
+            (dyn_args, dyn_kwargs),
+            track=True,
+            graph=graph,
+            graph_updates=graph_updates,
+            fn="jit",
+        )
         n = len(lifted.flat.leaves)
         jax_leaf_pos = tuple(
             i for i in range(len(lifted.leaves)) if i not in lifted.graph_pos
@@ -384,6 +395,14 @@ class JitWrapped:
         spec = self.in_shardings
         explicit = n - self._offset
         if isinstance(spec, (tuple, list)):
+            n_static = len([i for i in static_pos if i >= self._offset])
+            if len(spec) == explicit - n_static and n_static:
+                # As jax.jit: one entry per non-static positional argument.
+                it = iter(spec)
+                spec = [
+                    None if i + self._offset in static_pos else next(it)
+                    for i in range(explicit)
+                ]
             if len(spec) != explicit:
                 raise ValueError(
                     f"nnx.jit: in_shardings has {len(spec)} entries for {explicit} "
@@ -537,13 +556,53 @@ class JitWrapped:
         spec = entry.spec
         arrays = [v._raw_value for v in entry.variables]
         jl = [leaves[i] for i in spec.jax_leaf_pos]
-        return self._jitted.lower(
-            spec,
-            [arrays[i] for i in spec.donated_idx],
-            [arrays[i] for i in spec.kept_idx],
-            [x for x, f in zip(jl, spec.leaf_donated) if f],
-            [x for x, f in zip(jl, spec.leaf_donated) if not f],
+        return Lowered(
+            self,
+            self._jitted.lower(
+                spec,
+                [arrays[i] for i in spec.donated_idx],
+                [arrays[i] for i in spec.kept_idx],
+                [x for x, f in zip(jl, spec.leaf_donated) if f],
+                [x for x, f in zip(jl, spec.leaf_donated) if not f],
+            ),
         )
+
+
+class Lowered:
+    """JAX's ``Lowered`` for an ``nnx.jit`` function; ``compile()`` keeps write-back.
+
+    Everything JAX's object offers (``as_text``, ``cost_analysis``, ...) is
+    reachable; calling the compiled result takes the objects as the jitted
+    function does and writes their changes back.
+    """
+
+    def __init__(self, wrapped: JitWrapped, lowered: Any):
+        self._wrapped = wrapped
+        self._lowered = lowered
+
+    def compile(self, *args: Any, **kwargs: Any) -> Compiled:
+        return Compiled(self._wrapped, self._lowered.compile(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lowered, name)
+
+
+class Compiled:
+    """JAX's ``Compiled`` for an ``nnx.jit`` function, callable with objects.
+
+    A call goes through the jitted function, whose cache holds this executable
+    for the same argument structure (no second compile).
+    """
+
+    def __init__(self, wrapped: JitWrapped, compiled: Any):
+        self._wrapped = wrapped
+        self._compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._compiled, name)
 
 
 def _positional_names(fun: Callable) -> list[str]:

@@ -36,9 +36,12 @@ from nnxlike._variables import Param, Variable
 class _Plan:
     """Which Variables of which primal are differentiated."""
 
-    def __init__(self, primals: tuple, wrt: Filter):
-        self.lifted = _core.Lifted.from_args((primals, {}))
-        var_index = {id(v): i for i, v in enumerate(self.lifted.flat.leaves)}
+    def __init__(self, primals: tuple, wrt: Filter, modes: tuple = (None, None)):
+        graph, graph_updates = modes
+        self.lifted = _core.Lifted.from_args(
+            (primals, {}), graph=graph, graph_updates=graph_updates, fn="jvp"
+        )
+        var_index = self.lifted.index_by_id()
         # Per primal: None for a plain primal, else [(path, variable index)].
         self.chosen: list[list[tuple] | None] = []
         self.diff_idx: list[int] = []
@@ -153,6 +156,8 @@ def jvp(
     *,
     has_aux: bool = False,
     wrt: Filter = Param,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Like ``jax.jvp``, lifted over objects (see the module note).
 
@@ -180,7 +185,7 @@ def jvp(
             f"jvp: got {len(primals)} primal(s) but {len(tangents)} tangent(s); "
             "give one tangent per primal."
         )
-    plan = _Plan(primals, wrt)
+    plan = _Plan(primals, wrt, (graph, graph_updates))
     t_diff: list = []
     diff = plan.diff_arrays()
     given: dict[int, Any] = {}
@@ -200,7 +205,14 @@ def jvp(
     return (out, out_dot, aux) if has_aux else (out, out_dot)
 
 
-def vjp(f: Callable, *primals: Any, has_aux: bool = False, wrt: Filter = Param) -> Any:
+def vjp(
+    f: Callable,
+    *primals: Any,
+    has_aux: bool = False,
+    wrt: Filter = Param,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
     """Like ``jax.vjp``, lifted over objects (see the module note).
 
     ``vjp_fn(cotangent)`` returns one cotangent per primal: an ``nnx.State`` of
@@ -220,7 +232,7 @@ def vjp(f: Callable, *primals: Any, has_aux: bool = False, wrt: Filter = Param) 
         ``(primals_out, vjp_fn)``, or ``(primals_out, vjp_fn, aux)`` with
         ``has_aux=True``.
     """
-    plan = _Plan(primals, wrt)
+    plan = _Plan(primals, wrt, (graph, graph_updates))
     box: dict[str, Any] = {}
     run = plan.pure(f, "vjp", has_aux, plan.nondiff_arrays(), box)
     plain = tuple(primals[i] for i in plan.plain)

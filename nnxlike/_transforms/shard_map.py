@@ -270,6 +270,8 @@ def shard_map(
     out_specs: Any,
     axis_names: Any = frozenset(),
     check_vma: bool = True,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.shard_map`` over functions taking objects (see the module note).
 
@@ -304,6 +306,8 @@ def shard_map(
             out_specs=out_specs,
             axis_names=axis_names,
             check_vma=check_vma,
+            graph=graph,
+            graph_updates=graph_updates,
         )
     jax_out_specs = _jax_out_specs(out_specs)
 
@@ -317,7 +321,9 @@ def shard_map(
                 f"positionally, or bind constants with functools.partial({fname}, "
                 "...)."
             )
-        lifted = _core.Lifted.from_args(args)
+        lifted = _core.Lifted.from_args(
+            args, graph=graph, graph_updates=graph_updates, fn="shard_map"
+        )
         var_specs, jleaf_specs, node_specs = _assign(lifted, args, in_specs, mesh)
         graph_pos = set(lifted.graph_pos)
         jleaves = tuple(x for i, x in enumerate(lifted.leaves) if i not in graph_pos)
