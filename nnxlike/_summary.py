@@ -398,7 +398,7 @@ def tabulate(
             for attr, var in info.groups.get(kind, {}).items():
                 value = var._raw_value
                 text = _array_text(value) if hasattr(value, "shape") else ""
-                meta = var.get_metadata()
+                meta = var.get_metadata(exclude_required=True)
                 if meta:
                     own[attr] = {"value": text, **{k: _Raw(v) for k, v in meta.items()}}
                 elif text:
