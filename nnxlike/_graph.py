@@ -34,7 +34,7 @@ from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._object import Object
 from nnxlike._state import State, check_value_fits
-from nnxlike._variables import Variable
+from nnxlike._variables import Variable, new_variable
 
 # GraphDef node kinds (first element of every node tuple). PYTREE is any other
 # registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
@@ -477,8 +477,11 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
 
 
 def _to_state_leaf(x: Any) -> Any:
-    # A State holds the graph's own Variables, as in flax.nnx 0.12 (`nnx.state(m)
-    # ["kernel"] is m.kernel`); jax.tree.map over it builds new ones.
+    # A State is a snapshot: new Variables of the same kinds sharing the (immutable)
+    # arrays. flax.nnx 0.12 puts the graph's own Variables there, so a State kept
+    # as "the best weights" silently follows later training; here it does not.
+    if isinstance(x, Variable):
+        return new_variable(type(x), x._raw_value, x._metadata)
     return x
 
 
@@ -587,6 +590,10 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     ['bias', 'kernel']
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "state"))
+    if filters:  # a path string matching nothing is most likely a typo
+        _errors.warn_unmatched_path_filters(
+            "nnx.state", type(node).__name__, filters, flat.graphdef.paths, 4
+        )
     if len(filters) <= 1:
         if not filters:
             return _partition(flat, ())[0]

@@ -5,8 +5,9 @@ either a sub-State or a leaf: a Variable (a copy sharing the array: flax.nnx
 0.12's ``VariableState``) or a raw array. It is the currency between objects and
 JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
 maps over its arrays, optax updates it. Keys keep insertion order (the order of
-the model's definition). As in flax.nnx 0.12, the leaves of ``nnx.state(model)``
-are the model's own Variables; ``jax.tree.map`` over a State builds new ones.
+the model's definition). The leaves of ``nnx.state(model)`` are new Variables
+sharing the model's arrays (a snapshot: later training does not change it); flax
+.nnx 0.12 hands out the model's own Variables instead (``nnx.variables`` does).
 """
 
 from __future__ import annotations

@@ -1099,6 +1099,16 @@ class RngCount(RngState):
 class OptState(Variable):
     """Optimizer state (momenta, step counts) held by ``Optimizer``."""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # PyTorch's `optimizer.step()`: here `step` is the step count.
+        raise TypeError(
+            _errors.VARIABLE_CALLED.format(
+                cls=type(self).__name__,
+                what=f"an array of shape {self.shape}",
+                hint=_errors.OPTIMIZER_STEP_CALLED,
+            )
+        )
+
 
 _register(Variable)
 

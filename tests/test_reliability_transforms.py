@@ -369,9 +369,6 @@ def test_path_filter_that_matches_no_path_is_named_with_the_paths():
     assert "matching the glob 'x/*'" in messages[1]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the one-line hook in _graph.state (lead's file)"
-)
 def test_nnx_state_warns_for_a_typo_but_not_for_an_absent_kind():
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     assert nnx.state(model, nnx.BatchStat).to_pure_dict() == {}  # no warning
@@ -434,7 +431,6 @@ def test_module_torch_methods_point_at_ours():
         model.x  # noqa: B018
 
 
-@pytest.mark.xfail(strict=True, reason="needs Variable.__call__ (lead's file)")
 def test_optimizer_step_called_like_pytorch_points_at_update():
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)

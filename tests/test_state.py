@@ -96,7 +96,7 @@ def test_flat_state_paths_and_leaves(state):
 def test_root_leaf_state_uses_the_empty_path():
     v = nnx.Param(jnp.ones(2))
     graphdef, s = nnx.split(v)
-    assert s is v  # a root Variable splits into itself, as in flax.nnx
+    assert type(s) is nnx.Param and s is not v  # the root Variable, as flax: no State
     assert type(nnx.merge(graphdef, s)) is nnx.Param
     assert nnx.State.from_flat([()], [1]).flat_state() == [((), 1)]
 

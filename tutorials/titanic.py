@@ -117,6 +117,7 @@ print(f"jax {jax.__version__} on {jax.default_backend()} | files go to {OUT}")
 # over numpy arrays does the same job (for big data, any loader that yields
 # numpy arrays works: `torch.utils.data`, `tf.data`, `grain`).
 
+
 # %%
 def kaggle_titanic_dir(root=KAGGLE_INPUT):
     """A folder under Kaggle's input holding the Titanic train.csv and test.csv."""

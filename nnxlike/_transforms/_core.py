@@ -19,6 +19,7 @@ Design note: a transform sees ``(args, kwargs)`` holding objects anywhere. Phase
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax.tree_util as jtu
@@ -85,8 +86,6 @@ class Lifted:
             leaves[i] = None
         if not graph:
             _graph.check_tree(nodes, fn)
-        elif not graph_updates:
-            _check_no_shared_variables(nodes, fn)
         flat = flatten(nodes, track=track)
         mode = None if graph and graph_updates else fn
         lifted = cls(treedef, leaves, graph_pos, nodes, flat, mode)
@@ -288,3 +287,21 @@ def _check_no_shared_variables(nodes: tuple, fn: str) -> None:
                 )
             )
         seen[id(v)] = path
+
+
+def refuse_bound_method(f: Any, fn: str) -> None:
+    """A bound method of an object would hide the object from the transform.
+
+    Its Variables would be read as constants (and not differentiated, mapped or
+    written back), so ``nnx.vmap(model.method)`` is refused with the fix.
+    """
+    self_ = getattr(f, "__self__", None)
+    if self_ is not None and inspect.ismethod(f) and is_graph_node(self_):
+        name = getattr(f, "__name__", "method")
+        raise ValueError(
+            f"nnx.{fn} does not accept bound methods of nnx objects "
+            f"({type(self_).__name__}.{name}): the object would be captured, its "
+            "Variables compiled in as constants and its changes lost. Pass the "
+            f"object as an argument: `nnx.{fn}(lambda obj, *args: obj.{name}(*args))"
+            "(obj, ...)`, or decorate the method in the class body."
+        )

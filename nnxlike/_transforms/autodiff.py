@@ -104,6 +104,7 @@ def value_and_grad(
             graph=graph,
             graph_updates=graph_updates,
         )
+    _core.refuse_bound_method(f, "grad")
     single, specs = _specs(argnums, wrt)
     explicit_filters = [
         isinstance(a, DiffState)

@@ -135,6 +135,7 @@ def remat(
             graph=graph,
             graph_updates=graph_updates,
         )
+    _core.refuse_bound_method(f, "remat")
     static = (static_argnums,) if isinstance(static_argnums, int) else static_argnums
 
     @functools.wraps(f)
@@ -183,6 +184,7 @@ def eval_shape(
     >>> type(abstract.kernel.value).__name__, abstract.kernel.value.shape
     ('ShapeDtypeStruct', (1024, 1024))
     """
+    _core.refuse_bound_method(f, "eval_shape")
     lifted = _core.Lifted.from_args(
         (args, kwargs), graph=graph, graph_updates=graph_updates, fn="eval_shape"
     )
@@ -327,6 +329,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
         graph: bool | None = None,
         graph_updates: bool | None = None,
     ):
+        _core.refuse_bound_method(fun, "custom_vjp")
         functools.update_wrapper(self, fun)
         self.fun = fun
         self.nondiff_argnums = tuple(nondiff_argnums)

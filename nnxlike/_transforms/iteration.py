@@ -43,7 +43,12 @@ from nnxlike import _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._transforms import _core
-from nnxlike._variables import PARTITION_NAME, RngKey, normalize_sharding_names
+from nnxlike._variables import (
+    PARTITION_NAME,
+    RngKey,
+    new_variable,
+    normalize_sharding_names,
+)
 
 
 class _CarryType:
@@ -379,6 +384,7 @@ def vmap(
             graph=graph,
             graph_updates=graph_updates,
         )
+    _core.refuse_bound_method(f, "vmap")
     partition_name = _partition_name(transform_metadata, "vmap")
 
     @functools.wraps(f)
@@ -483,10 +489,35 @@ def _new_var_axes(static: tuple, arr_axes: list, leaf_axes: list) -> list:
         for idx in _indices_in(child):
             owner.setdefault(idx, k)
     axes = list(arr_axes)
+    var_defs: dict[int, tuple] = {}
     for j, obj_i in enumerate(leaf_objs):
         if obj_i >= 0 and origins[obj_i] < 0 and obj_i in owner:
-            axes[j] = leaf_axes[out_graph_pos[owner[obj_i]]]
+            ax = leaf_axes[out_graph_pos[owner[obj_i]]]
+            if isinstance(ax, StateAxes):  # out_axes=StateAxes({...}) per Variable
+                if not var_defs:
+                    var_defs = _var_defs(graphdef.tree)
+                cls, meta = var_defs[obj_i]
+                path = graphdef.paths[j][2:]  # inside (copies, out_nodes)[1][k]
+                ax = ax.axis_of(path, new_variable(cls, None, dict(meta)))
+            axes[j] = ax
     return axes
+
+
+def _var_defs(d: tuple, out: dict | None = None) -> dict[int, tuple]:
+    """``{variable index: (kind, metadata)}`` for every Variable of a GraphDef."""
+    from nnxlike import _graph
+
+    out = {} if out is None else out
+    kind = d[0]
+    if kind == _graph.VAR:
+        out[d[2]] = (d[1], d[3])
+    elif kind == _graph.NODE:
+        for c in d[3]:
+            _var_defs(c if d[1] in (list, tuple) else c[1], out)
+    elif kind == _graph.PYTREE:
+        for _, c in d[2]:
+            _var_defs(c, out)
+    return out
 
 
 def _indices_in(d: tuple) -> list:
@@ -593,6 +624,7 @@ def scan(
             graph=graph,
             graph_updates=graph_updates,
         )
+    _core.refuse_bound_method(f, "scan")
     _partition_name(transform_metadata, "scan")  # validated; see the docstring
 
     @functools.wraps(f)

@@ -309,6 +309,7 @@ def shard_map(
             graph=graph,
             graph_updates=graph_updates,
         )
+    _core.refuse_bound_method(f, "shard_map")
     jax_out_specs = _jax_out_specs(out_specs)
 
     @functools.wraps(f)

@@ -3,7 +3,7 @@
 Design note: a cell is a Module mapping ``(carry, x_t) -> (carry, y_t)`` for one time
 step, with its parameters laid out exactly as flax.nnx lays them out (same attribute
 names and kernel shapes), so parameter paths and checkpoints carry over. ``RNN`` runs a
-cell over time with a single ``jax.lax.scan``. A Module is not a pytree, so the loop
+cell over time with a single ``jax.lax.scan``. To keep writes, the loop
 splits the cell first: the Params are closed over (read-only inside the loop), every
 other Variable (RNG counters, caches) rides in the scan carry and is written back after
 the loop, and the body rebuilds the cell from its GraphDef (traced once, not per step).
