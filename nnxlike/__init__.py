@@ -9,9 +9,13 @@ from nnxlike import _optimizer as optimizer
 from nnxlike import checkpoint as checkpoint
 from nnxlike import compat as compat
 from nnxlike import filterlib as filterlib
+from nnxlike import graph as graph
+from nnxlike import graphlib as graphlib
 from nnxlike import interop as interop
 from nnxlike import metrics as metrics
 from nnxlike import spmd as spmd
+from nnxlike import statelib as statelib
+from nnxlike import traversals as traversals
 from nnxlike import variablelib as variablelib
 from nnxlike._capture import capture as capture
 from nnxlike._config import set_graph_mode as set_graph_mode
@@ -105,6 +109,10 @@ from nnxlike._transforms.jit import jit as jit
 from nnxlike._transforms.jit import jit_partial as jit_partial
 from nnxlike._transforms.linearize import jvp as jvp
 from nnxlike._transforms.linearize import vjp as vjp
+from nnxlike._transforms.misc import StateSharding as StateSharding
+from nnxlike._transforms.misc import checkify as checkify
+from nnxlike._transforms.misc import make_jaxpr as make_jaxpr
+from nnxlike._transforms.misc import pmap as pmap
 from nnxlike._transforms.shard_map import shard_map as shard_map
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
@@ -125,6 +133,8 @@ from nnxlike._variables import use_eager_sharding as use_eager_sharding
 from nnxlike._variables import using_eager_sharding as using_eager_sharding
 from nnxlike._variables import var_defaults as var_defaults
 from nnxlike._version import __version__ as __version__
+from nnxlike.graphlib import GraphState as GraphState
+from nnxlike.graphlib import unpack as unpack
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
 from nnxlike.metrics import EMA as EMA

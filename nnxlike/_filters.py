@@ -81,12 +81,27 @@ class OfType(_FilterBase):
 
 @dataclasses.dataclass(frozen=True)
 class PathContains(_FilterBase):
-    """Matches when some component of the path equals ``key``."""
+    """Matches when some component of the path equals ``key``.
+
+    With ``exact=False`` a component matches when ``str(key)`` is a substring
+    of ``str(component)`` (so ``"attn"`` matches ``"self_attn"``), as flax.nnx.
+
+    >>> import nnxlike as nnx
+    >>> nnx.PathContains("kernel")(("layer", "kernel"), None)
+    True
+    >>> f = nnx.PathContains("attn", exact=False)
+    >>> f(("self_attn", "kernel"), None), f(("mlp", "kernel"), None)
+    (True, False)
+    """
 
     key: _AnyType
+    exact: bool = True
 
     def __call__(self, path, value):
-        return self.key in path
+        if self.exact:
+            return self.key in path
+        key = str(self.key)
+        return any(key in str(part) for part in path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -368,3 +368,86 @@ def test_repr_shows_kind_value_and_metadata():
     assert "note='hello'" in text
     text = repr(nnx.BatchStat(jnp.ones(2)))
     assert text.startswith("BatchStat(")
+
+
+# -- flax.nnx 0.12 Variable API ------------------------------------------------------
+
+
+def test_required_metadata_and_set_metadata_forms():
+    v = nnx.Variable(jnp.array(1.0))
+    assert v.get_metadata() == {"hijax": False, "ref": False, "eager_sharding": True}
+    v.set_metadata(a=1)
+    v.set_metadata("b", 2)
+    assert v.get_metadata("b") == 2 and v.get_metadata("x", 10) == 10
+    v.set_metadata({"c": 3})
+    assert v.get_metadata(exclude_required=True) == {"c": 3}
+    assert v.has_metadata("c") and not v.has_metadata("a")
+    v.del_metadata("c")
+    assert not v.has_metadata("c")
+    with pytest.raises(ValueError, match="Cannot change `ref`"):
+        v.set_metadata(ref=True)
+    with pytest.raises(KeyError, match="get_metadata"):
+        v.get_metadata("absent")
+    # defaults are not stored, so ordinary GraphDefs are unchanged
+    assert nnx.graphdef(nnx.Param(1.0)) == nnx.graphdef(nnx.Param(2.0))
+
+
+def test_ref_variable_writes_leave_plain_jit():
+    v = nnx.Variable(jnp.array([1.0, 2.0]), ref=True)
+    assert v.ref and isinstance(v.get_raw_value(), jax.Ref)
+
+    @jax.jit
+    def f(v, x):
+        v[...] = v[...] * x
+        v[0] = 0.0
+        return v[...].sum()
+
+    out = f(v, 3.0)
+    np.testing.assert_allclose(v[...], np.array([0.0, 6.0]))
+    assert float(out) == 6.0
+    np.testing.assert_allclose(v + 1, np.array([1.0, 7.0]))
+    c = v.copy(ref=False)
+    assert not c.ref and not isinstance(c.get_raw_value(), jax.Ref)
+    with pytest.raises(ValueError, match="ref=True instead"):
+        nnx.Param(jax.new_ref(jnp.ones(1)))
+
+
+def test_var_defaults_context_decorator_and_plain():
+    with nnx.var_defaults(ref=True):
+        assert nnx.var_defaults().ref and nnx.Param(1.0).ref
+        assert not nnx.Param(1.0, ref=False).ref
+    assert not nnx.var_defaults().ref and not nnx.Param(1.0).ref
+
+    @nnx.var_defaults(hijax=True, ref=True)
+    def f():
+        return nnx.var_defaults()
+
+    d = f()
+    assert d.hijax and d.ref and not nnx.var_defaults().hijax
+    assert list(nnx.var_defaults()) == ["hijax", "ref"] and len(d) == 2
+    with nnx.use_eager_sharding(False):
+        assert not nnx.using_eager_sharding()
+        assert nnx.Param(1.0).eager_sharding is False
+    assert nnx.using_eager_sharding()
+    with pytest.raises(TypeError, match="True or False"):
+        nnx.var_defaults(ref=1)
+
+
+def test_generic_subscription_forwarding_and_copy():
+    import typing
+
+    p = nnx.Param[jax.Array](jnp.arange(6.0).reshape(2, 3))
+    assert type(p) is nnx.Param and typing.get_args(nnx.Variable[nnx.A]) == (nnx.A,)
+    np.testing.assert_array_equal(p.reshape(3, 2), jnp.arange(6.0).reshape(3, 2))
+    np.testing.assert_array_equal(p.at[0, 0].set(9.0)[0], jnp.array([9.0, 1.0, 2.0]))
+    assert p.sharding == p[...].sharding
+    q = p.copy(jnp.zeros(2), note="n")
+    assert q.note == "n" and q.shape == (2,) and p.shape == (2, 3)
+    r = nnx.Param.from_metadata(1.0, {"note": "x", "hijax": False, "ref": False})
+    assert r.get_metadata(exclude_required=True) == {"note": "x"}
+    a = nnx.Param(1.0)
+    a.copy_from(nnx.Param(2.0, note="b"))
+    assert float(a[...]) == 2.0 and a.note == "b"
+    with pytest.raises(ValueError, match="same Variable kind"):
+        a.copy_from(nnx.BatchStat(1.0))
+    assert nnx.Param(lambda x: 2 * x)(3) == 6 and 1 in nnx.Variable([1, 2])

@@ -421,8 +421,11 @@ class JitWrapped:
                 if is_graph_node(leaf):
                     flat = flatten(leaf)
                     by_path = s.flat_dict() if hasattr(s, "flat_dict") else None
+                    per_var = getattr(s, "map_prefix", None)  # nnx.StateSharding
                     for path, v in zip(flat.graphdef.paths, flat.leaves):
                         sh = s if by_path is None else by_path.get(path)
+                        if per_var is not None:
+                            sh = per_var(path, v)
                         sh = getattr(sh, "value", sh)
                         if var_sh[var_index[id(v)]] is None:
                             var_sh[var_index[id(v)]] = sh

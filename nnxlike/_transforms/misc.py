@@ -1,0 +1,295 @@
+"""``pmap``, ``checkify`` and ``make_jaxpr`` over functions taking objects.
+
+Design note: each follows ``_core``'s phases (lift the arguments, hand JAX a
+pure function of arrays, collect, write back), as ``control.py``'s transforms
+do. ``pmap`` maps every array of the arguments, objects' Variables included,
+along one axis (``in_axes``: an int or None for all, as the simplest of flax's
+forms); ``make_jaxpr`` only traces, so it writes nothing back.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.experimental import checkify as _checkify
+
+from nnxlike._graph import unflatten
+from nnxlike._transforms import _core
+from nnxlike._transforms.control import _jax_leaves, _lifted_call
+
+__all__ = ["checkify", "make_jaxpr", "pmap"]
+
+
+def _lift(args: tuple, kwargs: dict, graph, graph_updates, fn: str):
+    lifted = _core.Lifted.from_args(
+        (args, kwargs), graph=graph, graph_updates=graph_updates, fn=fn
+    )
+    return lifted
+
+
+def checkify(
+    f: Callable,
+    errors: Any = _checkify.user_checks,
+    *,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Callable:
+    """``jax.experimental.checkify.checkify`` over a function taking objects.
+
+    The wrapped function returns ``(error, output)``; changes to the objects
+    passed in are written back, as with every ``nnx.`` transform.
+
+    >>> import jax.numpy as jnp
+    >>> from jax.experimental import checkify
+    >>> import nnxlike as nnx
+    >>> count = nnx.Variable(jnp.array(0))
+    >>> def step(c, x):
+    ...     checkify.check(x > 0, "x must be positive")
+    ...     c[...] += 1
+    ...     return x * 2
+    >>> err, y = nnx.checkify(step)(count, jnp.array(3.0))
+    >>> err.get() is None, float(y), int(count[...])
+    (True, 6.0, 1)
+    >>> err, _ = nnx.checkify(step)(count, jnp.array(-1.0))
+    >>> err.get().split(" (")[0]
+    'x must be positive'
+    """
+    _core.refuse_bound_method(f, "checkify")
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> tuple:
+        lifted = _lift(args, kwargs, graph, graph_updates, "checkify")
+        statics: list = []
+        pure = _lifted_call(lifted, lambda t: f(*t[0], **t[1]), statics, unpack=False)
+        err, (new_arrays, out_leaves) = _checkify.checkify(pure, errors=errors)(
+            lifted.arrays(), _jax_leaves(lifted)
+        )
+        return err, _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+
+    return wrapper
+
+
+def make_jaxpr(
+    f: Callable,
+    *,
+    return_shape: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+    **jax_kwargs: Any,
+) -> Callable:
+    """``jax.make_jaxpr`` over a function taking objects (nothing is written back).
+
+    The jaxpr's inputs are the objects' arrays followed by the other array
+    arguments; with ``return_shape=True`` the output's shape structure comes too.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> jaxpr = nnx.make_jaxpr(lambda m, x: m(x))(model, jnp.ones((1, 2)))
+    >>> [str(v.aval) for v in jaxpr.jaxpr.invars]
+    ['float32[2,3]', 'float32[3]', 'float32[1,2]']
+    >>> _, shape = nnx.make_jaxpr(lambda m, x: m(x), return_shape=True)(
+    ...     model, jnp.ones((1, 2)))
+    >>> shape.shape
+    (1, 3)
+    """
+    _core.refuse_bound_method(f, "make_jaxpr")
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        lifted = _lift(args, kwargs, graph, graph_updates, "make_jaxpr")
+        statics: list = []
+        pure = _lifted_call(lifted, lambda t: f(*t[0], **t[1]), statics, unpack=False)
+        jaxpr, (new_arrays, out_leaves) = jax.make_jaxpr(
+            pure, return_shape=True, **jax_kwargs
+        )(lifted.arrays(), _jax_leaves(lifted))
+        if not return_shape:
+            return jaxpr
+        graphdef, _origins, out_treedef, out_graph_pos, _ = statics[-1][:5]
+        _, out_nodes = unflatten(graphdef, new_arrays)
+        full = list(out_leaves)
+        for i, node in zip(out_graph_pos, out_nodes):
+            full[i] = node
+        return jaxpr, out_treedef.unflatten(full)
+
+    return wrapper
+
+
+def pmap(
+    f: Callable | None = None,
+    axis_name: Any = None,
+    *,
+    in_axes: int | None = 0,
+    out_axes: int = 0,
+    static_broadcasted_argnums: int | tuple[int, ...] = (),
+    devices: Any = None,
+    backend: str | None = None,
+    axis_size: int | None = None,
+    donate_argnums: int | tuple[int, ...] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
+) -> Any:
+    """``jax.pmap`` over a function taking objects, written back in place.
+
+    Every array of the arguments (the objects' Variables too) is mapped along
+    ``in_axes`` (an int, or None to broadcast all); results come back stacked
+    along ``out_axes``, and the objects hold the per-device values.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> n = jax.local_device_count()
+    >>> w = nnx.Param(jnp.ones((n, 3)))
+    >>> @nnx.pmap(axis_name="d")
+    ... def scale(w, x):
+    ...     w[...] = w[...] * x
+    ...     return jax.lax.psum(w[...].sum(), "d")
+    >>> out = scale(w, jnp.full((n,), 2.0))
+    >>> out.shape == (n,), float(w[...][0, 0])
+    (True, 2.0)
+    """
+    if f is None:
+        return functools.partial(
+            pmap,
+            axis_name=axis_name,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            static_broadcasted_argnums=static_broadcasted_argnums,
+            devices=devices,
+            backend=backend,
+            axis_size=axis_size,
+            donate_argnums=donate_argnums,
+            graph=graph,
+            graph_updates=graph_updates,
+        )
+    _core.refuse_bound_method(f, "pmap")
+    if not (in_axes is None or isinstance(in_axes, int)) or not isinstance(
+        out_axes, int
+    ):
+        raise TypeError(
+            f"nnx.pmap: in_axes must be an int or None and out_axes an int (one "
+            f"axis for every array, objects included), got in_axes={in_axes!r}, "
+            f"out_axes={out_axes!r}. For per-argument axes use nnx.vmap with "
+            f"nnx.StateAxes inside nnx.shard_map."
+        )
+    static = (
+        (static_broadcasted_argnums,)
+        if isinstance(static_broadcasted_argnums, int)
+        else tuple(static_broadcasted_argnums)
+    )
+    if donate_argnums not in ((), None):
+        raise NotImplementedError(
+            "nnx.pmap: donate_argnums is not supported; donate with nnx.jit."
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        static_vals = {i: args[i] for i in static}
+        dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
+
+        def call(tree):
+            it = iter(tree)
+            full = [
+                static_vals[i] if i in static_vals else next(it)
+                for i in range(len(args))
+            ]
+            return f(*full)
+
+        lifted = _core.Lifted.from_args(
+            dyn, graph=graph, graph_updates=graph_updates, fn="pmap"
+        )
+        statics: list = []
+        pure = _lifted_call(lifted, call, statics, unpack=False)
+        new_arrays, out_leaves = jax.pmap(
+            pure,
+            axis_name=axis_name,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            devices=devices,
+            backend=backend,
+            axis_size=axis_size,
+        )(lifted.arrays(), _jax_leaves(lifted))
+        return _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+
+    return wrapper
+
+
+class StateSharding:
+    """Shardings chosen per Variable by filters, for ``nnx.jit``'s
+    ``in_shardings``/``out_shardings`` entries (flax.nnx's ``StateSharding``).
+
+    The first filter that matches a Variable's path and kind gives its sharding.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("d",))
+    >>> rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    >>> sh = nnx.StateSharding({nnx.PathContains("kernel"): rep, ...: None})
+    >>> sh.map_prefix(("kernel",), nnx.Param(1.0)) is rep
+    True
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> nnx.jit(lambda m: None, in_shardings=(sh,))(model)
+    >>> model.kernel.sharding == rep
+    True
+    """
+
+    def __init__(self, filter_sharding: Any, /) -> None:
+        from nnxlike._state import State
+
+        if isinstance(filter_sharding, State):
+            filter_sharding = {
+                _PathIs(p): getattr(v, "value", v)
+                for p, v in filter_sharding.flat_state()
+            }
+        items = (
+            filter_sharding.items()
+            if hasattr(filter_sharding, "items")
+            else filter_sharding
+        )
+        pairs = tuple(items)
+        self.filters = tuple(f for f, _ in pairs)
+        self.shardings = tuple(s for _, s in pairs)
+
+    def map_prefix(self, path: tuple, variable: Any) -> Any:
+        """The sharding of the Variable at ``path`` (the first matching filter)."""
+        from nnxlike._filters import to_predicate
+
+        for f, s in zip(self.filters, self.shardings):
+            if to_predicate(f)(path, variable):
+                return s
+        raise ValueError(
+            f"nnx.StateSharding: no filter matches the Variable at path {path!r} "
+            f"({type(variable).__name__}); add a last entry `...: None` to leave "
+            f"the rest unconstrained."
+        )
+
+    def __repr__(self) -> str:
+        return f"StateSharding({dict(zip(self.filters, self.shardings))})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StateSharding)
+            and self.filters == other.filters
+            and self.shardings == other.shardings
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.filters, self.shardings))
+
+
+class _PathIs:
+    """Matches exactly one path (a State given to ``StateSharding``)."""
+
+    def __init__(self, path: tuple) -> None:
+        self.path = path
+
+    def __call__(self, path: tuple, value: Any) -> bool:
+        return path == self.path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PathIs) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)

@@ -1,0 +1,299 @@
+"""flax's ``graphlib`` module: the graph functions and their public helpers.
+
+A thin door onto ``nnxlike._graph`` for code that writes ``nnx.graphlib.flatten``
+or ``nnx.graph.Key``: ``flatten``/``unflatten`` in flax's form (the FlatState
+holds ``(path, Variable)`` pairs, the model's own Variables), ``RefMap`` (a
+mapping keyed by object identity), and ``GraphState``/``unpack`` (a State that
+carries its GraphDef, so ``nnx.merge(graph_state)`` needs nothing else).
+
+>>> import nnxlike as nnx
+>>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+>>> graphdef, flat = nnx.graphlib.flatten(model)
+>>> [(path, type(v).__name__) for path, v in flat]
+[(('kernel',), 'Param'), (('bias',), 'Param')]
+>>> flat[0][1] is model.kernel
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, MutableMapping
+from typing import Any
+
+import jax.tree_util as jtu
+
+from nnxlike import _graph
+from nnxlike._graph import GraphDef as GraphDef
+from nnxlike._graph import clone as clone
+from nnxlike._graph import graphdef as graphdef
+from nnxlike._graph import is_graph_node as is_graph_node
+from nnxlike._graph import iter_graph as iter_graph
+from nnxlike._graph import merge as merge
+from nnxlike._graph import pop as pop
+from nnxlike._graph import split as split
+from nnxlike._graph import state as state
+from nnxlike._graph import update as update
+from nnxlike._object import Object
+from nnxlike._state import FlatState as FlatState
+from nnxlike._state import State
+from nnxlike._variables import Variable, is_array_ref
+
+Key = Hashable
+"""A path component: an attribute name, dict key or list index (flax's ``Key``)."""
+
+PathParts = tuple
+"""A path: a tuple of ``Key``s."""
+
+__all__ = [
+    "FlatState",
+    "GraphDef",
+    "GraphState",
+    "Key",
+    "PathParts",
+    "RefMap",
+    "clone",
+    "flatten",
+    "graphdef",
+    "is_graph_node",
+    "iter_graph",
+    "merge",
+    "pop",
+    "split",
+    "state",
+    "unflatten",
+    "unpack",
+    "update",
+]
+
+
+class RefMap(MutableMapping):
+    """A mapping keyed by object identity (Variables, Modules, array references).
+
+    >>> import nnxlike as nnx
+    >>> a, b = nnx.Param(1.0), nnx.Param(1.0)
+    >>> m = nnx.graphlib.RefMap({a: 0})
+    >>> a in m, b in m, len(m)
+    (True, False, 1)
+    """
+
+    def __init__(self, mapping: Any = (), /) -> None:
+        self._mapping: dict[int, tuple[Any, Any]] = {}
+        items = mapping.items() if hasattr(mapping, "items") else mapping
+        for key, value in items:
+            self[key] = value
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._mapping[id(key)][1]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._mapping[id(key)] = (key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        try:
+            del self._mapping[id(key)]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator:
+        return (key for key, _ in self._mapping.values())
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def __contains__(self, key: Any) -> bool:
+        return id(key) in self._mapping
+
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{type(k).__name__}: {v!r}" for k, v in self._mapping.values()
+        )
+        return f"RefMap({{{inner}}})"
+
+
+def flatten(
+    node: Any,
+    /,
+    *,
+    ref_index: RefMap | None = None,
+    ref_outer_index: RefMap | None = None,
+    graph: bool | None = None,
+    with_paths: bool = True,
+) -> tuple[GraphDef, Any]:
+    """``(graphdef, flat_state)``: every leaf of ``node`` with its path.
+
+    The flat state is a ``FlatState`` of ``(path, leaf)`` pairs in walk order,
+    where a Variable leaf is the model's own Variable (not a copy); with
+    ``with_paths=False`` it is the plain list of leaves. ``ref_index``, if given,
+    receives each Variable, Object and array reference found, mapped to its
+    index. ``graph=False`` walks in tree mode (a shared reference is an error).
+
+    >>> import nnxlike as nnx
+    >>> p = nnx.Param(1.0)
+    >>> refs = nnx.graphlib.RefMap()
+    >>> _, flat = nnx.graphlib.flatten([p, {"b": p}], ref_index=refs)
+    >>> flat.paths, p in refs
+    (((0,),), True)
+    """
+    del ref_outer_index  # flax's transform bookkeeping; nnxlike's lives elsewhere
+    from nnxlike import _config
+
+    use_graph, _ = _config.resolve(graph, None)
+    flat = _graph.flatten(node, tree_mode=None if use_graph else "flatten")
+    if ref_index is not None:
+        for i, obj in enumerate(flat.objects):
+            if isinstance(obj, (Variable, Object)) and obj not in ref_index:
+                ref_index[obj] = i
+        for leaf in flat.leaves:
+            raw = getattr(leaf, "_raw_value", leaf)
+            if is_array_ref(raw) and raw not in ref_index:
+                ref_index[raw] = len(ref_index)
+    if not with_paths:
+        return flat.graphdef, list(flat.leaves)
+    return flat.graphdef, FlatState(zip(flat.graphdef.paths, flat.leaves))
+
+
+def unflatten(graphdef: GraphDef, flat_state: Any, /, **_: Any) -> Any:
+    """Rebuild a graph from ``flatten``'s output (a FlatState, list of leaves or State).
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> copy = nnx.graphlib.unflatten(*nnx.graphlib.flatten(model))
+    >>> type(copy).__name__, copy is model
+    ('Linear', False)
+    """
+    if isinstance(flat_state, State):
+        return _graph.merge(graphdef, flat_state)
+    if isinstance(flat_state, FlatState) or (
+        isinstance(flat_state, list)
+        and all(isinstance(e, tuple) and len(e) == 2 for e in flat_state)
+        and len(flat_state) == len(graphdef.paths)
+        and all(e[0] == p for e, p in zip(flat_state, graphdef.paths))
+    ):
+        leaves = [leaf for _, leaf in flat_state]
+    else:
+        leaves = list(flat_state)
+    if len(leaves) != len(graphdef.paths):
+        raise ValueError(
+            f"graphlib.unflatten: the GraphDef has {len(graphdef.paths)} leaves, "
+            f"got {len(leaves)}; pass the flat state flatten returned with it."
+        )
+    return _graph.unflatten(graphdef, leaves)
+
+
+class GraphState(MutableMapping):
+    """A State that carries its GraphDef (flax's ``nnx.unpack`` result).
+
+    It reads and writes like the State; it is a pytree whose static part holds
+    the GraphDef; ``nnx.graphlib.merge_graph_state(gs)`` rebuilds the object.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> gs = nnx.unpack(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> gs["kernel"].shape
+    (2, 3)
+    >>> doubled = jax.tree.map(lambda x: 2 * x, gs)
+    >>> type(nnx.graphlib.merge_graph_state(doubled)).__name__
+    'Linear'
+    """
+
+    __slots__ = ("_graphdef", "_state")
+
+    def __init__(self, graphdef: GraphDef, state: State, /) -> None:
+        if not isinstance(state, State):
+            raise ValueError(
+                f"GraphState: expected an nnx.State, got {type(state).__name__}."
+            )
+        object.__setattr__(self, "_graphdef", graphdef)
+        object.__setattr__(self, "_state", state)
+
+    @property
+    def graphdef(self) -> GraphDef:
+        return self._graphdef
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in GraphState.__slots__:
+            raise AttributeError(name)
+        return getattr(self._state, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._state[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return f"GraphState({self._state!r})"
+
+
+def _gs_flatten_with_keys(gs: GraphState):
+    keyed, treedef = jtu.tree_flatten_with_path(gs._state)
+    return [(path, leaf) for path, leaf in keyed], (gs._graphdef, treedef)
+
+
+def _gs_flatten(gs: GraphState):
+    leaves, treedef = jtu.tree_flatten(gs._state)
+    return leaves, (gs._graphdef, treedef)
+
+
+def _gs_unflatten(aux: tuple, leaves: Any) -> GraphState:
+    graphdef, treedef = aux
+    return GraphState(graphdef, jtu.tree_unflatten(treedef, leaves))
+
+
+jtu.register_pytree_with_keys(
+    GraphState, _gs_flatten_with_keys, _gs_unflatten, flatten_func=_gs_flatten
+)
+
+
+def unpack(node: Any, /, *filters: Any, graph: bool | None = None) -> Any:
+    """``split`` whose States carry the GraphDef: one ``GraphState`` per filter.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+    >>> params, stats = nnx.unpack(model, nnx.Param, nnx.BatchStat)
+    >>> sorted(params), sorted(stats)
+    (['bias', 'scale'], ['mean', 'var'])
+    """
+    graphdef, *states = _graph.split(node, *filters, graph=graph)
+    out = [GraphState(graphdef, s) for s in states]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def merge_graph_state(graph_state: GraphState, /, *more: GraphState) -> Any:
+    """Rebuild the object from one or more ``GraphState``s of the same GraphDef.
+
+    >>> import nnxlike as nnx
+    >>> gs = nnx.unpack(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> type(nnx.graphlib.merge_graph_state(gs)).__name__
+    'Linear'
+    """
+    for gs in (graph_state, *more):
+        if not isinstance(gs, GraphState):
+            raise ValueError(
+                f"merge: expected GraphState objects, got {type(gs).__name__}; "
+                f"with a GraphDef write `nnx.merge(graphdef, state)`."
+            )
+        if gs._graphdef != graph_state._graphdef:
+            raise ValueError(
+                "merge: the GraphStates come from different GraphDefs; all must come "
+                "from one nnx.unpack call."
+            )
+    return _graph.merge(
+        graph_state._graphdef, *(gs._state for gs in (graph_state, *more))
+    )
