@@ -341,6 +341,7 @@ def _diagnose_unhashable(d: tuple, path: tuple) -> None:
 _set_raw = Variable._raw_value.__set__
 _set_meta = Variable._metadata.__set__
 _set_trace = Variable._trace_state.__set__
+_set_copy = Variable._nnx_copy.__set__
 _new = object.__new__
 
 
@@ -349,6 +350,7 @@ def _new_variable(cls: type, value: Any, meta: tuple, trace_state: Any) -> Varia
     _set_raw(var, value)
     _set_meta(var, dict(meta))
     _set_trace(var, trace_state)
+    _set_copy(var, None)
     return var
 
 
@@ -455,7 +457,8 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
     """Split the leaves of ``flat`` into one State per filter (first match wins)."""
     gd = flat.graphdef
     if not filters:
-        return [State.from_flat(gd.paths, [_to_state_leaf(v) for v in flat.leaves])]
+        ts = _tracking.get_trace_state()
+        return [State.from_flat(gd.paths, [_snapshot(v, ts) for v in flat.leaves])]
     predicates = [to_predicate(f) for f in filters]
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     for path, leaf in zip(gd.paths, flat.leaves):
@@ -474,6 +477,13 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
                 )
             )
     return [State.from_flat(p, v) for p, v in buckets]
+
+
+def _snapshot(x: Any, trace_state: Any) -> Any:
+    """``_to_state_leaf`` with the trace state read once per split (hot path)."""
+    if isinstance(x, Variable):
+        return _new_variable(type(x), x._raw_value, x._metadata, trace_state)
+    return x
 
 
 def _to_state_leaf(x: Any) -> Any:
@@ -601,6 +611,9 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     return tuple(_partition(flat, (*filters, ...))[:-1])
 
 
+_ARRAY_LIKE: set[type] = set()  # value types seen with .shape and .dtype
+
+
 @_gc_paused
 def update(node: Any, *states: Any) -> None:
     """Write the values of ``states`` into the Variables of ``node`` in place.
@@ -620,14 +633,23 @@ def update(node: Any, *states: Any) -> None:
                 # A second path to a shared Variable (weight tying) is not in
                 # by_path: write through it rather than replace the Variable.
                 target = _lookup(node, path)
-            if isinstance(target, Variable):
-                value = leaf._raw_value if isinstance(leaf, Variable) else leaf
-                kind = type(target).__name__
-                check_value_fits("update", path, kind, target._raw_value, value)
-            writes.append((path, leaf, target))
-    for path, leaf, target in writes:
-        if isinstance(target, Variable):
             value = leaf._raw_value if isinstance(leaf, Variable) else leaf
+            if isinstance(target, Variable):
+                old = target._raw_value
+                t = type(value)
+                if not (  # the common case, checked without a call
+                    t is type(old)
+                    and t in _ARRAY_LIKE
+                    and value.shape == old.shape
+                    and value.dtype == old.dtype
+                ):
+                    if hasattr(value, "shape") and hasattr(value, "dtype"):
+                        _ARRAY_LIKE.add(t)
+                    kind = type(target).__name__
+                    check_value_fits("update", path, kind, old, value)
+            writes.append((path, leaf, target, value))
+    for path, leaf, target, value in writes:
+        if isinstance(target, Variable):
             target.set_value(value)
             if isinstance(leaf, Variable) and leaf._metadata:
                 if leaf._metadata != target._metadata:

@@ -12,6 +12,7 @@ sharing the model's arrays (a snapshot: later training does not change it); flax
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -306,6 +307,7 @@ def to_pure_dict(state: State) -> dict:
     return _as_state(state, "to_pure_dict").to_pure_dict()
 
 
+@functools.lru_cache(maxsize=256)
 def _dtype_kind(dtype: Any) -> str:
     if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return "PRNG key"
@@ -336,8 +338,10 @@ def check_value_fits(op: str, path: tuple, kind: str, old: Any, new: Any) -> Non
         got_shape, got_dtype = tuple(new.shape), new.dtype
     else:
         return  # not an array: not ours to judge
-    where = _errors.path_str(path)
     old_shape = tuple(old.shape)
+    if got_shape == old_shape and (got_dtype is None or got_dtype == old.dtype):
+        return  # the common case: same shape, same dtype
+    where = _errors.path_str(path)
     short, long = sorted((got_shape, old_shape), key=len)
     stacking = len(short) < len(long) and long[len(long) - len(short) :] == short
     if got_shape != old_shape and not stacking:

@@ -235,9 +235,26 @@ def is_array_ref(x: Any) -> bool:
     return isinstance(x, jax.Ref)
 
 
+_NOT_REF_TYPES: set[type] = set()  # concrete types seen that are never references
+
+
+def _is_ref(x: Any) -> bool:
+    """``isinstance(x, jax.Ref)``, remembered per concrete type (the ABC check costs
+    about a microsecond and sits on every Variable read and write). Tracers are
+    checked each time: whether one is a reference depends on its aval."""
+    t = type(x)
+    if t in _NOT_REF_TYPES:
+        return False
+    if isinstance(x, jax.Ref):
+        return True
+    if not issubclass(t, jax.core.Tracer):
+        _NOT_REF_TYPES.add(t)
+    return False
+
+
 def _read(raw: Any) -> Any:
     """The value held: a reference is read, anything else is returned as is."""
-    return raw[...] if isinstance(raw, jax.Ref) else raw
+    return raw[...] if _is_ref(raw) else raw
 
 
 class LostWriteWarning(UserWarning):
@@ -364,8 +381,9 @@ def _make_unflatten(cls: type):
         object.__setattr__(var, "_raw_value", children[0])
         object.__setattr__(var, "_metadata", dict(aux))
         object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
-        if _tracking.under_trace():
-            object.__setattr__(var, "_nnx_copy", _CopyInfo())
+        object.__setattr__(
+            var, "_nnx_copy", _CopyInfo() if _tracking.under_trace() else None
+        )
         return var
 
     return unflatten
@@ -411,7 +429,7 @@ class Variable:
         elif type(value) is VariableMetadata:
             metadata = {**value.metadata, **metadata}
             value = value.raw_value
-        elif isinstance(value, jax.Ref):
+        elif _is_ref(value):
             raise ValueError(
                 f"{type(self).__name__}(...): got a JAX array reference (jax.Ref) "
                 f"as the value; pass the array and ref=True instead: "
@@ -442,12 +460,13 @@ class Variable:
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
+        object.__setattr__(self, "_nnx_copy", None)
 
     # -- value access --------------------------------------------------------
     @property
     def value(self) -> Any:
         raw = self._raw_value
-        return raw[...] if isinstance(raw, jax.Ref) else raw
+        return raw[...] if _is_ref(raw) else raw
 
     @value.setter
     def value(self, value: Any) -> None:
@@ -457,7 +476,7 @@ class Variable:
         """The value (``index=`` reads ``value[index]``; a reference is read)."""
         raw = self._raw_value
         if index is Ellipsis:
-            return raw[...] if isinstance(raw, jax.Ref) else raw
+            return raw[...] if _is_ref(raw) else raw
         return raw[index]
 
     def set_value(self, value: Any, *, index: Any = Ellipsis) -> None:
@@ -469,7 +488,7 @@ class Variable:
         if isinstance(value, Variable):
             value = _read(value._raw_value)
         raw = self._raw_value
-        if isinstance(raw, jax.Ref):
+        if _is_ref(raw):
             raw[index] = value
             return
         if index is not Ellipsis:
@@ -490,7 +509,7 @@ class Variable:
 
     def __getitem__(self, key: Any) -> Any:
         raw = self._raw_value
-        if key is Ellipsis and not isinstance(raw, jax.Ref):
+        if key is Ellipsis and not _is_ref(raw):
             return raw
         return raw[key]
 
@@ -825,7 +844,7 @@ class Variable:
     @property
     def shape(self) -> tuple:
         raw = self._raw_value
-        return tuple(raw.shape) if isinstance(raw, jax.Ref) else np.shape(raw)
+        return tuple(raw.shape) if _is_ref(raw) else np.shape(raw)
 
     @property
     def dtype(self) -> Any:
@@ -896,6 +915,7 @@ class Variable:
         object.__setattr__(self, "_raw_value", state["_raw_value"])
         object.__setattr__(self, "_metadata", state["_metadata"])
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
+        object.__setattr__(self, "_nnx_copy", None)
 
     def __copy__(self) -> Variable:
         return type(self)(_read(self._raw_value), **self._metadata)
@@ -1119,6 +1139,7 @@ def new_variable(cls: type, value: Any, metadata: dict | None = None) -> Variabl
     object.__setattr__(var, "_raw_value", value)
     object.__setattr__(var, "_metadata", dict(metadata) if metadata else {})
     object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
+    object.__setattr__(var, "_nnx_copy", None)
     return var
 
 
