@@ -571,6 +571,11 @@ def merge(
     >>> type(copy).__name__, copy is model, copy.kernel is model.kernel
     ('Linear', False, False)
     """
+    if hasattr(graphdef, "_graphdef") and hasattr(graphdef, "_state"):
+        # nnx.merge(graph_state, ...): GraphStates carry their GraphDef.
+        all_gs = (graphdef, *states)
+        graphdef = all_gs[0]._graphdef
+        states = tuple(getattr(s, "_state", s) for s in all_gs)
     if not isinstance(graphdef, GraphDef):
         raise TypeError(
             f"merge: expected a GraphDef as first argument, got "

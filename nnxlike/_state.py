@@ -81,6 +81,18 @@ class State(MutableMapping):
         return cls._from_raw(root)
 
     @classmethod
+    def from_flat_path(cls, flat_state: Any, /) -> State:
+        """A State from ``(path, leaf)`` pairs or a ``{path: leaf}`` mapping.
+
+        >>> import nnxlike as nnx
+        >>> nnx.State.from_flat_path({("a", "b"): 1, ("c",): 2}).to_pure_dict()
+        {'a': {'b': 1}, 'c': 2}
+        """
+        items = flat_state.items() if hasattr(flat_state, "items") else flat_state
+        pairs = list(items)
+        return cls.from_flat([p for p, _ in pairs], [v for _, v in pairs])
+
+    @classmethod
     def _from_raw(cls, raw: dict) -> State:
         s = object.__new__(cls)
         object.__setattr__(

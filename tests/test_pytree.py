@@ -371,3 +371,96 @@ def test_tree_mode_refuses_shared_references():
     single = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
     g1, s1 = nnx.split(single, graph=False)
     np.testing.assert_array_equal(s1["kernel"][...], single.kernel[...])
+
+
+def test_graph_updates_false_writes_values_and_refuses_structure():
+    m = Counter()
+
+    @nnx.jit(graph_updates=False)
+    def step(m):
+        m.count.value = m.count.value + 1
+
+    step(m)
+    step(m)
+    assert float(m.count[...]) == 2.0  # values are written back
+
+    @nnx.jit(graph_updates=False)
+    def grow(m):
+        m.extra = nnx.Param(jnp.ones(1))  # a structural change
+
+    with pytest.raises(nnx.StructureError, match=r"graph_updates=False.*structure"):
+        grow(m)
+    assert not hasattr(m, "extra")
+
+    @nnx.jit  # graph mode with updates (the default) keeps it
+    def grow_ok(m):
+        m.extra = nnx.Param(jnp.ones(1))
+
+    grow_ok(m)
+    np.testing.assert_array_equal(m.extra[...], [1.0])
+
+
+def test_tree_mode_transform_refuses_shared_and_compat_forces_graph_mode():
+    m = nnx.Module()
+    m.a = nnx.Param(jnp.ones(2))
+    m.b = m.a
+    with nnx.set_graph_mode(False):
+        with pytest.raises(ValueError, match=r"Duplicate Param\nfound at paths"):
+            nnx.jit(lambda m: m.a[...] + m.b[...])(m)
+        out = nnx.compat.jit(lambda m: m.a[...] + m.b[...])(m)
+        graphdef, state = nnx.compat.split(m)
+    np.testing.assert_array_equal(out, [2.0, 2.0])
+    assert list(state.to_pure_dict()) == ["a"]  # the shared Variable, once
+
+
+def test_bound_methods_are_refused_except_by_jit():
+    m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    for transform in (nnx.vmap, nnx.grad, nnx.remat, nnx.scan):
+        with pytest.raises(ValueError, match=r"bound methods of nnx objects"):
+            transform(m.__call__)
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(
+        nnx.jit(m.__call__)(x), x @ m.kernel[...] + m.bias[...][None], rtol=1e-6
+    )
+
+
+def test_vmap_out_axes_state_axes_for_new_variables():
+    axes = nnx.StateAxes({nnx.BatchStat: 0, ...: None})
+
+    @nnx.vmap(in_axes=None, out_axes=axes, axis_size=3, split_rngs=False)
+    def make(rngs):
+        return nnx.BatchNorm(2, rngs=rngs)
+
+    bn = make(nnx.Rngs(0))
+    assert bn.mean.shape == (3, 2)  # mapped: one row per lane
+    assert bn.scale.shape == (2,)  # broadcast: Params are the same in every lane
+
+
+def test_prefix_gives_per_variable_axes_to_vmap():
+    d = {"a": nnx.Param(jnp.array(2.0)), "b": nnx.BatchStat(jnp.arange(3.0))}
+    axes = nnx.prefix(d, {nnx.Param: None, nnx.BatchStat: 0})
+    assert axes == {"a": None, "b": 0}
+    out = nnx.vmap(lambda d: d["a"][...] * d["b"][...], in_axes=(axes,))(d)
+    np.testing.assert_array_equal(out, [0.0, 2.0, 4.0])
+    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    m_axes = nnx.prefix(m, lambda path, v: 0 if path[-1] == "bias" else None)
+    xs = nnx.vmap(lambda m: m.bias[...] * 0 + 1.0, in_axes=(m_axes,))(
+        jax.tree.map(lambda x: jnp.stack([x, x]) if x.ndim == 1 else x, m)
+    )
+    assert xs.shape == (2, 3)
+
+
+def test_map_and_recursive_map():
+    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    zeros = nnx.map(lambda path, v: v.replace(jnp.zeros_like(v[...])), m)
+    assert float(jnp.abs(zeros.kernel[...]).sum()) == 0.0
+    assert float(jnp.abs(m.kernel[...]).sum()) > 0  # the input is untouched
+    seen = []
+
+    def f(path, x):
+        seen.append((path, type(x).__name__))
+        return x.replace(x[...] * 2) if isinstance(x, nnx.Param) else x
+
+    m2 = nnx.recursive_map(f, m)
+    np.testing.assert_allclose(m2.kernel[...], 2 * m.kernel[...])
+    assert seen[-1] == ((), "Linear") and (("kernel",), "Param") in seen

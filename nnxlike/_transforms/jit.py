@@ -116,6 +116,7 @@ class _Spec:
             lifted.graph_pos,
             (),
             Flat(lifted.flat.graphdef, [], []),
+            lifted.mode,  # graph_updates=False refuses structure changes when traced
         )
         self.static_args = static_args
         self.donated_idx = donated_idx
@@ -126,6 +127,7 @@ class _Spec:
         self.leaf_shardings = leaf_shardings
         self._cmp = (
             lifted.flat.graphdef,
+            lifted.mode,
             lifted.treedef,
             lifted.graph_pos,
             static_args,
