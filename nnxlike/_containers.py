@@ -36,8 +36,24 @@ class List(Object, MutableSequence):
 
     def __init__(self, items: Iterable[Any] = ()):
         self.__dict__["_nnx_items"] = [
-            check_attribute(self, f"[{i}]", v) for i, v in enumerate(items)
+            self._item(i, v) for i, v in enumerate(items)
         ]
+
+    def _item(self, i: int, value: Any) -> Any:
+        # nnx.data(x) / nnx.static(x) items, as flax.nnx's List takes them
+        value, explicit = _object._explicit_status(value)
+        if explicit is not None:
+            _object._set_explicit(self, str(i), explicit)
+        return check_attribute(self, f"[{i}]", value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, List)):
+            return len(self) == len(other) and all(
+                a is b or bool(a == b) for a, b in zip(self, other)
+            )
+        return NotImplemented
+
+    __hash__ = Object.__hash__
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith(_object.INTERNAL_PREFIX):
@@ -164,8 +180,10 @@ class Sequential(Module):
         self.layers = List(layers)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not len(self.layers):
-            raise ValueError("Sequential has no layers to call.")
+        if not len(self.layers):  # flax.nnx: an empty Sequential is the identity
+            if kwargs or len(args) != 1:
+                return args if not kwargs else (args, kwargs)
+            return args[0]
         out = None
         for i, layer in enumerate(self.layers):
             out = layer(*args, **kwargs) if i == 0 else layer(out)

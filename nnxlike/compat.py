@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 
-from nnxlike import _graph, _module, _rngs
-from nnxlike._transforms import autodiff, control, iteration, jit, linearize
+from nnxlike import _graph, _module, _rngs, _views
+from nnxlike._transforms import autodiff, control, iteration, linearize
+from nnxlike._transforms import jit as _jit
 from nnxlike._transforms import shard_map as _shard_map
 
 _GRAPH = {"graph": True}
@@ -35,12 +36,13 @@ map = functools.partial(_graph.map_graph, **_GRAPH)  # noqa: A001 - flax's name
 recursive_map = functools.partial(_graph.recursive_map, **_GRAPH)
 iter_modules = functools.partial(_module.iter_modules, **_GRAPH)
 iter_children = functools.partial(_module.iter_children, **_GRAPH)
-view = functools.partial(_module.view, **_GRAPH)
+view = functools.partial(_views.view, **_GRAPH)
+view_info = functools.partial(_views.view_info, **_GRAPH)
 split_rngs = functools.partial(_rngs.split_rngs, **_BOTH)
 fork_rngs = functools.partial(_rngs.fork_rngs, **_BOTH)
 reseed = _rngs.reseed
 
-jit = functools.partial(jit.jit, **_BOTH)
+jit = functools.partial(_jit.jit, **_BOTH)
 shard_map = functools.partial(_shard_map.shard_map, **_BOTH)
 grad = functools.partial(autodiff.grad, **_BOTH)
 value_and_grad = functools.partial(autodiff.value_and_grad, **_BOTH)
@@ -53,5 +55,6 @@ scan = functools.partial(iteration.scan, **_BOTH)
 while_loop = functools.partial(control.while_loop, **_BOTH)
 fori_loop = functools.partial(control.fori_loop, **_BOTH)
 eval_shape = functools.partial(control.eval_shape, **_BOTH)
+cached_partial = _jit.cached_partial
 cond = functools.partial(control.cond, **_BOTH)
 switch = functools.partial(control.switch, **_BOTH)

@@ -464,3 +464,12 @@ def test_map_and_recursive_map():
     m2 = nnx.recursive_map(f, m)
     np.testing.assert_allclose(m2.kernel[...], 2 * m.kernel[...])
     assert seen[-1] == ((), "Linear") and (("kernel",), "Param") in seen
+
+
+def test_list_items_marked_data_or_static():
+    ls = nnx.List([nnx.data(1), nnx.static("hello"), nnx.data(jnp.array(2.0))])
+    leaves, treedef = jax.tree.flatten(ls)
+    assert leaves[0] == 1 and float(leaves[1]) == 2.0 and len(leaves) == 2
+    back = jax.tree.unflatten(treedef, [10, jnp.array(20.0)])
+    assert back[0] == 10 and back[1] == "hello" and float(back[2]) == 20.0
+    assert nnx.List([6, 7]) == [6, 7] and nnx.List([6, 7]) != [6, 8]

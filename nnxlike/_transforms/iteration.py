@@ -398,10 +398,13 @@ def vmap(
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
         lifted, removed = _strip_mapped_names(lifted, var_axis)
         name = axis_name if axis_name is not None else _fresh_axis_name()
+        keys = [i for i, v in enumerate(lifted.flat.leaves) if isinstance(v, RngKey)]
+        # A broadcast key is folded with the lane index (lanes draw different
+        # numbers), unless some key is mapped: then the caller splits streams
+        # explicitly (flax's nnx.split_rngs) and the others stay broadcast.
+        explicit = any(var_axis[i] is not None for i in keys)
         fold = [
-            i
-            for i, v in enumerate(lifted.flat.leaves)
-            if split_rngs and isinstance(v, RngKey) and var_axis[i] is None
+            i for i in keys if split_rngs and not explicit and var_axis[i] is None
         ]
         statics: list = []
         leaf_axes_box: list = []
