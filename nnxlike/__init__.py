@@ -29,6 +29,7 @@ from nnxlike._errors import NnxError as NnxError
 from nnxlike._errors import ShardingError as ShardingError
 from nnxlike._errors import StructureError as StructureError
 from nnxlike._errors import TraceContextError as TraceContextError
+from nnxlike._errors import ViewWarning as ViewWarning
 from nnxlike._filters import All as All
 from nnxlike._filters import Any as Any
 from nnxlike._filters import Everything as Everything
@@ -53,7 +54,6 @@ from nnxlike._graph import variables as variables
 from nnxlike._module import Module as Module
 from nnxlike._module import iter_children as iter_children
 from nnxlike._module import iter_modules as iter_modules
-from nnxlike._module import view as view
 from nnxlike._object import Object as Pytree
 from nnxlike._object import PlainObject as Object
 from nnxlike._object import check_pytree as check_pytree
@@ -133,6 +133,11 @@ from nnxlike._variables import use_eager_sharding as use_eager_sharding
 from nnxlike._variables import using_eager_sharding as using_eager_sharding
 from nnxlike._variables import var_defaults as var_defaults
 from nnxlike._version import __version__ as __version__
+from nnxlike._views import vars_as as vars_as
+from nnxlike._views import view as view
+from nnxlike._views import view_info as view_info
+from nnxlike._views import with_attributes as with_attributes
+from nnxlike._views import with_vars as with_vars
 from nnxlike.graphlib import GraphState as GraphState
 from nnxlike.graphlib import unpack as unpack
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict

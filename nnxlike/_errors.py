@@ -436,3 +436,35 @@ OPTIMIZER_STEP_CALLED = (
     "`optimizer.step` is the step counter, not a method (PyTorch's "
     "optimizer.step()): apply the gradients with `optimizer.update(model, grads)`. "
 )
+
+# -- views (issue 10) ---------------------------------------------------------------
+
+ATTRIBUTES_NOT_FOUND = (
+    "{where}: Could not find at least one instance of the following attributes: "
+    "{names} on the selected Modules. Check the spelling (and the filters), or "
+    "pass raise_if_not_found=False to skip attributes no Module has."
+)
+VIEW_UNUSED_KEYS = (
+    "Unused keys found in nnx.view: {keys}. No selected Module's set_view takes "
+    "them; `print(nnx.view_info(model))` lists what each one takes.{hint} Pass "
+    "raise_if_not_found=False to ignore them."
+)
+
+
+class ViewWarning(UserWarning):
+    """``nnx.view`` left a Module's attribute unchanged that the user may expect set."""
+
+
+VIEW_ATTRIBUTE_WITHOUT_SET_VIEW = (
+    "nnx.view: {cls} at {path} has attribute(s) {names} but no set_view method, so "
+    "the view left them unchanged (only Modules with set_view take view "
+    "settings, as in flax.nnx), while other Modules took them. Give {cls} a "
+    "`def set_view(self, ...)`, use `nnx.with_attributes(model, {kwargs})` to set "
+    "plain attributes, or pass `only=` to select the Modules on purpose."
+)
+WITH_VARS_DUPLICATES = (
+    "Found duplicate at paths:{groups}\nnnx.with_vars copies each selected "
+    "Variable; a Variable reachable by two paths would be copied once and untied "
+    "from every other graph that holds it. Pass allow_duplicates=True if that is "
+    "intended, or narrow `only=`."
+)

@@ -1,15 +1,16 @@
-"""``Module``: the eager, mutable base class users subclass, and ``view``.
+"""``Module``: the eager, mutable base class users subclass.
 
 Design note: a Module is an ``Object`` built eagerly in ``__init__`` (parameters
 exist as soon as the constructor returns, as in PyTorch). Everything about graphs
 lives in ``_graph``; this file adds the conveniences users call on models:
 ``sow``/``perturb`` into Variables, ``iter_modules``/``iter_children``,
-``set_attributes`` and ``train``/``eval``, and ``view`` (a second set of Module
-objects sharing every Variable with the first, with some flags changed).
+``set_attributes`` and ``train``/``eval``. The views (``nnx.view``,
+``with_attributes``, ``with_vars``) live in ``_views``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -204,9 +205,21 @@ class Module(Object):
                 yield key, value
 
     def set_attributes(
-        self, *filters: Any, raise_if_not_found: bool = True, **attributes: Any
+        self,
+        *filters: Any,
+        raise_if_not_found: bool = True,
+        graph: bool | None = None,
+        **attributes: Any,
     ) -> None:
-        """Set ``attributes`` on every sub-Module that has them (and matches filters).
+        """Set ``attributes`` on every sub-Module (``self`` included) that has them
+        and matches one of ``filters`` (all Modules if none are given).
+
+        Args:
+            *filters: filters selecting the Modules, e.g. ``nnx.Dropout``.
+            raise_if_not_found: raise ``ValueError`` if some attribute is on no
+                selected Module.
+            graph: graph mode for the walk (default from ``nnx.set_graph_mode``).
+            **attributes: the attributes to set.
 
         >>> import nnxlike as nnx
         >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)),
@@ -215,21 +228,21 @@ class Module(Object):
         >>> model.layers[1].deterministic
         True
         """
-        preds = [to_predicate(f) for f in filters]
-        found: set[str] = set()
-        for path, module in iter_modules(self):
-            if preds and not any(p(path, module) for p in preds):
+        preds = [to_predicate(f) for f in filters] or [to_predicate(...)]
+        missing = set(attributes)
+        for path, module in iter_modules(self, graph=graph):
+            if not any(p(path, module) for p in preds):
                 continue
             for name, value in attributes.items():
-                if name in module.__dict__:
+                if has_attribute(module, name):
                     setattr(module, name, value)
-                    found.add(name)
-        missing = set(attributes) - found
+                    missing.discard(name)
         if raise_if_not_found and missing:
-            raise AttributeError(
-                f"set_attributes: no Module in {type(self).__name__} has the "
-                f"attribute(s) {sorted(missing)}. Check the spelling, or pass "
-                "raise_if_not_found=False."
+            raise ValueError(
+                _errors.ATTRIBUTES_NOT_FOUND.format(
+                    where=f"{type(self).__name__}.set_attributes",
+                    names=sorted(missing),
+                )
             )
 
     def train(self, **attributes: Any) -> Module:
@@ -256,6 +269,25 @@ class Module(Object):
         return self
 
 
+def has_attribute(module: Any, name: str) -> bool:
+    """Whether ``name`` is a settable attribute of ``module``: set on the instance,
+    or a class-level value or property (methods do not count, unlike ``hasattr``,
+    so ``set_attributes(train=...)`` cannot replace the method).
+
+    >>> import nnxlike as nnx
+    >>> d = nnx.Dropout(0.5)
+    >>> has_attribute(d, "rate"), has_attribute(d, "eval"), has_attribute(d, "x")
+    (True, False, False)
+    """
+    if name in vars(module):
+        return True
+    for klass in type(module).__mro__:
+        if name in klass.__dict__:
+            attr = klass.__dict__[name]
+            return not (inspect.isroutine(attr) or isinstance(attr, classmethod))
+    return False
+
+
 def iter_modules(
     node: Any, /, *, graph: bool | None = None
 ) -> Iterator[tuple[tuple, Module]]:
@@ -272,47 +304,3 @@ def iter_children(
     if graph is False or (graph is None and not _config.resolve(None, None)[0]):
         _graph.check_tree(node, "iter_children")
     return node.iter_children()
-
-
-def view(
-    node: Any,
-    /,
-    *,
-    raise_if_not_found: bool = True,
-    graph: bool | None = None,
-    **attributes: Any,
-) -> Any:
-    """A new object graph sharing every Variable of ``node``, with attributes set.
-
-    The usual use: an evaluation view of a model that keeps training.
-
-    >>> import nnxlike as nnx
-    >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)),
-    ...                        nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
-    >>> ev = nnx.view(model, deterministic=True)
-    >>> ev.layers[1].deterministic, model.layers[1].deterministic
-    (True, False)
-    >>> ev.layers[0].kernel is model.layers[0].kernel
-    True
-    """
-    tree = not _config.resolve(graph, None)[0]
-    flat = _graph.flatten(node, tree_mode="view" if tree else None)
-    objects = flat.objects
-
-    def reuse(i: int):
-        obj = objects[i]
-        return obj if isinstance(obj, Variable) else None
-
-    values = [_graph._leaf_value(v) for v in flat.leaves]
-    new = _graph.unflatten(flat.graphdef, values, reuse=reuse)
-    if attributes:
-        if isinstance(new, Module):
-            new.set_attributes(raise_if_not_found=raise_if_not_found, **attributes)
-        else:
-            found = False
-            for _, m in iter_modules(new):
-                m.set_attributes(raise_if_not_found=False, **attributes)
-                found = True
-            if raise_if_not_found and not found:
-                raise AttributeError("view: the graph holds no Module to set.")
-    return new

@@ -787,3 +787,47 @@ class MultiHeadAttention(Module):
         self.cached_key = Cache(jnp.zeros(shape, dtype))
         self.cached_value = Cache(jnp.zeros(shape, dtype))
         self.cache_index = Cache(jnp.array(0, dtype=jnp.int32))
+
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        decode: bool | None = None,
+        batch_size: int | tuple[int, ...] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """What ``nnx.view(model, deterministic=..., decode=...)`` sets here.
+
+        ``decode=True`` on a layer without a cache also creates one (zeros) of
+        shape ``(*batch_size, max_length, num_kv_heads, head_dim)``.
+
+        Args:
+            deterministic: if True, the module is set to deterministic mode.
+            decode: if True, the module is set to decode mode.
+            batch_size: the batch size to use for the cache.
+            max_length: the max length to use for the cache.
+
+        >>> import nnxlike as nnx
+        >>> mha = nnx.MultiHeadAttention(2, 4, decode=False, rngs=nnx.Rngs(0))
+        >>> dec = nnx.view(mha, decode=True, batch_size=3, max_length=5)
+        >>> dec.decode, dec.cached_key.shape, mha.cached_key is None
+        (True, (3, 5, 2, 2), True)
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+        if decode is None:
+            return
+        self.decode = decode
+        if decode and any(
+            getattr(self, n, None) is None
+            for n in ("cached_key", "cached_value", "cache_index")
+        ):
+            for name, v in (("batch_size", batch_size), ("max_length", max_length)):
+                if v is None:
+                    raise TypeError(
+                        f"MultiHeadAttention.set_view: '{name}' must be provided "
+                        "when initializing cache (the layer has none yet): "
+                        "`nnx.view(model, decode=True, batch_size=..., "
+                        "max_length=...)`."
+                    )
+            batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+            self.init_cache((*batch, max_length, self.in_features), self.dtype)

@@ -391,6 +391,21 @@ class BatchNorm(Module):
         self.var.value = _ema(self.var.value, var, self.momentum)
         return y
 
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """What ``nnx.view(model, use_running_average=...)`` sets on this layer.
+
+        Args:
+            use_running_average: if True, the stored batch statistics will be
+                used instead of computing the batch statistics on the input.
+
+        >>> import nnxlike as nnx
+        >>> bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+        >>> nnx.view(bn, use_running_average=True).use_running_average
+        True
+        """
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
 
 class LayerNorm(Module):
     """Normalize each example over ``reduction_axes`` (default: the last axis).

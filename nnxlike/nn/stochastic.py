@@ -135,6 +135,9 @@ class Dropout(Module):
     def set_view(self, deterministic: bool | None = None) -> None:
         """What ``nnx.view(model, deterministic=...)`` sets on this layer.
 
+        Args:
+            deterministic: if True, disables dropout masking.
+
         >>> import nnxlike as nnx
         >>> drop = nnx.Dropout(0.5)
         >>> drop.set_view(deterministic=True)
