@@ -343,6 +343,9 @@ def attribute_is_data(obj: Object, name: str, value: Any) -> bool:
     explicit = _explicit(obj, name)
     if explicit is not None:
         return explicit
+    sticky = obj.__dict__.get("_nnx_sticky")
+    if sticky is not None and name in sticky:
+        return True
     return _holds_data(value)
 
 
@@ -417,8 +420,14 @@ def _unflatten(cls: type, aux: tuple, children: Any) -> Object:
     by_key.update(zip(data_keys, children))
     obj = object.__new__(cls)
     obj._nnx_set_children([(k, by_key[k]) for k in order])
+    # A rebuilt object remembers which attributes were data (flax's sticky
+    # status): jax.tree.map(lambda v: 0, model) gives an in_axes-like prefix
+    # whose ints are still its leaves.
+    # (kept apart from the explicit fields, so the treedef stays the same)
     if fields:
         object.__setattr__(obj, "_nnx_fields", dict(fields))
+    if data_keys:
+        object.__setattr__(obj, "_nnx_sticky", frozenset(map(str, data_keys)))
     if _tracking.under_trace():
         _link_copies(obj, data_keys, children)
     return obj

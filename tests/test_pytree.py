@@ -473,3 +473,21 @@ def test_list_items_marked_data_or_static():
     back = jax.tree.unflatten(treedef, [10, jnp.array(20.0)])
     assert back[0] == 10 and back[1] == "hello" and float(back[2]) == 20.0
     assert nnx.List([6, 7]) == [6, 7] and nnx.List([6, 7]) != [6, 8]
+
+
+def test_prefix_in_tree_mode_is_a_pytree_prefix_for_plain_and_nnx_vmap():
+    class Stack(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.arange(12.0).reshape(4, 3))
+            self.scale = nnx.BatchStat(jnp.array(2.0))
+
+    m = Stack()
+    axes = nnx.prefix(m, {nnx.Param: 0, nnx.BatchStat: None}, graph=False)
+    assert (axes.w, axes.scale) == (0, None)
+    x = jnp.ones(3)
+    ref = (m.w[...] * x[None]).sum(1) * 2.0
+    for vmap in (jax.vmap, nnx.vmap):
+        out = vmap(
+            lambda m, x: (m.w[...] * x).sum() * m.scale[...], in_axes=(axes, None)
+        )(m, x)
+        np.testing.assert_allclose(out, ref)

@@ -39,13 +39,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _errors, _graph
+from nnxlike import _config, _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._transforms import _core
 from nnxlike._variables import (
     PARTITION_NAME,
     RngKey,
+    Variable,
     new_variable,
     normalize_sharding_names,
 )
@@ -118,6 +119,8 @@ def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
         else:
             per_leaf = [arg_axes] * len(leaves)
         for leaf, axis in zip(leaves, per_leaf):
+            if isinstance(axis, _graph.Object):  # nnx.prefix(..., graph=False)
+                axis = _object_prefix(axis)
             if is_graph_node(leaf):
                 flat = flatten(leaf)
                 for path, v in zip(flat.graphdef.paths, flat.leaves):
@@ -769,6 +772,17 @@ def _join_out(carry: Any, ys: Any, out_axes: Any) -> Any:
     return ys
 
 
+def _jax_path(keypath: tuple) -> tuple:
+    """A JAX key path as an nnx path (attribute names, keys, indices)."""
+    return tuple(_graph._key_of(k) for k in keypath)
+
+
+def _object_prefix(prefix: Any) -> StateAxes:
+    """An object-shaped prefix (``nnx.prefix`` in tree mode) as per-path axes."""
+    leaves = jtu.tree_flatten_with_path(prefix, is_leaf=lambda x: x is None)[0]
+    return _PathAxes({_jax_path(kp): v for kp, v in leaves})
+
+
 class _PathAxes(StateAxes):
     """Axes chosen per Variable path (what ``nnx.prefix`` builds for an object)."""
 
@@ -822,9 +836,19 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
                 f"{list(dict(filter_map))}. End the mapping with `...: None`."
             )
 
+    if not _config.resolve(graph, None)[0]:
+        # Tree mode: a pytree of the same structure with every Variable (and
+        # array) replaced by its axis, usable as in_axes of jax.vmap as well.
+        _graph.check_tree(node, "prefix")
+        return jtu.tree_map_with_path(
+            lambda kp, x: axis_for(_jax_path(kp), x),
+            node,
+            is_leaf=lambda x: isinstance(x, Variable),
+        )
+
     def visit(x: Any, path: tuple) -> Any:
         if isinstance(x, _graph.Object):
-            flat = flatten(x, tree_mode=None if graph is not False else "prefix")
+            flat = flatten(x)
             return _PathAxes(
                 {
                     p: axis_for((*path, *p), v)
