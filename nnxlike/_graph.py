@@ -581,6 +581,14 @@ def merge(
             f"merge: expected a GraphDef as first argument, got "
             f"{type(graphdef).__name__}. Usage: `nnx.merge(graphdef, state)`."
         )
+    if not states:
+        raise TypeError(
+            "merge() missing 1 required positional argument: 'state'. Pass the "
+            "State(s) split returned: `nnx.merge(graphdef, state)`."
+        )
+    if graphdef.paths == ((),) and len(states) == 1:
+        if not isinstance(states[0], (State, dict)):
+            return states[0]  # a root Variable or leaf: nothing to rebuild
     return unflatten(
         graphdef,
         _values_in_order(graphdef, states),
@@ -762,8 +770,8 @@ def pop(node: Any, *filters: Filter) -> Any:
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     to_remove = []
     for path, leaf in zip(flat.graphdef.paths, flat.leaves):
-        if not isinstance(leaf, Variable):
-            continue
+        if not path:
+            continue  # the root itself cannot be removed from itself
         for pred, bucket in zip(predicates, buckets):
             if pred(path, leaf):
                 bucket[0].append(path)
