@@ -54,8 +54,10 @@ from nnxlike._graph import variables as variables
 from nnxlike._module import Module as Module
 from nnxlike._module import iter_children as iter_children
 from nnxlike._module import iter_modules as iter_modules
+from nnxlike._object import Data as Data
 from nnxlike._object import Object as Pytree
 from nnxlike._object import PlainObject as Object
+from nnxlike._object import Static as Static
 from nnxlike._object import check_pytree as check_pytree
 from nnxlike._object import data as data
 from nnxlike._object import dataclass as dataclass

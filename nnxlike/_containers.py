@@ -35,9 +35,7 @@ class List(Object, MutableSequence):
     """
 
     def __init__(self, items: Iterable[Any] = ()):
-        self.__dict__["_nnx_items"] = [
-            self._item(i, v) for i, v in enumerate(items)
-        ]
+        self.__dict__["_nnx_items"] = [self._item(i, v) for i, v in enumerate(items)]
 
     def _item(self, i: int, value: Any) -> Any:
         # nnx.data(x) / nnx.static(x) items, as flax.nnx's List takes them

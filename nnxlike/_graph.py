@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,6 +59,7 @@ class GraphDef:
     """
 
     __slots__ = ("tree", "paths", "num_leaves", "_hash")
+    __class_getitem__ = classmethod(types.GenericAlias)  # GraphDef[Model] hints
 
     def __init__(self, tree: tuple, paths: tuple):
         self.tree = tree
@@ -723,21 +725,37 @@ def _child(parent: Any, key: Any) -> Any:
 
 
 @_gc_paused
-def clone(node: Any, variables: bool = True, *, graph: bool | None = None) -> Any:
+def clone(
+    node: Any,
+    variables: bool = True,
+    *,
+    arrays: bool = False,
+    graph: bool | None = None,
+) -> Any:
     """A deep copy of the graph with new Variables (arrays are shared, immutable).
 
     ``variables=False`` keeps the Variables themselves (a new structure over the
-    same Variables, so writes through either are seen by both).
+    same Variables, so writes through either are seen by both); ``arrays=True``
+    also copies the arrays into new buffers (so donating one copy leaves the
+    other intact).
     """
+    if arrays and not variables:
+        raise ValueError(
+            "clone: arrays=True copies the arrays into new Variables, so it needs "
+            "variables=True (the default)."
+        )
     flat = flatten(node, tree_mode=_tree_mode(graph, "clone"))
+    values = [_leaf_value(v) for v in flat.leaves]
+    if arrays:
+        values = [jax.numpy.copy(v) if isinstance(v, jax.Array) else v for v in values]
     if not variables:
         objects = flat.objects
         return unflatten(
             flat.graphdef,
-            [_leaf_value(v) for v in flat.leaves],
+            values,
             reuse=lambda i: objects[i] if isinstance(objects[i], Variable) else None,
         )
-    return unflatten(flat.graphdef, [_leaf_value(v) for v in flat.leaves])
+    return unflatten(flat.graphdef, values)
 
 
 def _leaf_value(x: Any) -> Any:
@@ -958,7 +976,7 @@ def recursive_map(
     tree = not _config.resolve(graph, None)[0]
     if tree:
         check_tree(node, "recursive_map")
-    node = clone(node, variables=False)
+    node = clone(node, variables=False, graph=True)
     results: dict[int, Any] = {}
     visiting: set[int] = set()
 

@@ -42,6 +42,11 @@ _DICT_TYPE: type | None = None
 
 INTERNAL_PREFIX = "_nnx_"
 _ARRAY_TYPES = (jax.Array, np.ndarray, jax.core.Tracer)
+A = typing.TypeVar("A")
+Data = typing.Annotated[A, "__data__"]
+"""``x: nnx.Data[T]``: flax's older annotation for a data attribute (``nnx.data()``)."""
+Static = typing.Annotated[A, "__static__"]
+"""``x: nnx.Static[T]``: flax's older annotation for a static attribute."""
 DATA_REGISTRY: set[type] = set()
 _MISSING = object()
 
@@ -460,7 +465,7 @@ def check_attribute(obj: Object, name: str, value: Any) -> Any:
     if explicit is False and _holds_data(value):
         cls = type(obj).__name__
         raise ValueError(
-            f"Found data in value of type '{t.__name__}' annotated with "
+            f"Found data on value of type '{t.__name__}' annotated with "
             f"nnx.static(...) when setting attribute '{name}' of Pytree type "
             f"'{cls}'. Static attributes are part of the structure and cannot hold "
             f"arrays, Variables or Modules: assign `self.{name} = nnx.data(...)`, "

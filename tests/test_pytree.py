@@ -168,7 +168,7 @@ def test_static_attribute_refuses_arrays_with_flax_message():
         def __init__(self):
             self.cfg = nnx.static((1, jnp.ones(2)))
 
-    with pytest.raises(ValueError, match=r"Found data in value of type 'tuple'.*cfg"):
+    with pytest.raises(ValueError, match=r"Found data on value of type 'tuple'.*cfg"):
         Foo()
 
 

@@ -406,9 +406,7 @@ def vmap(
         # numbers), unless some key is mapped: then the caller splits streams
         # explicitly (flax's nnx.split_rngs) and the others stay broadcast.
         explicit = any(var_axis[i] is not None for i in keys)
-        fold = [
-            i for i in keys if split_rngs and not explicit and var_axis[i] is None
-        ]
+        fold = [i for i in keys if split_rngs and not explicit and var_axis[i] is None]
         statics: list = []
         leaf_axes_box: list = []
 
