@@ -132,6 +132,8 @@ class State(MutableMapping):
         self[name] = value
 
     def __eq__(self, other: object) -> bool:
+        if type(other) is dict:  # State() == {} as in flax.nnx
+            other = State(other)
         if not isinstance(other, State):
             return NotImplemented
         a, b = self.flat_state(), other.flat_state()

@@ -70,11 +70,13 @@ _RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar(
 
 def with_partitioning(
     initializer: Callable[..., Any],
-    sharding_names: ShardingNames,
+    sharding_names: ShardingNames | None = None,
     mesh: jax.sharding.Mesh | None = None,
     **metadata: Any,
 ) -> Callable[..., VariableMetadata]:
     """Wrap ``initializer`` so the Variable built from its result is annotated.
+
+    ``sharding=`` (flax.nnx's keyword) is accepted for ``sharding_names``.
 
     The returned initializer gives a ``VariableMetadata``; the layer's ``Param``
     takes its value and the metadata ``sharding_names`` (plus ``mesh`` when given,
@@ -92,6 +94,17 @@ def with_partitioning(
     >>> nnx.get_partition_spec(layer).kernel.value
     P(None, 'model')
     """
+    if "sharding" in metadata:  # flax.nnx 0.12 names the argument `sharding`
+        if sharding_names is not None:
+            raise TypeError(
+                "with_partitioning: give sharding_names or sharding, not both."
+            )
+        sharding_names = metadata.pop("sharding")
+    if sharding_names is None:
+        raise TypeError(
+            "with_partitioning: missing the sharding names, e.g. "
+            "`nnx.with_partitioning(init, (None, 'model'))`."
+        )
     names = _normalize_names(sharding_names, "with_partitioning")
     extra = dict(metadata, sharding_names=names)
     if mesh is not None:
