@@ -462,6 +462,17 @@ def test_keyword_arguments_get_a_clear_error(transform):
         transform(f)(jnp.ones(3), scale=2.0)
 
 
+def test_keyword_arguments_bind_to_their_positional_parameters():
+    # As flax.nnx: `MLP(key=keys)` with a vmapped __init__ maps `key` by position.
+    def f(x, w):
+        return (x * w).sum()
+
+    x = jnp.arange(6.0).reshape(3, 2)
+    w = jnp.ones((3, 2)) * 2
+    out = nnx.vmap(f, in_axes=(0, 0))(x, w=w)
+    np.testing.assert_allclose(out, (x * w).sum(1))
+
+
 # -- sharding metadata of stacked Variables ---------------------------------------
 
 SHARDED = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))

@@ -29,6 +29,7 @@ in the GraphDef: the lifted one inside, the collected one for the write-back.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -330,6 +331,18 @@ def _restack_names(
     return (_graph.GraphDef(tree, graphdef.paths), *static[1:])
 
 
+def _as_positional(name: str, f: Callable, args: tuple, kwargs: dict) -> tuple:
+    """Keyword arguments bound to their positional parameters (as flax does), so
+    in_axes, which describes positional arguments, covers them."""
+    try:
+        bound = inspect.signature(f).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        _no_kwargs(name, f, kwargs)
+    if bound.kwargs:  # keyword-only or **kwargs parameters: no position
+        _no_kwargs(name, f, bound.kwargs)
+    return tuple(bound.args)
+
+
 def _no_kwargs(name: str, f: Callable, kwargs: dict) -> None:
     fname = getattr(f, "__qualname__", repr(f))
     raise TypeError(
@@ -393,7 +406,7 @@ def vmap(
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs:
-            _no_kwargs("vmap", f, kwargs)
+            args = _as_positional("vmap", f, args, kwargs)
         axes = _per_arg(in_axes, len(args), "vmap")
         lifted = _core.Lifted.from_args(
             args, graph=graph, graph_updates=graph_updates, fn="vmap"
@@ -634,7 +647,7 @@ def scan(
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs:
-            _no_kwargs("scan", f, kwargs)
+            args = _as_positional("scan", f, args, kwargs)
         axes = _per_arg(in_axes, len(args), "scan")
         carry_args = [i for i, a in enumerate(axes) if isinstance(a, _CarryType)]
         if len(carry_args) > 1:
