@@ -115,6 +115,7 @@ from nnxlike._transforms.misc import StateSharding as StateSharding
 from nnxlike._transforms.misc import checkify as checkify
 from nnxlike._transforms.misc import make_jaxpr as make_jaxpr
 from nnxlike._transforms.misc import pmap as pmap
+from nnxlike._transforms.misc import transform_metadata as transform_metadata
 from nnxlike._transforms.shard_map import shard_map as shard_map
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
@@ -141,6 +142,7 @@ from nnxlike._views import view_info as view_info
 from nnxlike._views import with_attributes as with_attributes
 from nnxlike._views import with_vars as with_vars
 from nnxlike.graphlib import GraphState as GraphState
+from nnxlike.graphlib import as_pure as as_pure
 from nnxlike.graphlib import unpack as unpack
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict
@@ -150,6 +152,7 @@ from nnxlike.metrics import MultiMetric as MultiMetric
 from nnxlike.nn import *  # noqa: F403
 from nnxlike.nn import initializers as initializers
 from nnxlike.spmd import PARTITION_NAME as PARTITION_NAME
+from nnxlike.spmd import as_abstract as as_abstract
 from nnxlike.spmd import get_abstract_model as get_abstract_model
 from nnxlike.spmd import get_logical_axis_rules as get_logical_axis_rules
 from nnxlike.spmd import get_named_sharding as get_named_sharding

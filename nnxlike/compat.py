@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 from nnxlike import _graph, _module, _rngs, _views
+from nnxlike import spmd as _spmd
 from nnxlike._transforms import autodiff, control, iteration, linearize
 from nnxlike._transforms import jit as _jit
 from nnxlike._transforms import shard_map as _shard_map
@@ -41,6 +42,7 @@ view_info = functools.partial(_views.view_info, **_GRAPH)
 split_rngs = functools.partial(_rngs.split_rngs, **_BOTH)
 fork_rngs = functools.partial(_rngs.fork_rngs, **_BOTH)
 reseed = _rngs.reseed
+get_abstract_model = functools.partial(_spmd.get_abstract_model, **_GRAPH)
 
 jit = functools.partial(_jit.jit, **_BOTH)
 shard_map = functools.partial(_shard_map.shard_map, **_BOTH)

@@ -297,3 +297,29 @@ def merge_graph_state(graph_state: GraphState, /, *more: GraphState) -> Any:
     return _graph.merge(
         graph_state._graphdef, *(gs._state for gs in (graph_state, *more))
     )
+
+
+def as_pure(tree: Any) -> Any:
+    """``tree`` with every Variable replaced by its value (metadata dropped).
+
+    Array references (``jax.Ref``, from ``ref=True`` Variables) are read into
+    arrays, so the result is a plain pytree of arrays: for serialization, for
+    exporting, or for optax calls that should not see Variables. The input is
+    not modified.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> _, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> pure = nnx.as_pure(state)
+    >>> type(pure["kernel"]).__name__, jax.tree.map(jnp.shape, dict(pure))
+    ('ArrayImpl', {'bias': (3,), 'kernel': (2, 3)})
+    """
+
+    def one(x: Any) -> Any:
+        if isinstance(x, Variable):
+            return as_pure(x.get_raw_value())
+        if is_array_ref(x):
+            return x[...]
+        return x
+
+    return jtu.tree_map(one, tree, is_leaf=lambda x: isinstance(x, Variable))

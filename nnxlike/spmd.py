@@ -162,6 +162,33 @@ def _normalize_rules(rules: Any) -> tuple:
     return tuple(out)
 
 
+def _compose_rules(local: Any, context: tuple, where: str) -> tuple:
+    """A Variable's own ``sharding_rules`` combined with the rules in effect.
+
+    Both apply (flax.nnx's ``composite_rules``): a logical name defined in only
+    one of them uses that one's rules; a name defined in both must map to the
+    same mesh axes, else the annotation is ambiguous and this raises.
+    """
+    local = _normalize_rules(local)
+    if not local or not context:
+        return local or context
+    mine: dict = {}
+    for name, target in local:
+        mine.setdefault(name, []).append(target)
+    theirs: dict = {}
+    for name, target in context:
+        theirs.setdefault(name, []).append(target)
+    for name in mine.keys() & theirs.keys():
+        if mine[name] != theirs[name]:
+            raise _errors.ShardingError(
+                f"{where}: the logical name {name!r} maps to {tuple(mine[name])} in "
+                f"the Variable's sharding_rules but to {tuple(theirs[name])} in the "
+                f"logical_axis_rules in effect; give it one mapping (drop it from "
+                f"one of the two)."
+            )
+    return local + tuple(r for r in context if r[0] not in mine)
+
+
 @contextlib.contextmanager
 def logical_axis_rules(rules: Rules) -> Iterator[tuple]:
     """Map logical axis names to mesh axes inside the ``with`` block.
@@ -319,8 +346,8 @@ def shard_value(value: Any, metadata: dict, cls: type = Variable) -> Any:
     shape = _shape_of(value)
     if shape is None:
         return value
-    rules = _normalize_rules(metadata.get("sharding_rules")) or _RULES.get()
     where = f"creating {cls.__name__} of shape {shape} (not yet attached to a model)"
+    rules = _compose_rules(metadata.get("sharding_rules"), _RULES.get(), where)
     spec = _resolve(names, shape, rules=rules, mesh=context, where=where)
     if isinstance(value, jax.ShapeDtypeStruct):
         return jax.ShapeDtypeStruct(
@@ -381,8 +408,8 @@ def _map_specs(tree: Any, rules: Any, mesh: Any, make: Callable) -> Any:
         if names is None or shape is None:
             spec = PartitionSpec()
         else:
-            own_rules = _normalize_rules(meta.get("sharding_rules")) or rules
             where = f"{kind} at path {_path_str(keypath)!r}"
+            own_rules = _compose_rules(meta.get("sharding_rules"), rules, where)
             names = _normalize_names(names, where)
             spec = _resolve(names, shape, rules=own_rules, mesh=mesh, where=where)
         out = make(spec)
@@ -436,7 +463,11 @@ def get_named_sharding(
 
 
 def get_abstract_model(
-    init_fn: Callable[[], Any], mesh: jax.sharding.Mesh, rules: Rules | None = None
+    init_fn: Callable[[], Any],
+    mesh: jax.sharding.Mesh,
+    rules: Rules | None = None,
+    *,
+    graph: bool | None = None,
 ) -> tuple[Any, Any]:
     """``(graphdef, abstract_state)`` of the model ``init_fn()`` builds, on ``mesh``.
 
@@ -459,8 +490,8 @@ def get_abstract_model(
         logical_axis_rules(rules) if rules is not None else contextlib.nullcontext()
     )
     with jax.set_mesh(mesh), rules_ctx:
-        abstract = eval_shape(init_fn)
-        graphdef, state = _graph.split(abstract)
+        abstract = eval_shape(init_fn, graph=graph)
+        graphdef, state = _graph.split(abstract, graph=graph)
         shardings = get_named_sharding(state, mesh)
     state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -468,6 +499,64 @@ def get_abstract_model(
         shardings,
     )
     return graphdef, state
+
+
+def as_abstract(tree: Any, graph: bool | None = None) -> Any:
+    """Give the abstract Variables of ``tree`` the sharding their annotation says.
+
+    ``nnx.eval_shape`` returns Variables holding ``jax.ShapeDtypeStruct`` values,
+    which carry no sharding when built on a mesh of Auto axes. For each such
+    Variable with ``sharding_names`` metadata and no sharding yet, this returns a
+    copy holding ``ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh,
+    spec))``; the mesh is the Variable's ``mesh`` metadata, else the one set with
+    ``jax.set_mesh``. Other Variables are kept as they are; ``tree`` is not
+    modified.
+
+    >>> import jax
+    >>> import nnxlike as nnx
+    >>> mesh = jax.make_mesh((1,), ("model",), (jax.sharding.AxisType.Auto,))
+    >>> with jax.set_mesh(mesh):
+    ...     abstract = nnx.eval_shape(lambda: nnx.Linear(
+    ...         4, 8, kernel_metadata={"sharding_names": (None, "model")},
+    ...         rngs=nnx.Rngs(0)))
+    ...     abstract = nnx.as_abstract(abstract)
+    >>> abstract.kernel.value.sharding.spec, abstract.bias.value.sharding
+    (P(None, 'model'), None)
+    """
+    rules = _RULES.get()
+
+    def one(path: tuple, x: Any) -> Any:
+        if not isinstance(x, Variable):
+            return x
+        value = x.get_raw_value()
+        if (
+            not hasattr(value, "shape")
+            or not hasattr(value, "dtype")
+            or getattr(value, "sharding", None) is not None
+            or x._metadata.get("sharding_names") is None
+        ):
+            return x
+        where = f"as_abstract: {type(x).__name__} at path {_errors.path_str(path)!r}"
+        mesh = x._metadata.get("mesh")
+        if mesh is None:
+            mesh = jax.sharding.get_abstract_mesh()
+            if mesh.empty:
+                raise _errors.ShardingError(
+                    f"{where} has sharding_names but no mesh is known: it has no "
+                    f"`mesh` metadata and no mesh is set. Call it under "
+                    f"`with jax.set_mesh(mesh): ...` (or give the Variable mesh=)."
+                )
+        names = _normalize_names(x._metadata["sharding_names"], where)
+        own_rules = _compose_rules(x._metadata.get("sharding_rules"), rules, where)
+        spec = _resolve(
+            names, tuple(value.shape), rules=own_rules, mesh=mesh, where=where
+        )
+        sharding = NamedSharding(mesh, spec)
+        return x.replace(
+            jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+        )
+
+    return _graph.map_graph(one, tree, graph=graph)
 
 
 _variables.register_placement(shard_value)

@@ -127,3 +127,17 @@ def test_state_sharding_in_jit():
     assert model.kernel[...].sharding == rep
     with pytest.raises(ValueError, match="no filter matches"):
         nnx.StateSharding({nnx.Param: rep}).map_prefix(("c",), nnx.BatchStat(1.0))
+
+
+def test_as_pure_drops_variables_and_reads_refs():
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    pure = nnx.as_pure(nnx.state(model))
+    assert not any(isinstance(x, nnx.Variable) for x in jax.tree.leaves(pure))
+    np.testing.assert_array_equal(pure["kernel"], np.asarray(model.kernel[...]))
+    r = nnx.Param(jnp.arange(3.0), ref=True)
+    out = nnx.as_pure({"r": r, "n": 1})
+    assert isinstance(out["r"], jax.Array) and out["n"] == 1
+    np.testing.assert_array_equal(out["r"], np.arange(3.0))

@@ -452,3 +452,126 @@ def test_worker_import_has_no_side_effects():
     spec.loader.exec_module(module)
     assert os.environ.get("XLA_FLAGS") == before
     assert module.main(["nope"]) == 2
+
+
+# -- as_abstract, compat.get_abstract_model, rule composition, transform_metadata ---
+
+
+def test_as_abstract_adds_named_sharding_from_variable_mesh_or_context():
+    mesh_a = _mesh1("a", "b", auto=True)
+    mesh_c = _mesh1("c", auto=True)
+
+    class Two(nnx.Module):
+        def __init__(self):
+            self.p = nnx.Param(jnp.ones((4, 6)), sharding_names=("a", "b"), mesh=mesh_a)
+            self.q = nnx.Param(jnp.ones((2, 6)), sharding_names=(None, "c"))
+            self.r = nnx.Param(jnp.ones((3,)))  # unannotated: left alone
+
+    with jax.set_mesh(mesh_c):
+        model = nnx.as_abstract(nnx.eval_shape(Two))
+    assert model.p.value.sharding == NamedSharding(mesh_a, P("a", "b"))
+    assert model.q.value.sharding.spec == P(None, "c")
+    assert model.q.value.sharding.mesh.axis_names == ("c",)
+    assert model.r.value.sharding is None
+    assert (model.p.value.shape, model.p.value.dtype) == ((4, 6), jnp.float32)
+
+
+def test_as_abstract_uses_rules_and_needs_a_mesh():
+    abstract = nnx.eval_shape(
+        lambda: nnx.Param(jnp.ones((4, 8)), sharding_names=("embed", "hidden"))
+    )
+    with pytest.raises(nnx.ShardingError, match="no mesh is known"):
+        nnx.as_abstract(abstract)
+    with (
+        jax.set_mesh(_mesh1("data", "model", auto=True)),
+        nnx.logical_axis_rules(RULES),
+    ):
+        out = nnx.as_abstract(abstract)
+    assert out.value.sharding.spec == P(None, "model")
+
+
+def test_compat_get_abstract_model_dedups_shared_variables():
+    mesh = _mesh1("batch", "model", auto=True)
+
+    class Shared(nnx.Module):
+        def __init__(self):
+            init = nnx.with_partitioning(
+                nnx.initializers.lecun_normal(), (None, "model")
+            )
+            self.lin = nnx.Linear(
+                8, 8, use_bias=False, kernel_init=init, rngs=nnx.Rngs(0)
+            )
+            self.alias = self.lin.kernel
+
+    graphdef, state = nnx.compat.get_abstract_model(Shared, mesh)
+    leaves = jax.tree.leaves(state)
+    assert len(leaves) == 1
+    assert leaves[0].sharding == NamedSharding(mesh, P(None, "model"))
+    assert nnx.merge(graphdef, state).alias is not None
+
+
+def test_variable_rules_compose_with_context_rules():
+    mesh = _mesh1("row", "col")
+    with jax.set_mesh(mesh), nnx.logical_axis_rules([("c-alias", "col")]):
+        w = nnx.Param(
+            jnp.ones((2, 2)),
+            sharding_names=("r-alias", "c-alias"),
+            sharding_rules=[("r-alias", "row")],
+        )
+        assert nnx.get_partition_spec(w).value == P("row", "col")
+        with pytest.raises(nnx.ShardingError, match="maps to"):
+            nnx.Param(
+                jnp.ones((2, 2)),
+                sharding_names=("r-alias", "c-alias"),
+                sharding_rules=[("c-alias", "row")],
+            )
+    assert w.value.sharding == NamedSharding(mesh, P("row", "col"))
+
+
+def test_vmap_scan_transform_metadata_extra_keys_follow_the_axis():
+    @nnx.vmap(transform_metadata={nnx.PARTITION_NAME: "layers", "nickname": "nick"})
+    def make(k):
+        return nnx.Param(
+            jnp.ones((4, 3)) * k, sharding_names=("a", None), nickname=("i", "o")
+        )
+
+    p = make(jnp.arange(5.0))
+    assert p.shape == (5, 4, 3)
+    assert (p.sharding_names, p.nickname) == (("layers", "a", None), ("nick", "i", "o"))
+    seen = []
+
+    @nnx.scan(
+        in_axes=(nnx.Carry, 0),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers", "nickname": "nick"},
+    )
+    def total(c, v):
+        seen.append((v.nickname, v.sharding_names))
+        return c + v[...].sum()
+
+    out = total(jnp.zeros(()), p)
+    np.testing.assert_allclose(out, 12.0 * jnp.arange(5.0).sum())
+    assert seen == [(("i", "o"), ("a", None))]
+    assert p.nickname == ("nick", "i", "o")
+    with pytest.raises(ValueError, match="look like the partition key"):
+        nnx.vmap(lambda x: x, transform_metadata={"partition": "layers"})
+
+
+def test_transform_metadata_decorator_moves_only_metadata():
+    v = nnx.Param(jnp.zeros((2, 3)), sharding_names=("din", "dout"))
+
+    @nnx.transform_metadata(in_axes=0, out_axes=1, partition="din")
+    def f(v):
+        assert v.sharding_names == ("dout",)
+        v[...] += 1.0
+        return nnx.Param(jnp.full((3,), 10.0), sharding_names=("dmid", "dout"))
+
+    out = f(v)
+    assert v.sharding_names == ("din", "dout")
+    np.testing.assert_array_equal(v[...], np.ones((2, 3)))
+    assert out.sharding_names == ("dmid", "din", "dout")
+    with pytest.raises(ValueError, match="expected 'model' at axis 0"):
+        nnx.transform_metadata(f, partition="model")(v)
+    assert v.sharding_names == ("din", "dout")  # untouched by the refused call
+    with pytest.raises(ValueError, match="also an argument"):
+        nnx.transform_metadata(lambda v: v, partition="din")(v)

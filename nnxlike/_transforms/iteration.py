@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -204,18 +204,38 @@ _NO_METADATA: Mapping = MappingProxyType({})
 _NAMES = "sharding_names"
 
 
-def _partition_name(transform_metadata: Mapping, name: str) -> Any:
-    """The sharding name for the new axis, from ``transform_metadata``."""
-    unknown = [k for k in transform_metadata if k != PARTITION_NAME]
-    if unknown:
-        raise ValueError(
-            f"nnx.{name}: transform_metadata has unknown key(s) {unknown}; the one "
-            f"key is nnx.PARTITION_NAME, e.g. "
+def _partition_name(transform_metadata: Mapping, name: str) -> dict[str, Any]:
+    """``{metadata key: entry for the new axis}`` from ``transform_metadata``.
+
+    ``nnx.PARTITION_NAME`` names the axis in ``sharding_names`` (always present,
+    default None); every other key is a Variable metadata name whose per-axis
+    tuple gets the given entry, as in flax.nnx (e.g. ``{"nickname": "nick"}``
+    for Variables created with ``nickname=("in", "out")``).
+    """
+    bad = [k for k in transform_metadata if not isinstance(k, str)]
+    if bad:
+        raise TypeError(
+            f"nnx.{name}: transform_metadata keys are Variable metadata names "
+            f"(str) or nnx.PARTITION_NAME; got {bad!r}. Example: "
             f"`transform_metadata={{nnx.PARTITION_NAME: 'layers'}}`."
+        )
+    # Any other key is taken as metadata, so a misspelt partition key would be
+    # silently ignored: refuse keys that look like one.
+    typo = [k for k in transform_metadata if k != PARTITION_NAME and "partition" in k]
+    if typo:
+        raise ValueError(
+            f"nnx.{name}: transform_metadata key(s) {typo} look like the partition "
+            f"key, which is nnx.PARTITION_NAME ({PARTITION_NAME!r}): "
+            f"`transform_metadata={{nnx.PARTITION_NAME: 'layers'}}`. Other keys "
+            f"name Variable metadata tuples that get the new axis."
         )
     entry = transform_metadata.get(PARTITION_NAME)
     where = f"nnx.{name}(transform_metadata={{nnx.PARTITION_NAME: ...}})"
-    return normalize_sharding_names((entry,), where)[0]
+    out = {_NAMES: normalize_sharding_names((entry,), where)[0]}
+    for key, value in transform_metadata.items():
+        if key != PARTITION_NAME:
+            out[key] = value
+    return out
 
 
 def _map_vars(tree: tuple, fn: Callable) -> tuple:
@@ -247,30 +267,32 @@ def _map_vars(tree: tuple, fn: Callable) -> tuple:
     return walk(tree)
 
 
-def _with_names(d: tuple, names: tuple) -> tuple:
-    meta = tuple((k, names if k == _NAMES else m) for k, m in d[3])
+def _with_meta(d: tuple, updates: dict) -> tuple:
+    meta = tuple((k, updates.get(k, m)) for k, m in d[3])
     return (d[0], d[1], d[2], meta)
 
 
-def _strip_mapped_names(lifted: _core.Lifted, var_axis: list) -> tuple:
-    """Remove the mapped axis from the ``sharding_names`` seen inside.
+def _strip_mapped_names(
+    lifted: _core.Lifted, var_axis: list, keys: Iterable[str] = (_NAMES,)
+) -> tuple:
+    """Remove the mapped axis from the per-axis metadata (``keys``) seen inside.
 
     Returns the Lifted to rebuild and collect with (``lifted`` itself when no
-    mapped Variable has names) and ``{input object index: (axis, entry)}``. Names
-    whose length is not the array's rank are left as they are.
+    mapped Variable has such metadata) and ``{input object index: {key: (axis,
+    entry)}}``. Tuples whose length is not the array's rank are left as they are.
     """
-    removed: dict[int, tuple] = {}  # leaf index -> (axis, entry)
+    removed: dict[int, dict] = {}  # leaf index -> {key: (axis, entry)}
     leaves = lifted.flat.leaves
     for i, a in enumerate(var_axis):
         if not isinstance(a, int):
             continue
-        names = getattr(leaves[i], "_metadata", {}).get(_NAMES)
-        if not isinstance(names, tuple):
-            continue
-        ndim = np.ndim(leaves[i]._raw_value)
-        if ndim == 0 or len(names) != ndim:
-            continue
-        removed[i] = (a % ndim, names[a % ndim])
+        meta = getattr(leaves[i], "_metadata", {})
+        ndim = np.ndim(getattr(leaves[i], "_raw_value", None))
+        for key in keys:
+            names = meta.get(key)
+            if ndim == 0 or not isinstance(names, tuple) or len(names) != ndim:
+                continue
+            removed.setdefault(i, {})[key] = (a % ndim, names[a % ndim])
     if not removed:
         return lifted, {}
 
@@ -278,8 +300,10 @@ def _strip_mapped_names(lifted: _core.Lifted, var_axis: list) -> tuple:
         r = removed.get(j)
         if r is None:
             return d
-        names = dict(d[3])[_NAMES]
-        return _with_names(d, names[: r[0]] + names[r[0] + 1 :])
+        meta = dict(d[3])
+        return _with_meta(
+            d, {k: meta[k][:ax] + meta[k][ax + 1 :] for k, (ax, _) in r.items()}
+        )
 
     flat = lifted.flat
     inner = _graph.GraphDef(_map_vars(flat.graphdef.tree, strip), flat.graphdef.paths)
@@ -296,34 +320,39 @@ def _strip_mapped_names(lifted: _core.Lifted, var_axis: list) -> tuple:
 
 
 def _restack_names(
-    static: tuple, arr_axes: list, shapes: list, removed: dict, partition_name: Any
+    static: tuple, arr_axes: list, shapes: list, removed: dict, new_entries: dict
 ) -> tuple:
-    """``static`` with the out axes inserted into the collected ``sharding_names``.
+    """``static`` with the out axes inserted into the collected per-axis metadata.
 
-    A Variable mapped in gets back the entry removed on the way in; one created
-    inside gets ``partition_name`` at its out axis (if its names match the
-    per-lane rank, read from the probe's ``shapes``).
+    A Variable mapped in gets back the entries removed on the way in; one created
+    inside gets ``new_entries[key]`` (``_partition_name``'s result) at its out
+    axis, for each key whose tuple matches the per-lane rank (read from the
+    probe's ``shapes``).
     """
     graphdef, origins = static[0], static[1]
 
     def add(j: int, d: tuple) -> tuple:
         if not d[3]:
             return d
-        names = dict(d[3]).get(_NAMES)
-        if not isinstance(names, tuple):
-            return d
+        meta = dict(d[3])
         origin = origins[d[2]]
+        updates = {}
         if origin >= 0:
-            if origin not in removed:
-                return d
-            ax, entry = removed[origin]
+            for key, (ax, entry) in removed.get(origin, {}).items():
+                names = meta.get(key)
+                if isinstance(names, tuple):
+                    updates[key] = names[:ax] + (entry,) + names[ax:]
         else:
-            ax, entry = arr_axes[j], partition_name
+            ax = arr_axes[j]
             rank = len(shapes[j].shape) - 1  # the probe stacked along axis 0
-            if not isinstance(ax, int) or len(names) != rank:
+            if not isinstance(ax, int):
                 return d
             ax %= rank + 1
-        return _with_names(d, names[:ax] + (entry,) + names[ax:])
+            for key, entry in new_entries.items():
+                names = meta.get(key)
+                if isinstance(names, tuple) and len(names) == rank:
+                    updates[key] = names[:ax] + (entry,) + names[ax:]
+        return _with_meta(d, updates) if updates else d
 
     tree = _map_vars(graphdef.tree, add)
     if tree is graphdef.tree:
@@ -412,7 +441,7 @@ def vmap(
             args, graph=graph, graph_updates=graph_updates, fn="vmap"
         )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
-        lifted, removed = _strip_mapped_names(lifted, var_axis)
+        lifted, removed = _strip_mapped_names(lifted, var_axis, partition_name)
         name = axis_name if axis_name is not None else _fresh_axis_name()
         keys = [i for i, v in enumerate(lifted.flat.leaves) if isinstance(v, RngKey)]
         # A broadcast key is folded with the lane index (lanes draw different
@@ -642,7 +671,7 @@ def scan(
             graph_updates=graph_updates,
         )
     _core.refuse_bound_method(f, "scan")
-    _partition_name(transform_metadata, "scan")  # validated; see the docstring
+    axis_keys = _partition_name(transform_metadata, "scan")  # keys to strip
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -656,7 +685,7 @@ def scan(
             args, graph=graph, graph_updates=graph_updates, fn="scan"
         )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
-        lifted, _ = _strip_mapped_names(lifted, var_axis)
+        lifted, _ = _strip_mapped_names(lifted, var_axis, axis_keys)
         carried_vars = [i for i, a in enumerate(var_axis) if not isinstance(a, int)]
         scanned_vars = [i for i, a in enumerate(var_axis) if isinstance(a, int)]
         carried_leaves = [

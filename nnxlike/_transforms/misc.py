@@ -16,11 +16,12 @@ from typing import Any
 import jax
 from jax.experimental import checkify as _checkify
 
-from nnxlike._graph import unflatten
+from nnxlike._graph import iter_graph, unflatten
 from nnxlike._transforms import _core
 from nnxlike._transforms.control import _jax_leaves, _lifted_call
+from nnxlike._variables import Variable
 
-__all__ = ["checkify", "make_jaxpr", "pmap"]
+__all__ = ["checkify", "make_jaxpr", "pmap", "transform_metadata"]
 
 
 def _lift(args: tuple, kwargs: dict, graph, graph_updates, fn: str):
@@ -293,3 +294,121 @@ class _PathIs:
 
     def __hash__(self) -> int:
         return hash(self.path)
+
+
+_NAMES = "sharding_names"
+
+
+def _annotated_vars(tree: Any) -> list:
+    """The Variables reachable from ``tree`` that carry ``sharding_names``."""
+    return [
+        v
+        for _, v in iter_graph(tree, graph=True)
+        if isinstance(v, Variable) and isinstance(v._metadata.get(_NAMES), tuple)
+    ]
+
+
+def _prefix_axes(axes: Any, n: int, what: str) -> tuple:
+    if axes is None or isinstance(axes, int):
+        return (axes,) * n
+    if isinstance(axes, (tuple, list)) and len(axes) == n:
+        if all(a is None or isinstance(a, int) for a in axes):
+            return tuple(axes)
+    raise ValueError(
+        f"nnx.transform_metadata: {what} must be an int, None, or a tuple with "
+        f"one int/None per {'argument' if what == 'in_axes' else 'output'} "
+        f"({n}); got {axes!r}. Example: `in_axes=(0, None)`."
+    )
+
+
+def transform_metadata(
+    f: Callable | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    partition: str | None,
+    graph: bool | None = None,
+) -> Any:
+    """Run ``f`` seeing ``sharding_names`` as a transform over axis ``in_axes`` would.
+
+    Only the metadata changes, never the arrays: while ``f`` runs, each annotated
+    Variable of an argument with an int axis lacks that entry of its
+    ``sharding_names`` (which must be ``partition``); afterwards it gets it back,
+    and each annotated Variable ``f`` returns gets ``partition`` inserted at its
+    ``out_axes``. This is the metadata half of ``nnx.vmap``/``nnx.scan`` for code
+    that maps with plain JAX (``jax.vmap``, ``shard_map``). ``in_axes`` and
+    ``out_axes`` are an int or None for all, or a tuple with one per argument /
+    output. Value updates inside ``f`` reach the caller's Variables. Usable as
+    ``@nnx.transform_metadata(in_axes=..., partition=...)``.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> w = nnx.Param(jnp.ones((3, 4)), sharding_names=("layers", "model"))
+    >>> @nnx.transform_metadata(in_axes=0, out_axes=0, partition="layers")
+    ... def f(w):
+    ...     print(w.sharding_names)
+    ...     return nnx.Param(jnp.zeros(4), sharding_names=("model",))
+    >>> out = f(w)
+    ('model',)
+    >>> w.sharding_names, out.sharding_names
+    (('layers', 'model'), ('layers', 'model'))
+    """
+    del graph  # metadata only: objects are walked as graphs either way
+    if f is None:
+        return functools.partial(
+            transform_metadata, in_axes=in_axes, out_axes=out_axes, partition=partition
+        )
+    fname = getattr(f, "__qualname__", repr(f))
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            raise TypeError(
+                f"nnx.transform_metadata({fname}): got keyword argument(s) "
+                f"{sorted(kwargs)}; in_axes describes positional arguments, so "
+                f"pass them positionally."
+            )
+        stripped: list = []  # (Variable, axis, names before), to restore
+        seen: set = set()
+        for arg, axis in zip(args, _prefix_axes(in_axes, len(args), "in_axes")):
+            if axis is None:
+                continue
+            for v in _annotated_vars(arg):
+                if id(v) in seen:
+                    continue
+                seen.add(id(v))
+                names = v._metadata[_NAMES]
+                ax = axis % len(names) if names else axis
+                if not names or names[ax] != partition:
+                    raise ValueError(
+                        f"nnx.transform_metadata({fname}): a {type(v).__name__} "
+                        f"argument has sharding_names={names!r}, expected "
+                        f"{partition!r} at axis {axis}. Pass the partition name "
+                        f"its axis {axis} has, or in_axes=None for that argument."
+                    )
+                stripped.append((v, names))
+                v.set_metadata(_NAMES, names[:ax] + names[ax + 1 :])
+        try:
+            out = f(*args)
+        finally:
+            for v, names in stripped:
+                v.set_metadata(_NAMES, names)
+        outs = out if isinstance(out, tuple) else (out,)
+        for o, axis in zip(outs, _prefix_axes(out_axes, len(outs), "out_axes")):
+            if axis is None:
+                continue
+            for v in _annotated_vars(o):
+                if id(v) in seen:
+                    raise ValueError(
+                        f"nnx.transform_metadata({fname}): the function returned a "
+                        f"{type(v).__name__} that was also an argument; its axis "
+                        f"would be added twice. Return a new Variable, or use "
+                        f"out_axes=None for that output."
+                    )
+                seen.add(id(v))
+                names = v._metadata[_NAMES]
+                ax = axis % (len(names) + 1)
+                v.set_metadata(_NAMES, names[:ax] + (partition,) + names[ax:])
+        return out
+
+    return wrapper
