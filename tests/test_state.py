@@ -63,7 +63,8 @@ def test_setting_and_deleting_items():
     assert list(s) == ["a", "c"]
     assert s == nnx.State({"a": {"b": 1}, "c": {"d": 2}})
     assert s != nnx.State({"a": {"b": 1}})
-    assert s.__eq__({"a": 1}) is NotImplemented
+    assert s != {"a": 1} and nnx.State({}) == {}  # dicts compare as States
+    assert s.__eq__(1) is NotImplemented
     with pytest.raises(TypeError, match="unhashable"):
         hash(s)
 
