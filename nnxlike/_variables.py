@@ -435,6 +435,15 @@ class Variable:
                 f"as the value; pass the array and ref=True instead: "
                 f"`{type(self).__name__}(array, ref=True)`."
             )
+        # flax.nnx 0.12's key for the annotation is `out_sharding` (`sharding_names`
+        # its alias); nnxlike stores `sharding_names`. (`.sharding` stays the
+        # array's concrete sharding: see docs/differences.md.)
+        if "out_sharding" in metadata and "sharding_names" not in metadata:
+            names = metadata.pop("out_sharding")
+            if isinstance(names, (tuple, list, jax.sharding.PartitionSpec)):
+                metadata["sharding_names"] = tuple(names)
+            elif names is not None:
+                metadata["out_sharding"] = names  # a Sharding object: kept
         # hijax/ref/eager_sharding: defaults are not stored (see REQUIRED_METADATA)
         ref = metadata.pop("ref", None)
         if ref is None:
@@ -536,6 +545,8 @@ class Variable:
             return self._metadata[name]
         except KeyError:
             pass
+        if name == "out_sharding":  # flax.nnx 0.12's name of the annotation
+            return self._metadata.get("sharding_names")
         # Anything else is the value's (``v.at``, ``v.reshape``, ``v.sharding``),
         # as flax.nnx forwards it.
         try:

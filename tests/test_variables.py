@@ -451,3 +451,11 @@ def test_generic_subscription_forwarding_and_copy():
     with pytest.raises(ValueError, match="same Variable kind"):
         a.copy_from(nnx.BatchStat(1.0))
     assert nnx.Param(lambda x: 2 * x)(3) == 6 and 1 in nnx.Variable([1, 2])
+
+
+def test_out_sharding_is_flax_012s_name_for_sharding_names():
+    p = nnx.Param(jnp.ones((2, 2)), out_sharding=("data", None))
+    assert p.sharding_names == ("data", None) == p.out_sharding
+    assert nnx.Param(jnp.ones(2)).out_sharding is None
+    spec = jax.sharding.PartitionSpec("data")
+    assert nnx.Param(jnp.ones(2), out_sharding=spec).sharding_names == ("data",)
