@@ -230,7 +230,13 @@ def _as_axes(target: Any) -> tuple:
 def _resolve(
     names: tuple, shape: tuple, *, rules: tuple, mesh: Any, where: str
 ) -> PartitionSpec:
-    """The PartitionSpec of mesh axes for ``names`` (checked against ``mesh``)."""
+    """The PartitionSpec of mesh axes for ``names`` (checked against ``mesh``).
+
+    Fewer names than axes leave the trailing axes unsharded, as a
+    ``PartitionSpec`` does; more names than axes are an error.
+    """
+    if len(names) < len(shape):
+        names = (*names, *(None,) * (len(shape) - len(names)))
     if len(names) != len(shape):
         example = tuple(names[: len(shape)]) + (None,) * (len(shape) - len(names))
         raise _errors.ShardingError(
