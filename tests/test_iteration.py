@@ -584,3 +584,17 @@ def test_vmap_in_axes_prefix_with_lists_matches_jax_vmap():
     layer = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
     out = nnx.vmap(lambda pair: pair[0](pair[1]), in_axes=([None, 0],))([layer, xs[0]])
     np.testing.assert_allclose(out, layer(xs[0]), rtol=1e-6)
+
+
+def test_one_variable_given_two_axes_is_refused():
+    # The same object in two arguments with in_axes 0 and 1 cannot be mapped both
+    # ways; taking the first axis silently would compute the wrong thing.
+    class Foo(nnx.Module):
+        def __init__(self):
+            self.a = nnx.Param(jnp.arange(6.0).reshape(2, 3))
+
+    m = Foo()
+    with pytest.raises(ValueError, match=r"Inconsistent aliasing detected.*'a'"):
+        nnx.vmap(lambda a, b: a.a[...] * b.a[...], in_axes=(0, 1))(m, m)
+    same = nnx.vmap(lambda a, b: a.a[...] * b.a[...], in_axes=(0, 0))(m, m)
+    np.testing.assert_array_equal(same, m.a[...] ** 2)

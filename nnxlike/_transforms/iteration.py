@@ -126,14 +126,22 @@ def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
                 flat = flatten(leaf)
                 for path, v in zip(flat.graphdef.paths, flat.leaves):
                     i = var_index[id(v)]
+                    ax = axis.axis_of(path, v) if isinstance(axis, StateAxes) else axis
                     if not assigned[i]:
-                        ax = (
-                            axis.axis_of(path, v)
-                            if isinstance(axis, StateAxes)
-                            else axis
-                        )
                         var_axis[i] = ax
                         assigned[i] = True
+                    elif var_axis[i] != ax:
+                        # One Variable reached through two arguments with two
+                        # axes: mapping it both ways is impossible, and taking
+                        # the first silently would be wrong.
+                        raise ValueError(
+                            f"{name}: Inconsistent aliasing detected. The following "
+                            "nodes have different prefixes: the same "
+                            f"{type(v).__name__} is at {_errors.path_str(path)!r} "
+                            f"with in_axes {ax!r} and was given in_axes "
+                            f"{var_axis[i]!r} before. Give it one axis, or pass "
+                            "a copy (nnx.clone) for the other argument."
+                        )
             else:
                 if isinstance(axis, StateAxes):
                     raise TypeError(
