@@ -206,10 +206,17 @@ def _assign(lifted: _core.Lifted, args: tuple, in_specs: Any, mesh: Any):
         flat = flatten(node)
         for path, v in zip(flat.graphdef.paths, flat.leaves):
             j = var_index[id(v)]
-            if var_specs[j] is None:  # shared: the first argument wins
-                s = _spec_of(spec, path, v, where)
+            s = _spec_of(spec, path, v, where)
+            if var_specs[j] is None:
                 _check_shape(s, v, path, where, mesh)
                 var_specs[j] = s
+            elif var_specs[j] != s:  # shared, but sharded two ways: refuse
+                raise ValueError(
+                    f"nnx.shard_map: Inconsistent aliasing detected. The following "
+                    f"nodes have different prefixes: the same {type(v).__name__} "
+                    f"at {_errors.path_str(path)!r} gets {s} from {where} and "
+                    f"{var_specs[j]} from an earlier argument. Give it one spec."
+                )
     return var_specs, jleaf_specs, node_specs
 
 
