@@ -260,11 +260,18 @@ def flatten(
             if track and "_nnx_tracked" not in d:
                 d["_nnx_tracked"] = True
             children = []
+            # Attributes marked nnx.static(...) stay values even when they are
+            # pytrees (an optax transformation, a config NamedTuple).
+            marked = d.get("_nnx_fields") or t._nnx_class_fields
             for key, v in d.items():
                 if key[:5] == "_nnx_":
                     continue
                 kv = kind_of(type(v))
-                if kv == _K_STATIC:
+                if kv is None:
+                    kv = _classify(type(v), v)
+                if kv == _K_STATIC or (
+                    marked and kv == _K_PYTREE and marked.get(key) is False
+                ):
                     children.append((key, (STATIC, type(v), v)))
                 else:
                     children.append((key, visit(v, (*path, key))))

@@ -491,3 +491,20 @@ def test_prefix_in_tree_mode_is_a_pytree_prefix_for_plain_and_nnx_vmap():
             lambda m, x: (m.w[...] * x).sum() * m.scale[...], in_axes=(axes, None)
         )(m, x)
         np.testing.assert_allclose(out, ref)
+
+
+def test_a_pytree_marked_static_stays_a_value_in_the_graph():
+    import collections
+
+    Config = collections.namedtuple("Config", ["width", "act"])
+
+    class Net(nnx.Module):
+        def __init__(self, static: bool):
+            self.cfg = nnx.static(Config(4, "relu")) if static else Config(4, "relu")
+            self.w = nnx.Param(jnp.ones(2))
+
+    marked, plain = nnx.graphdef(Net(True)), nnx.graphdef(Net(False))
+    assert "<pytree" not in repr(marked) and "<pytree" in repr(plain)
+    assert nnx.merge(marked, nnx.state(Net(True))).cfg == Config(4, "relu")
+    leaves = jax.tree.leaves(Net(True))  # the config is not a leaf
+    assert len(leaves) == 1 and leaves[0].shape == (2,)
