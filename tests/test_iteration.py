@@ -380,12 +380,6 @@ def test_scan_structure_change_inside_error():
     np.testing.assert_allclose(acc.v.value, jnp.zeros((4, 2)))
 
 
-def test_scan_two_carry_arguments_error():
-    f = nnx.scan(lambda a, b: (a, b), in_axes=(nnx.Carry, nnx.Carry))
-    with pytest.raises(ValueError, match="at most one argument can be nnx.Carry"):
-        f(jnp.ones(1), jnp.ones(1))
-
-
 def test_scan_in_axes_length_mismatch_error():
     f = nnx.scan(lambda a, b: (a, b), in_axes=(nnx.Carry, 0, 0))
     with pytest.raises(
@@ -598,3 +592,16 @@ def test_one_variable_given_two_axes_is_refused():
         nnx.vmap(lambda a, b: a.a[...] * b.a[...], in_axes=(0, 1))(m, m)
     same = nnx.vmap(lambda a, b: a.a[...] * b.a[...], in_axes=(0, 0))(m, m)
     np.testing.assert_array_equal(same, m.a[...] ** 2)
+
+
+def test_scan_axes_it_cannot_honour_are_refused_when_decorated():
+    with pytest.raises(ValueError, match="Found multiple Carry definitions"):
+        nnx.scan(lambda a, b: None, in_axes=(nnx.Carry, nnx.Carry))
+    with pytest.raises(ValueError, match=r"Cannot broadcast output state\. Got None"):
+        nnx.scan(lambda a, b: None, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, None))
+    with pytest.raises(ValueError, match=r"Cannot broadcast output state\. Got State"):
+        nnx.scan(
+            lambda a, b: None,
+            in_axes=(nnx.Carry, 0),
+            out_axes=(nnx.Carry, nnx.StateAxes({...: None})),
+        )

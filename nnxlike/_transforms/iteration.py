@@ -368,6 +368,26 @@ def _restack_names(
     return (_graph.GraphDef(tree, graphdef.paths), *static[1:])
 
 
+def _check_scan_axes(in_axes: Any, out_axes: Any) -> None:
+    """What scan cannot do, said when it is decorated (as flax.nnx does)."""
+    ins = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,)
+    if sum(isinstance(a, _CarryType) for a in ins) > 1:
+        raise ValueError(
+            f"nnx.scan: Found multiple Carry definitions in in_axes={in_axes!r}; "
+            "one argument is the carry (group several values in a tuple)."
+        )
+    outs = out_axes if isinstance(out_axes, (tuple, list)) else (out_axes,)
+    for a in outs:
+        bad = a is None or (isinstance(a, StateAxes) and None in a.axes)
+        if bad:
+            raise ValueError(
+                f"nnx.scan: Cannot broadcast output state. Got {a!r} in "
+                f"out_axes={out_axes!r}: scan stacks every output along an axis "
+                "(or carries it with nnx.Carry); an unmapped output has no value "
+                "per step. Use an int axis, or return it through the carry."
+            )
+
+
 def _as_positional(name: str, f: Callable, args: tuple, kwargs: dict) -> tuple:
     """Keyword arguments bound to their positional parameters (as flax does), so
     in_axes, which describes positional arguments, covers them."""
@@ -679,6 +699,7 @@ def scan(
             graph_updates=graph_updates,
         )
     _core.refuse_bound_method(f, "scan")
+    _check_scan_axes(in_axes, out_axes)
     axis_keys = _partition_name(transform_metadata, "scan")  # keys to strip
 
     @functools.wraps(f)
