@@ -179,9 +179,9 @@ class Sequential(Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not len(self.layers):  # flax.nnx: an empty Sequential is the identity
-            if kwargs or len(args) != 1:
-                return args if not kwargs else (args, kwargs)
-            return args[0]
+            if not kwargs:
+                return None if not args else args[0] if len(args) == 1 else args
+            return kwargs if not args else (args, kwargs)
         out = None
         for i, layer in enumerate(self.layers):
             out = layer(*args, **kwargs) if i == 0 else layer(out)

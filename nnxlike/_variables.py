@@ -417,10 +417,14 @@ class Variable:
 
     __slots__ = (*_SLOTS, "__weakref__")
 
+    # True for kinds that override get_value (flax's hook): reads go through it.
+    _nnx_custom_get = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # The pytree registry is keyed by exact type: register every kind.
         _register(cls)
+        cls._nnx_custom_get = cls.get_value is not Variable.get_value
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
@@ -474,6 +478,8 @@ class Variable:
     # -- value access --------------------------------------------------------
     @property
     def value(self) -> Any:
+        if self._nnx_custom_get:
+            return self.get_value()
         raw = self._raw_value
         return raw[...] if _is_ref(raw) else raw
 
@@ -517,6 +523,8 @@ class Variable:
         object.__setattr__(self, "_raw_value", value)
 
     def __getitem__(self, key: Any) -> Any:
+        if self._nnx_custom_get:
+            return self.get_value(index=key)
         raw = self._raw_value
         if key is Ellipsis and not _is_ref(raw):
             return raw

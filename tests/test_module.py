@@ -291,6 +291,7 @@ def test_empty_sequential_is_the_identity():
     x = jnp.arange(3.0)
     assert nnx.Sequential()(x) is x  # as in flax.nnx
     assert nnx.Sequential()(1, 2) == (1, 2)
+    assert nnx.Sequential()() is None and nnx.Sequential()(k=2) == {"k": 2}
 
 
 def test_module_repr_names_the_class():

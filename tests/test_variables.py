@@ -459,3 +459,13 @@ def test_out_sharding_is_flax_012s_name_for_sharding_names():
     assert nnx.Param(jnp.ones(2)).out_sharding is None
     spec = jax.sharding.PartitionSpec("data")
     assert nnx.Param(jnp.ones(2), out_sharding=spec).sharding_names == ("data",)
+
+
+def test_a_kind_overriding_get_value_is_read_through_it():
+    class Plus3(nnx.Param):
+        def get_value(self, **kwargs):
+            return super().get_value(**kwargs) + 3
+
+    v = Plus3(jnp.array(1))
+    assert int(v[...]) == 4 and int(v.value) == 4
+    assert int(nnx.Param(jnp.array(1))[...]) == 1  # other kinds read the raw value
