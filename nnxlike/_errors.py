@@ -76,16 +76,6 @@ LOST_WRITE = (
     "(nnx.jit, nnx.grad, nnx.vmap, nnx.scan, ...), which writes every change "
     "back to the caller's objects."
 )
-SHARED_WITHOUT_GRAPH_UPDATES = (
-    "Duplicate {type} found at paths {first} and {second}: nnx.{fn} with "
-    "graph_updates=False does not support Variable aliasing (duplicate inputs, "
-    "duplicate outputs, or input Variables returned as outputs). Consider the "
-    "following options:\n\n1. Remove the duplicate Variables.\n2. Create new "
-    "Variables via nnx.clone() and use those instead.\n3. Enable graph mode and "
-    "graph updates by passing graph=True and graph_updates=True to {fn}\n\n"
-    "  nnx.{fn}(..., graph=True, graph_updates=True)\n\n4. Use nnx.compat.{fn} "
-    "(sets graph and graph_updates to True automatically)\n\n  nnx.compat.{fn}(...)"
-)
 STRUCTURE_WITHOUT_GRAPH_UPDATES = (
     "nnx.{fn} with graph=False or graph_updates=False writes back Variable values "
     "only, but the function changed the structure of its arguments ({what}); the "

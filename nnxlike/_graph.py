@@ -347,20 +347,7 @@ def _diagnose_unhashable(d: tuple, path: tuple) -> None:
                 _diagnose_unhashable(c[1], (*path, c[0]))
 
 
-_set_raw = Variable._raw_value.__set__
-_set_meta = Variable._metadata.__set__
-_set_trace = Variable._trace_state.__set__
-_set_copy = Variable._nnx_copy.__set__
 _new = object.__new__
-
-
-def _new_variable(cls: type, value: Any, meta: tuple, trace_state: Any) -> Variable:
-    var = _new(cls)
-    _set_raw(var, value)
-    _set_meta(var, dict(meta))
-    _set_trace(var, trace_state)
-    _set_copy(var, None)
-    return var
 
 
 @_gc_paused
@@ -406,7 +393,7 @@ def unflatten(
                     object.__setattr__(old, "_metadata", meta)
                 built[d[2]] = old
                 return old
-            var = _new_variable(d[1], value, d[3], trace_state)
+            var = new_variable(d[1], value, d[3], trace_state)
             built[d[2]] = var
             return var
         if kind == LEAF:
@@ -465,8 +452,8 @@ def _same_items(old: list, new: list) -> bool:
 def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
     """Split the leaves of ``flat`` into one State per filter (first match wins)."""
     gd = flat.graphdef
+    ts = _tracking.get_trace_state()
     if not filters:
-        ts = _tracking.get_trace_state()
         return [State.from_flat(gd.paths, [_snapshot(v, ts) for v in flat.leaves])]
     predicates = [to_predicate(f) for f in filters]
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
@@ -474,7 +461,7 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
         for pred, bucket in zip(predicates, buckets):
             if pred(path, leaf):
                 bucket[0].append(path)
-                bucket[1].append(_to_state_leaf(leaf))
+                bucket[1].append(_snapshot(leaf, ts))
                 break
         else:
             raise _errors.StructureError(
@@ -489,18 +476,14 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
 
 
 def _snapshot(x: Any, trace_state: Any) -> Any:
-    """``_to_state_leaf`` with the trace state read once per split (hot path)."""
-    if isinstance(x, Variable):
-        return _new_variable(type(x), x._raw_value, x._metadata, trace_state)
-    return x
+    """A State leaf: a new Variable of the same kind sharing the (immutable) array.
 
-
-def _to_state_leaf(x: Any) -> Any:
-    # A State is a snapshot: new Variables of the same kinds sharing the (immutable)
-    # arrays. flax.nnx 0.12 puts the graph's own Variables there, so a State kept
-    # as "the best weights" silently follows later training; here it does not.
+    flax.nnx 0.12 puts the graph's own Variables in a State, so a State kept as
+    "the best weights" silently follows later training; here it does not.
+    ``trace_state`` is read once per split by the caller.
+    """
     if isinstance(x, Variable):
-        return new_variable(type(x), x._raw_value, x._metadata)
+        return new_variable(type(x), x._raw_value, x._metadata, trace_state)
     return x
 
 
@@ -794,13 +777,14 @@ def pop(node: Any, *filters: Filter) -> Any:
     predicates = [to_predicate(f) for f in filters]
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     to_remove = []
+    ts = _tracking.get_trace_state()
     for path, leaf in zip(flat.graphdef.paths, flat.leaves):
         if not path:
             continue  # the root itself cannot be removed from itself
         for pred, bucket in zip(predicates, buckets):
             if pred(path, leaf):
                 bucket[0].append(path)
-                bucket[1].append(_to_state_leaf(leaf))
+                bucket[1].append(_snapshot(leaf, ts))
                 to_remove.append(path)
                 break
     # Remove last-first: deleting a list item shifts the indices of later ones.
@@ -836,7 +820,7 @@ def iter_graph(
     >>> [(p, type(v).__name__) for p, v in nnx.iter_graph(model)]
     [(('kernel',), 'Param'), (('bias',), 'Param'), ((), 'Linear')]
     """
-    if graph is False or (graph is None and not _config.resolve(None, None)[0]):
+    if not _config.resolve(graph, None)[0]:
         check_tree(node, "iter_graph")
     seen: set[int] = set()
 

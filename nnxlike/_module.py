@@ -301,6 +301,6 @@ def iter_children(
     node: Module, /, *, graph: bool | None = None
 ) -> Iterator[tuple[Any, Module]]:
     """Yield ``(name, module)`` for the Modules held directly by ``node``."""
-    if graph is False or (graph is None and not _config.resolve(None, None)[0]):
+    if not _config.resolve(graph, None)[0]:
         _graph.check_tree(node, "iter_children")
     return node.iter_children()

@@ -229,7 +229,7 @@ class Object:
             jtu.register_pytree_with_keys(
                 cls,
                 _flatten_with_keys,
-                functools_partial_unflatten(cls),
+                _unflatten_for(cls),
                 flatten_func=_flatten,
             )
 
@@ -285,7 +285,7 @@ class Object:
         return _tracking.render_treescope(self, path, subtree_renderer)
 
 
-def functools_partial_unflatten(cls: type):
+def _unflatten_for(cls: type):
     def unflatten(aux: tuple, children: Any) -> Any:
         return _unflatten(cls, aux, children)
 

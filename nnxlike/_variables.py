@@ -359,31 +359,24 @@ def _arm(var: Variable, info: _CopyInfo) -> None:
     info.armed = True
 
 
-def _flatten_with_keys(v: Variable):
+def _flatten(v: Variable):
     info = getattr(v, "_nnx_copy", None)
     if info is not None:
         info.armed = False  # the copy leaves the function: its writes are kept
     meta = v._metadata
-    return ((_VALUE_KEY, v._raw_value),), tuple(sorted(meta.items())) if meta else ()
-
-
-def _flatten(v: Variable):
-    info = getattr(v, "_nnx_copy", None)
-    if info is not None:
-        info.armed = False
-    meta = v._metadata
     return (v._raw_value,), tuple(sorted(meta.items())) if meta else ()
+
+
+def _flatten_with_keys(v: Variable):
+    (value,), aux = _flatten(v)
+    return ((_VALUE_KEY, value),), aux
 
 
 def _make_unflatten(cls: type):
     def unflatten(aux: tuple, children: Any) -> Variable:
-        var = object.__new__(cls)
-        object.__setattr__(var, "_raw_value", children[0])
-        object.__setattr__(var, "_metadata", dict(aux))
-        object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
-        object.__setattr__(
-            var, "_nnx_copy", _CopyInfo() if _tracking.under_trace() else None
-        )
+        var = new_variable(cls, children[0], aux)
+        if _tracking.under_trace():  # a copy plain JAX made for a traced function
+            _set_copy(var, _CopyInfo())
         return var
 
     return unflatten
@@ -1152,13 +1145,25 @@ class OptState(Variable):
 _register(Variable)
 
 
-def new_variable(cls: type, value: Any, metadata: dict | None = None) -> Variable:
-    """A Variable of kind ``cls`` without running ``__init__`` (no placement)."""
+_set_raw = Variable._raw_value.__set__  # slot descriptors: the fastest writes
+_set_meta = Variable._metadata.__set__
+_set_trace = Variable._trace_state.__set__
+_set_copy = Variable._nnx_copy.__set__
+
+
+def new_variable(
+    cls: type, value: Any, metadata: Any = None, trace_state: Any = None
+) -> Variable:
+    """A Variable of kind ``cls`` without running ``__init__`` (no placement).
+
+    ``metadata`` is a dict or ``(key, value)`` pairs; ``trace_state`` lets a
+    caller making many Variables (``merge``, ``split``) read it once.
+    """
     var = object.__new__(cls)
-    object.__setattr__(var, "_raw_value", value)
-    object.__setattr__(var, "_metadata", dict(metadata) if metadata else {})
-    object.__setattr__(var, "_trace_state", _tracking.get_trace_state())
-    object.__setattr__(var, "_nnx_copy", None)
+    _set_raw(var, value)
+    _set_meta(var, dict(metadata) if metadata else {})
+    _set_trace(var, _tracking.get_trace_state() if trace_state is None else trace_state)
+    _set_copy(var, None)
     return var
 
 

@@ -270,25 +270,6 @@ def _item(container: Any, key: Any) -> Any:
     return container[key]
 
 
-def _check_no_shared_variables(nodes: tuple, fn: str) -> None:
-    """graph_updates=False: a Variable reachable twice is refused (flax's rule)."""
-    seen: dict[int, tuple] = {}
-    for path, v in _graph.iter_graph(nodes, graph=True, _all_paths=True):
-        if not isinstance(v, Variable):
-            continue
-        first = seen.get(id(v))
-        if first is not None:
-            raise ValueError(
-                _errors.SHARED_WITHOUT_GRAPH_UPDATES.format(
-                    fn=fn,
-                    type=type(v).__name__,
-                    first=_errors.path_str(first),
-                    second=_errors.path_str(path),
-                )
-            )
-        seen[id(v)] = path
-
-
 def refuse_bound_method(f: Any, fn: str) -> None:
     """A bound method of an object would hide the object from the transform.
 
