@@ -95,16 +95,15 @@ from nnxlike._transforms.autodiff import DiffState as DiffState
 from nnxlike._transforms.autodiff import grad as grad
 from nnxlike._transforms.autodiff import value_and_grad as value_and_grad
 from nnxlike._transforms.control import cond as cond
-from nnxlike._transforms.control import custom_vjp as custom_vjp
 from nnxlike._transforms.control import eval_shape as eval_shape
 from nnxlike._transforms.control import fori_loop as fori_loop
 from nnxlike._transforms.control import remat as remat
 from nnxlike._transforms.control import switch as switch
 from nnxlike._transforms.control import while_loop as while_loop
+from nnxlike._transforms.custom_vjp import custom_vjp as custom_vjp
 from nnxlike._transforms.iteration import Carry as Carry
 from nnxlike._transforms.iteration import StateAxes as StateAxes
 from nnxlike._transforms.iteration import prefix as prefix
-from nnxlike._transforms.iteration import scan as scan
 from nnxlike._transforms.iteration import vmap as vmap
 from nnxlike._transforms.jit import cached_partial as cached_partial
 from nnxlike._transforms.jit import jit as jit
@@ -116,6 +115,7 @@ from nnxlike._transforms.misc import checkify as checkify
 from nnxlike._transforms.misc import make_jaxpr as make_jaxpr
 from nnxlike._transforms.misc import pmap as pmap
 from nnxlike._transforms.misc import transform_metadata as transform_metadata
+from nnxlike._transforms.scan import scan as scan
 from nnxlike._transforms.shard_map import shard_map as shard_map
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat

@@ -22,7 +22,9 @@ import functools
 from nnxlike import _graph, _module, _rngs, _views
 from nnxlike import spmd as _spmd
 from nnxlike._transforms import autodiff, control, iteration, linearize
+from nnxlike._transforms import custom_vjp as _custom_vjp
 from nnxlike._transforms import jit as _jit
+from nnxlike._transforms import scan as _scan
 from nnxlike._transforms import shard_map as _shard_map
 
 _GRAPH = {"graph": True}
@@ -48,12 +50,12 @@ jit = functools.partial(_jit.jit, **_BOTH)
 shard_map = functools.partial(_shard_map.shard_map, **_BOTH)
 grad = functools.partial(autodiff.grad, **_BOTH)
 value_and_grad = functools.partial(autodiff.value_and_grad, **_BOTH)
-custom_vjp = functools.partial(control.custom_vjp, **_BOTH)
+custom_vjp = functools.partial(_custom_vjp.custom_vjp, **_BOTH)
 vjp = functools.partial(linearize.vjp, **_BOTH)
 jvp = functools.partial(linearize.jvp, **_BOTH)
 remat = functools.partial(control.remat, **_BOTH)
 vmap = functools.partial(iteration.vmap, **_BOTH)
-scan = functools.partial(iteration.scan, **_BOTH)
+scan = functools.partial(_scan.scan, **_BOTH)
 while_loop = functools.partial(control.while_loop, **_BOTH)
 fori_loop = functools.partial(control.fori_loop, **_BOTH)
 eval_shape = functools.partial(control.eval_shape, **_BOTH)
