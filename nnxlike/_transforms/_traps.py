@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import operator
 import types
 from typing import Any
 
@@ -177,6 +178,7 @@ def check_captured_reads(fun: Any, transform: str) -> None:
 # re-read, so reassigning one through ``__dict__`` is not seen (assign normally).
 
 _dict_get = dict.get
+_is = operator.is_
 _LIBRARIES = frozenset(
     {"builtins", "jax", "jaxlib", "numpy", "nnxlike", "optax", "flax", "functools"}
 )
@@ -221,7 +223,6 @@ class Snapshot:
         "edge_dicts",
         "edge_keys",
         "edge_values",
-        "edge_ids",
         "statics",
     )
 
@@ -249,8 +250,7 @@ class Snapshot:
         self.lens = list(map(len, dicts))
         self.edge_dicts = edge_dicts
         self.edge_keys = edge_keys
-        self.edge_values = self._values()  # kept alive, so ids stay unique
-        self.edge_ids = list(map(id, self.edge_values))
+        self.edge_values = self._values()  # compared by identity
         self.statics = statics
 
     def _values(self) -> list:
@@ -259,9 +259,9 @@ class Snapshot:
     def intact(self) -> bool:
         # By identity: a Variable's == compares values (elementwise), so a
         # replaced Variable holding an equal value would otherwise pass.
-        return list(map(len, self.dicts)) == self.lens and (
-            list(map(id, map(_dict_get, self.edge_dicts, self.edge_keys)))
-            == self.edge_ids
+        # ``all(map(is_, ...))`` runs in C without building id lists.
+        return list(map(len, self.dicts)) == self.lens and all(
+            map(_is, map(_dict_get, self.edge_dicts, self.edge_keys), self.edge_values)
         )
 
     def check_statics(self, roots: tuple, names: list, fn: str) -> None:
