@@ -221,6 +221,24 @@ CAPTURED_READ = (
     "on purpose, close over a State instead: `graphdef, state = nnx.split({name})` "
     "outside and `nnx.merge(graphdef, state)` inside."
 )
+_STATIC_DATA_FIX = (
+    " Static attributes are part of the structure and cannot hold arrays, "
+    "Variables or Modules: assign `self.{name} = nnx.data(...)`, or remove the "
+    "arrays from the value."
+)
+DATA_IN_STATIC_WRAPPER = (
+    "Found data in value of type '{type}' annotated with nnx.static(...) when "
+    "setting attribute '{name}' of Pytree type '{cls}'." + _STATIC_DATA_FIX
+)
+DATA_ON_STATIC_ATTRIBUTE = (
+    "Found data on value of type '{type}' assigned to static attribute '{name}' "
+    "of Pytree type '{cls}' (marked nnx.static(...) earlier)." + _STATIC_DATA_FIX
+)
+DATA_IN_STATIC_FIELD = (
+    "Found unexpected data on value of type '{type}' in static attribute "
+    "'{name}' of Pytree type '{cls}' (declared static on the class)."
+    + _STATIC_DATA_FIX
+)
 STATIC_MUTATED = (
     "nnx.jit({fn}): the static attribute {where} (a {type}) was changed in place "
     "since the function was compiled. Static attributes are part of the compiled "

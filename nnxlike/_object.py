@@ -238,7 +238,9 @@ class Object:
             value, explicit = _explicit_status(value)
             if explicit is not None:
                 _set_explicit(self, name, explicit)
-            value = check_attribute(self, name, value)
+            value = check_attribute(
+                self, name, value, wrapped=explicit is not None
+            )
             if self.__dict__.get("_nnx_tracked"):
                 _tracking.bump_structure_version()
         object.__setattr__(self, name, value)
@@ -454,8 +456,13 @@ def _link_copies(obj: Object, keys: tuple, children: Any) -> None:
 # -- attribute rules -------------------------------------------------------------
 
 
-def check_attribute(obj: Object, name: str, value: Any) -> Any:
-    """Validate (and normalise) a value assigned to ``obj.name``."""
+def check_attribute(
+    obj: Object, name: str, value: Any, *, wrapped: bool = False
+) -> Any:
+    """Validate (and normalise) a value assigned to ``obj.name``.
+
+    ``wrapped`` is True when the value came inside ``nnx.data``/``nnx.static``.
+    """
     t = type(value)
     explicit = _explicit(obj, name) if not name.startswith("[") else None
     if t is list and explicit is not False:
@@ -463,13 +470,18 @@ def check_attribute(obj: Object, name: str, value: Any) -> Any:
     if t is dict and explicit is not False:
         return _DICT_TYPE(value)  # type: ignore[misc]
     if explicit is False and _holds_data(value):
-        cls = type(obj).__name__
+        # flax's three phrases: nnx.static(...) around data ("in value"), data
+        # into an attribute made static earlier ("on value"), data into an
+        # attribute the class declares static ("unexpected data").
+        fields = obj.__dict__.get("_nnx_fields")
+        if wrapped:
+            template = _errors.DATA_IN_STATIC_WRAPPER
+        elif fields is not None and name in fields:
+            template = _errors.DATA_ON_STATIC_ATTRIBUTE
+        else:
+            template = _errors.DATA_IN_STATIC_FIELD
         raise ValueError(
-            f"Found data on value of type '{t.__name__}' annotated with "
-            f"nnx.static(...) when setting attribute '{name}' of Pytree type "
-            f"'{cls}'. Static attributes are part of the structure and cannot hold "
-            f"arrays, Variables or Modules: assign `self.{name} = nnx.data(...)`, "
-            "or remove the arrays from the value."
+            template.format(type=t.__name__, name=name, cls=type(obj).__name__)
         )
     return value
 

@@ -168,8 +168,30 @@ def test_static_attribute_refuses_arrays_with_flax_message():
         def __init__(self):
             self.cfg = nnx.static((1, jnp.ones(2)))
 
-    with pytest.raises(ValueError, match=r"Found data on value of type 'tuple'.*cfg"):
+    with pytest.raises(ValueError, match=r"Found data in value of type 'tuple'.*cfg"):
         Foo()
+
+
+def test_data_into_static_attribute_phrases_follow_flax():
+    # an attribute made static by an earlier nnx.static(...) assignment
+    class Foo(nnx.Pytree):
+        def __init__(self):
+            self.a = nnx.static(3)
+
+    foo = Foo()
+    with pytest.raises(ValueError, match=r"Found data on value of type 'list'.*'a'"):
+        foo.a = ["hi", jnp.array(6)]
+    assert foo.a == 3  # refused: nothing changed
+
+    # an attribute the class declares static
+    @nnx.dataclass
+    class Bar(nnx.Pytree):
+        a: jax.Array = nnx.static()
+
+    with pytest.raises(
+        ValueError, match=r"Found unexpected data on value of type 'ArrayImpl'.*'a'"
+    ):
+        Bar(a=jnp.array(3))
 
 
 def test_dataclass_fields_and_annotations():
