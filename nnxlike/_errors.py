@@ -236,8 +236,7 @@ DATA_ON_STATIC_ATTRIBUTE = (
 )
 DATA_IN_STATIC_FIELD = (
     "Found unexpected data on value of type '{type}' in static attribute "
-    "'{name}' of Pytree type '{cls}' (declared static on the class)."
-    + _STATIC_DATA_FIX
+    "'{name}' of Pytree type '{cls}' (declared static on the class)." + _STATIC_DATA_FIX
 )
 STATIC_MUTATED = (
     "nnx.jit({fn}): the static attribute {where} (a {type}) was changed in place "

@@ -238,9 +238,7 @@ class Object:
             value, explicit = _explicit_status(value)
             if explicit is not None:
                 _set_explicit(self, name, explicit)
-            value = check_attribute(
-                self, name, value, wrapped=explicit is not None
-            )
+            value = check_attribute(self, name, value, wrapped=explicit is not None)
             if self.__dict__.get("_nnx_tracked"):
                 _tracking.bump_structure_version()
         object.__setattr__(self, name, value)
