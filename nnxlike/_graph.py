@@ -199,6 +199,7 @@ def flatten(
     track: bool = False,
     origin: dict | None = None,
     tree_mode: str | None = None,
+    shared: tuple[dict, list] | None = None,
 ) -> Flat:
     """Walk ``node`` once; see the module note.
 
@@ -207,11 +208,15 @@ def flatten(
     given, each indexed node's origin is recorded in ``Flat.objects`` as the pair
     ``(obj, origin_index or -1)``. ``tree_mode`` (the calling function's name)
     refuses shared references and non-pytree Objects, as flax's tree mode does.
+    ``shared``, an ``(index_of, objects)`` pair kept by the caller, numbers the
+    nodes after those of earlier walks and turns a node an earlier walk saw into
+    a reference to it (``nnx.split_context``: several splits, one index).
     """
     if tree_mode is not None:
         check_tree(node, tree_mode)
-    index_of: dict[int, int] = {}
-    objects: list = []
+    index_of: dict[int, int]
+    objects: list
+    index_of, objects = ({}, []) if shared is None else shared
     leaves: list = []
     paths: list = []
     kind_of = _KIND.get
