@@ -37,6 +37,7 @@ from nnxlike._filters import Not as Not
 from nnxlike._filters import Nothing as Nothing
 from nnxlike._filters import OfType as OfType
 from nnxlike._filters import PathContains as PathContains
+from nnxlike._filters import WithTag as WithTag
 from nnxlike._graph import GraphDef as GraphDef
 from nnxlike._graph import clone as clone
 from nnxlike._graph import find_duplicates as find_duplicates

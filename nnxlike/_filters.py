@@ -114,6 +114,65 @@ class PathGlob(_FilterBase):
         return fnmatch.fnmatchcase("/".join(map(str, path)), self.pattern)
 
 
+@dataclasses.dataclass(frozen=True)
+class WithTag(_FilterBase):
+    """Matches values with a ``tag`` equal to ``tag`` (RNG streams and their state).
+
+    >>> import nnxlike as nnx
+    >>> rngs = nnx.Rngs(params=0, dropout=1)
+    >>> sorted(nnx.state(rngs, nnx.WithTag("dropout")).flat_dict())
+    [('dropout', 'count'), ('dropout', 'key')]
+    """
+
+    tag: str
+
+    def __call__(self, path, value):
+        return getattr(value, "tag", None) == self.tag
+
+
+class PathIn(_FilterBase):
+    """Matches exactly the given paths (tuples of keys).
+
+    >>> import nnxlike as nnx
+    >>> f = nnx.filterlib.PathIn(("linear", "kernel"), ("bn", "scale"))
+    >>> f(("linear", "kernel"), None), f(("linear", "bias"), None)
+    (True, False)
+    """
+
+    def __init__(self, *paths: tuple):
+        self.paths = frozenset(tuple(p) for p in paths)
+
+    def __call__(self, path, value):
+        return tuple(path) in self.paths
+
+    def __repr__(self):
+        return f"PathIn({', '.join(map(repr, sorted(self.paths, key=repr)))})"
+
+    def __eq__(self, other):
+        return isinstance(other, PathIn) and self.paths == other.paths
+
+    def __hash__(self):
+        return hash(self.paths)
+
+
+def filters_to_predicates(filters: tuple) -> tuple:
+    """Each filter as a predicate; ``...`` is allowed only last (flax's rule).
+
+    >>> import nnxlike as nnx
+    >>> preds = nnx.filterlib.filters_to_predicates((nnx.Param, ...))
+    >>> [p(("w",), nnx.BatchStat(0.0)) for p in preds]
+    [False, True]
+    """
+    for i, f in enumerate(filters):
+        if f is Ellipsis and i != len(filters) - 1:
+            raise ValueError(
+                f"`...` may only be the last filter, got it at position {i} of "
+                f"{filters!r}: it matches everything, so the filters after it "
+                "would never match. Move `...` to the end."
+            )
+    return tuple(map(to_predicate, filters))
+
+
 class Any(_FilterBase):
     """Matches when any of the filters matches."""
 

@@ -144,3 +144,33 @@ def test_filters_drive_state_and_split():
     _, bias, rest = nnx.split(m, "bias", ...)
     assert paths(bias) == (("layers", 0, "bias"), ("layers", 1, "bias"))
     assert paths(rest) == (("layers", 0, "kernel"), ("layers", 1, "kernel"), ("bn",))
+
+
+def test_with_tag_selects_one_rng_stream():
+    rngs = nnx.Rngs(params=0, dropout=1)
+    picked = nnx.state(rngs, nnx.WithTag("dropout"))
+    assert sorted(picked.flat_dict()) == [("dropout", "count"), ("dropout", "key")]
+    rest = nnx.state(rngs, nnx.Not(nnx.WithTag("dropout")))
+    assert sorted(rest.flat_dict()) == [("params", "count"), ("params", "key")]
+    # Values without a tag never match (a Param has none).
+    assert not nnx.WithTag("params")(("w",), nnx.Param(0.0))
+
+
+def test_path_in_matches_exact_paths_only():
+    m = nnx.Sequential(
+        nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Linear(3, 1, rngs=nnx.Rngs(1))
+    )
+    f = nnx.filterlib.PathIn(("layers", 0, "kernel"), ("layers", 1, "bias"))
+    assert sorted(nnx.state(m, f).flat_dict()) == [
+        ("layers", 0, "kernel"),
+        ("layers", 1, "bias"),
+    ]
+    assert f == nnx.filterlib.PathIn(("layers", 1, "bias"), ("layers", 0, "kernel"))
+    assert hash(f) == hash(nnx.filterlib.PathIn(*f.paths))
+
+
+def test_filters_to_predicates_refuses_ellipsis_before_the_end():
+    with pytest.raises(ValueError, match=r"`\.\.\.` may only be the last filter"):
+        nnx.filterlib.filters_to_predicates((..., nnx.Param))
+    preds = nnx.filterlib.filters_to_predicates((nnx.Param, ...))
+    assert [p(("w",), nnx.Param(0.0)) for p in preds] == [True, True]
