@@ -363,19 +363,22 @@ def test_weightnorm_options():
     close(whole(x), x @ (w / jnp.linalg.norm(w)) + lin.bias.value[None])
 
 
+U, S = ("kernel", "u"), ("kernel", "sigma")
+
+
 def test_spectralnorm_sigma_converges_and_output_uses_kernel_over_sigma():
     lin = nnx.Linear(5, 4, rngs=nnx.Rngs(0))
     sn = nnx.SpectralNorm(lin, n_steps=3, rngs=nnx.Rngs(1))
-    assert isinstance(sn.u["kernel"], nnx.BatchStat)
-    assert isinstance(sn.sigma["kernel"], nnx.BatchStat)
-    assert sn.u["kernel"].shape == (1, 4) and sn.sigma["kernel"].shape == ()
-    assert "bias" not in sn.u  # vectors are left alone
+    assert isinstance(sn.batch_stats[U], nnx.BatchStat)
+    assert isinstance(sn.batch_stats[S], nnx.BatchStat)
+    assert sn.batch_stats[U].shape == (1, 4) and sn.batch_stats[S].shape == ()
+    assert sorted(sn.batch_stats) == [S, U]  # vectors (the bias) are left alone
     x = jnp.asarray(rand(8, 3, 5))
     for _ in range(20):
         y = sn(x)
     w = lin.kernel.value
     top = jnp.linalg.svd(w, compute_uv=False)[0]
-    sigma = sn.sigma["kernel"].value
+    sigma = sn.batch_stats[S].value
     close(sigma, top, tol=1e-4)
     close(y, x @ (w / sigma) + lin.bias.value[None], tol=1e-5)
     # The spectral norm of the weights the layer sees is 1.
@@ -384,24 +387,33 @@ def test_spectralnorm_sigma_converges_and_output_uses_kernel_over_sigma():
 
 def test_spectralnorm_update_stats_false_leaves_u_unchanged():
     sn = nnx.SpectralNorm(nnx.Linear(5, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
-    u0, s0 = sn.u["kernel"].value, sn.sigma["kernel"].value
+    u0, s0 = sn.batch_stats[U].value, sn.batch_stats[S].value
     x = jnp.asarray(rand(9, 2, 5))
     y1 = sn(x, update_stats=False)
-    assert sn.u["kernel"].value is u0 and sn.sigma["kernel"].value is s0
+    assert sn.batch_stats[U].value is u0 and sn.batch_stats[S].value is s0
     y2 = sn(x, update_stats=False)
     close(y1, y2)
     sn(x)  # update_stats=True by default
-    assert not np.allclose(sn.u["kernel"].value, u0)
+    assert not np.allclose(sn.batch_stats[U].value, u0)
+    frozen = nnx.SpectralNorm(
+        nnx.Linear(5, 4, rngs=nnx.Rngs(0)), update_stats=False, rngs=nnx.Rngs(1)
+    )
+    u0 = frozen.batch_stats[U].value
+    frozen(x)  # the constructor's update_stats=False is the default
+    assert frozen.batch_stats[U].value is u0
+    frozen.train()  # use_running_average=False: updates on
+    frozen(x)
+    assert not np.allclose(frozen.batch_stats[U].value, u0)
 
 
 def test_spectralnorm_conv_kernel_as_matrix_and_error_on_non_matrix():
     conv = nnx.Conv(2, 3, kernel_size=(3, 3), rngs=nnx.Rngs(0))
     sn = nnx.SpectralNorm(conv, n_steps=50, rngs=nnx.Rngs(1))
-    assert sn.u["kernel"].shape == (1, 3)
+    assert sn.batch_stats[U].shape == (1, 3)
     x = jnp.asarray(rand(10, 1, 5, 5, 2))
     sn(x)
     mat = conv.kernel.value.reshape(-1, 3)
-    close(sn.sigma["kernel"].value, jnp.linalg.svd(mat, compute_uv=False)[0], 1e-4)
+    close(sn.batch_stats[S].value, jnp.linalg.svd(mat, compute_uv=False)[0], 1e-4)
     with pytest.raises(ValueError, match="error_on_non_matrix"):
         nnx.SpectralNorm(conv, error_on_non_matrix=True, rngs=nnx.Rngs(1))
 
@@ -414,11 +426,11 @@ def test_spectralnorm_under_jit_writes_stats_back():
     step = nnx.jit(lambda m, x, update: m(x, update_stats=update), static_argnums=2)
     for _ in range(3):
         close(step(jitted, x, True), eager(x), tol=1e-5)
-        close(jitted.u["kernel"].value, eager.u["kernel"].value, tol=1e-5)
-        close(jitted.sigma["kernel"].value, eager.sigma["kernel"].value, tol=1e-5)
-    u = jitted.u["kernel"].value
+        close(jitted.batch_stats[U].value, eager.batch_stats[U].value, tol=1e-5)
+        close(jitted.batch_stats[S].value, eager.batch_stats[S].value, tol=1e-5)
+    u = jitted.batch_stats[U].value
     step(jitted, x, False)
-    close(jitted.u["kernel"].value, u)
+    close(jitted.batch_stats[U].value, u)
     # Gradients reach the raw kernel (u and sigma are not differentiated).
     grads = nnx.grad(lambda m, x: jnp.sum(m(x)))(jitted, x)
     assert set(grads.to_pure_dict()) == {"layer_instance"}

@@ -22,7 +22,6 @@ the raw weights, and the wrapped layer needs no change).
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -829,16 +828,26 @@ def _swapped(pairs: list[tuple[Param, jax.Array]]):
             v.value = value
 
 
-@functools.partial(jax.jit, static_argnames=("feature_axes", "epsilon", "dtype"))
+def _l2_normalize(x: jax.Array, axis: Any = None, eps: float = 1e-12) -> jax.Array:
+    """``x`` divided by its l2 norm over ``axis`` (linen's formula and op order)."""
+    return x * jax.lax.rsqrt(jnp.sum(_abs_sq(x), axis=axis, keepdims=True) + eps)
+
+
 def _weight_norm(value, scale, *, feature_axes, epsilon, dtype):
-    """``value`` l2-normalized over every axis but ``feature_axes``, times scale."""
+    """``value`` l2-normalized over every axis but ``feature_axes``, times scale.
+
+    Computed op by op as linen's WeightNorm does (no inner ``jax.jit``: a fused
+    kernel rounds differently, and the results are meant to equal linen's).
+    """
     reduction = tuple(a for a in range(value.ndim) if a not in feature_axes)
-    sq = jnp.sum(_abs_sq(value), axis=reduction, keepdims=True)
-    out = value * jax.lax.rsqrt(sq + epsilon)
+    out = _l2_normalize(value, axis=reduction, eps=epsilon)
+    args = [value]
     if scale is not None:
         shape = [d if a in feature_axes else 1 for a, d in enumerate(value.shape)]
-        out = out * jnp.reshape(scale, shape)
-    return out if dtype is None else jnp.asarray(out, dtype)
+        scale = jnp.reshape(scale, shape)
+        out = out * scale
+        args.append(scale)
+    return jnp.asarray(out, dtypes.canonicalize_dtype(*args, dtype=dtype))
 
 
 class WeightNorm(Module):
@@ -937,23 +946,21 @@ class WeightNorm(Module):
             return self.layer_instance(x, *args, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps", "epsilon"))
 def _power_iteration(w, u, *, n_steps, epsilon):
-    """``n_steps`` of power iteration on the matrix ``w``: ``(u, sigma)``."""
+    """``n_steps`` of power iteration on the matrix ``w``: ``(u, v, sigma)``.
 
-    def unit(a):
-        return a * jax.lax.rsqrt(jnp.sum(_abs_sq(a)) + epsilon)
-
+    Op by op, in linen's order (see ``_weight_norm`` for why not jitted).
+    """
     v = None
     for _ in range(n_steps):
-        v = unit(u @ w.T)  # (1, rows)
-        u = unit(v @ w)  # (1, cols)
+        v = _l2_normalize(jnp.matmul(u, w.T), eps=epsilon)  # (1, rows)
+        u = _l2_normalize(jnp.matmul(v, w), eps=epsilon)  # (1, cols)
     if v is None:  # n_steps == 0: only the stored u
-        v = unit(u @ w.T)
+        v = _l2_normalize(jnp.matmul(u, w.T), eps=epsilon)
     u = jax.lax.stop_gradient(u)
     v = jax.lax.stop_gradient(v)
-    sigma = (v @ w @ u.T)[0, 0]
-    return u, sigma
+    sigma = jnp.matmul(jnp.matmul(v, w), jnp.transpose(u))[0, 0]
+    return u, v, sigma
 
 
 def _stat_type(collection_name: str) -> type[Variable]:
@@ -981,27 +988,34 @@ class SpectralNorm(Module):
     from ``n_steps`` of power iteration started from a stored vector ``u``;
     with ``update_stats=True`` (the default) each call stores the new ``u`` and
     ``sigma``, so the estimate sharpens over training, and with
-    ``update_stats=False`` the stored ``u`` is used and nothing changes. ``u``
-    and ``sigma`` live in ``self.u[path]`` and ``self.sigma[path]``, as
-    ``BatchStat`` Variables (or a Variable type named after another
-    ``collection_name``).
+    ``update_stats=False`` the stored ``u`` is used and nothing changes. As in
+    flax.nnx, ``u`` and ``sigma`` live in ``self.batch_stats`` keyed by the
+    Param's path plus ``"u"`` / ``"sigma"`` (``batch_stats[("kernel", "u")]``),
+    as ``BatchStat`` Variables (or a Variable type named after another
+    ``collection_name``). Unlike flax.nnx, the wrapped layer keeps its
+    unnormalized weights (flax overwrites them with the normalized ones on each
+    call, so a second call normalizes twice).
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
     >>> sn = nnx.SpectralNorm(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
-    >>> sn.u["kernel"].shape, sn.sigma["kernel"].shape
-    ((1, 2), ())
-    >>> sn(jnp.ones((4, 3))).shape
-    (4, 2)
+    >>> sorted(sn.batch_stats)
+    [('kernel', 'sigma'), ('kernel', 'u')]
+    >>> sn.batch_stats[("kernel", "u")].shape, sn(jnp.ones((4, 3))).shape
+    ((1, 2), (4, 2))
 
     Args:
         layer_instance: the layer whose parameters are normalized.
         n_steps: power-iteration steps per call.
         epsilon: added to the squared norms in the power iteration.
-        dtype: dtype of the normalized weights (default: unchanged).
+        dtype: dtype of the normalized weights (default: inferred from the
+            weight and the statistics).
         param_dtype: dtype of ``u`` and ``sigma``.
         error_on_non_matrix: raise on Params of more than two dimensions instead
             of reshaping them.
+        update_stats: the default of ``__call__``'s ``update_stats`` (stored as
+            ``use_running_average = not update_stats``, so ``.eval()`` turns
+            the updates off and ``.train()`` back on).
         collection_name: ``"batch_stats"`` stores the statistics as
             ``BatchStat``; another name makes a Variable type of that name.
         rngs: the ``params`` stream is drawn for the initial ``u``.
@@ -1016,6 +1030,7 @@ class SpectralNorm(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         error_on_non_matrix: bool = False,
+        update_stats: bool = True,
         collection_name: str = "batch_stats",
         rngs: Rngs,
     ):
@@ -1025,52 +1040,70 @@ class SpectralNorm(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.error_on_non_matrix = error_on_non_matrix
+        self.use_running_average = not update_stats
         self.collection_name = collection_name
         stat = _stat_type(collection_name)
-        u, sigma = {}, {}
-        for key, v in self._selected():
+        stats = {}
+        for path, v in self._selected():
             cols = np.shape(v.value)[-1]
-            init = jax.random.normal(rngs.params(), (1, cols), param_dtype)
-            u[key] = stat(init)
-            sigma[key] = stat(jnp.ones((), param_dtype))
-        self.u = Dict(u)
-        self.sigma = Dict(sigma)
+            key = rngs.params()
+            stats[path + ("u",)] = stat(jax.random.normal(key, (1, cols), param_dtype))
+            stats[path + ("sigma",)] = stat(jnp.ones((), param_dtype))
+        self.batch_stats = Dict(stats)
 
-    def _selected(self) -> list[tuple[str, Param]]:
+    def _selected(self) -> list[tuple[tuple, Param]]:
         out = []
+        if self.n_steps < 1:
+            return out
         for path, v in _params_of(self.layer_instance):
-            key = _path_key(path)
             ndim = np.ndim(v.value)
             if ndim < 2:
                 continue
             if ndim > 2 and self.error_on_non_matrix:
                 raise ValueError(
-                    f"SpectralNorm: Param {key!r} has shape {np.shape(v.value)}, "
-                    "not a matrix; pass error_on_non_matrix=False to normalize it "
-                    "as a (-1, shape[-1]) matrix."
+                    f"SpectralNorm: Param {_path_key(path)!r} has shape "
+                    f"{np.shape(v.value)}, not a matrix; pass "
+                    "error_on_non_matrix=False to normalize it as a "
+                    "(-1, shape[-1]) matrix."
                 )
-            out.append((key, v))
+            out.append((path, v))
         return out
 
+    def _stat(self, path: tuple, name: str) -> Variable:
+        try:
+            return self.batch_stats[path + (name,)]
+        except KeyError:
+            raise RuntimeError(
+                f"SpectralNorm: no {name!r} statistic for the Param at "
+                f"{_path_key(path)!r} (batch_stats has {sorted(self.batch_stats)}). "
+                "The Params of layer_instance must not change after the "
+                "SpectralNorm is built; wrap the new layer in a new SpectralNorm."
+            ) from None
+
     def __call__(
-        self, x: Any, *args: Any, update_stats: bool = True, **kwargs: Any
+        self, x: Any, *args: Any, update_stats: bool | None = None, **kwargs: Any
     ) -> Any:
-        """Call the wrapped layer with its weights divided by their ``sigma``."""
+        """Call the wrapped layer with its weights divided by their ``sigma``.
+
+        ``update_stats=None`` uses ``not self.use_running_average``.
+        """
+        if update_stats is None:
+            update_stats = not self.use_running_average
         pairs = []
-        for key, v in self._selected():
+        for path, v in self._selected():
             w = v.value
-            u, sigma = _power_iteration(
+            u_var, sigma_var = self._stat(path, "u"), self._stat(path, "sigma")
+            u, vec, sigma = _power_iteration(
                 jnp.reshape(w, (-1, w.shape[-1])),
-                self.u[key].value,
+                u_var.value,
                 n_steps=self.n_steps,
                 epsilon=self.epsilon,
             )
-            new = w / jnp.where(sigma != 0, sigma, 1).astype(w.dtype)
-            if self.dtype is not None:
-                new = jnp.asarray(new, self.dtype)
-            pairs.append((v, new))
+            new = (w / jnp.where(sigma != 0, sigma, 1)).reshape(w.shape)
+            dtype = dtypes.canonicalize_dtype(w, u, vec, sigma, dtype=self.dtype)
+            pairs.append((v, jnp.asarray(new, dtype)))
             if update_stats:
-                self.u[key].value = u.astype(self.u[key].value.dtype)
-                self.sigma[key].value = sigma.astype(self.sigma[key].value.dtype)
+                u_var.value = u.astype(u_var.value.dtype)
+                sigma_var.value = sigma.astype(sigma_var.value.dtype)
         with _swapped(pairs):
             return self.layer_instance(x, *args, **kwargs)
