@@ -119,20 +119,53 @@ class TrainState:
     tx: optax.GradientTransformation = dataclasses.field(repr=False)
     apply_fn: Callable[..., Any] = dataclasses.field(default=call_model, repr=False)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # flax.nnx's TrainState is a ``struct.PyTreeNode``: a subclass that only
+        # annotates new fields (``batch_stats: nnx.State``) is a dataclass and a
+        # pytree too. New fields are keyword-only (the base ends with a default);
+        # ``dataclasses.field(metadata={"pytree_node": False})`` makes one static.
+        super().__init_subclass__(**kwargs)
+        if "__dataclass_fields__" not in cls.__dict__:
+            dataclasses.dataclass(frozen=True, eq=False, kw_only=True)(cls)
+        data, meta = [], []
+        for f in dataclasses.fields(cls):
+            static = (
+                f.name in _META_FIELDS
+                or f.metadata.get("pytree_node", True) is False
+                or f.metadata.get("static", False)
+            )
+            (meta if static else data).append(f.name)
+        jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
     @classmethod
     def create(
         cls,
         model: Any,
-        tx: optax.GradientTransformation,
+        tx: optax.GradientTransformation | None = None,
         *,
         wrt: Filter = Param,
         apply_fn: Callable[..., Any] | None = None,
+        params: State | None = None,
+        step: int = 0,
+        **fields: Any,
     ) -> TrainState:
         """Split ``model`` into ``params`` (matching ``wrt``) and ``other``.
 
         ``apply_fn(model, *args, **kwargs)`` is what ``apply`` calls on the
         merged model (default: ``model(*args, **kwargs)``); pass e.g.
         ``lambda m, x: m.encode(x)`` to use another method.
+
+        flax.nnx's form is accepted too: ``TrainState.create(graphdef,
+        params=params, tx=tx, **fields)`` takes an already split model (the
+        GraphDef and the trained State); ``fields`` fill the fields a subclass
+        adds (``batch_stats=...``), and ``other`` is empty unless given.
+
+        >>> import optax
+        >>> import nnxlike as nnx
+        >>> graphdef, params = nnx.split(nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+        >>> state = nnx.TrainState.create(graphdef, params=params, tx=optax.sgd(0.1))
+        >>> int(state.step), sorted(state.params.to_pure_dict())
+        (0, ['bias', 'kernel'])
         """
         if not hasattr(tx, "init") or not hasattr(tx, "update"):
             raise TypeError(
@@ -140,7 +173,25 @@ class TrainState:
                 f"got {type(tx).__name__}. Example: "
                 "`TrainState.create(model, optax.adam(1e-3))`."
             )
-        graphdef, params, other = _graph.split(model, wrt, ...)
+        if isinstance(model, GraphDef):
+            if params is None:
+                raise TypeError(
+                    "TrainState.create: given a GraphDef, it needs the State of "
+                    "the trained Variables too: `graphdef, params = "
+                    "nnx.split(model)` then `TrainState.create(graphdef, "
+                    "params=params, tx=tx)`."
+                )
+            graphdef, other = model, fields.pop("other", State({}))
+        elif params is not None:
+            raise TypeError(
+                f"TrainState.create: params= goes with a GraphDef (flax.nnx's "
+                f"form), got a {type(model).__name__} as the first argument. Pass "
+                "the model alone, `TrainState.create(model, tx, wrt=nnx.Param)`, "
+                "or split it first: `TrainState.create(graphdef, params=params, "
+                "tx=tx)`."
+            )
+        else:
+            graphdef, params, other = _graph.split(model, wrt, ...)
         if not params.flat_state():
             raise ValueError(
                 f"TrainState.create: no Variable of the {type(model).__name__} "
@@ -148,13 +199,14 @@ class TrainState:
                 "of the trained Variables, e.g. `wrt=nnx.Param`."
             )
         return cls(
-            step=jnp.zeros((), jnp.int32),
+            step=jnp.asarray(step, jnp.int32),
             params=params,
             other=other,
             opt_state=tx.init(params.to_pure_dict()),
             graphdef=graphdef,
             tx=tx,
             apply_fn=call_model if apply_fn is None else apply_fn,
+            **fields,
         )
 
     @property
@@ -203,7 +255,7 @@ class TrainState:
         """``self.merge()``: a new Module holding the current values."""
         return self.merge()
 
-    def apply(self, params: State | None, *args: Any, **kwargs: Any) -> tuple:
+    def apply(self, params: Any, *args: Any, **kwargs: Any) -> Any:
         """Call the model purely: ``(apply_fn(model, *args, **kwargs), new_other)``.
 
         ``params`` (``None`` for ``self.params``) is merged with ``other``; what
@@ -211,7 +263,23 @@ class TrainState:
         comes back as ``new_other``, to be kept with
         ``state.apply_gradients(grads, other=new_other)``. Differentiate with
         ``jax.value_and_grad(..., has_aux=True)``.
+
+        flax.nnx's form: ``state.apply('params', 'batch_stats')`` (field names
+        or States, nothing else) returns a caller; ``caller(x)`` (or
+        ``caller.method(x)``) merges those States with ``graphdef``, calls the
+        model and returns ``(out, (graphdef, state))``.
+
+        >>> import jax.numpy as jnp, optax
+        >>> import nnxlike as nnx
+        >>> graphdef, params = nnx.split(nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+        >>> state = nnx.TrainState.create(graphdef, params=params, tx=optax.sgd(0.1))
+        >>> y, (_, new_state) = state.apply("params")(jnp.ones((3, 2)))
+        >>> y.shape
+        (3, 1)
         """
+        states = (params, *args)
+        if not kwargs and all(isinstance(s, (str, State)) for s in states):
+            return _Caller(self.graphdef, self._states(states), ())
         model = self.merge(params)
         out = self.apply_fn(model, *args, **kwargs)
         now = _graph.state(model).flat_dict()
@@ -225,6 +293,43 @@ class TrainState:
                 "model; apply_fn must keep the model's structure."
             ) from None
         return out, State.from_flat(flat.paths, leaves)
+
+    def _states(self, states: tuple) -> list[State]:
+        out = []
+        for s in states:
+            if isinstance(s, str):
+                value = getattr(self, s, None)
+                if not isinstance(value, State):
+                    raise TypeError(
+                        f"{type(self).__name__}.apply({s!r}): expected "
+                        f"{type(self).__name__}.{s} to be a State, got "
+                        f"{type(value).__name__}. Name State fields, e.g. "
+                        "`state.apply('params', 'batch_stats')`."
+                    )
+                s = value
+            out.append(s)
+        return out
+
+
+class _Caller:
+    """What ``TrainState.apply('params', ...)`` returns (flax.nnx's ApplyCaller):
+    attribute access picks a method, a call merges and runs it."""
+
+    def __init__(self, graphdef: GraphDef, states: list[State], names: tuple):
+        self._graphdef, self._states, self._names = graphdef, states, names
+
+    def __getattr__(self, name: str) -> _Caller:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Caller(self._graphdef, self._states, (*self._names, name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
+        module = _graph.merge(self._graphdef, *self._states)
+        fn = module
+        for name in self._names:
+            fn = getattr(fn, name)
+        out = fn(*args, **kwargs)
+        return out, _graph.split(module)
 
 
 jax.tree_util.register_dataclass(

@@ -175,3 +175,47 @@ def test_errors():
         TrainState.create(MLP(rngs=nnx.Rngs(0)), optax.sgd(0.1), wrt=nnx.BatchStat)
     with pytest.raises(TypeError, match="optax GradientTransformation"):
         TrainState.create(MLP(rngs=nnx.Rngs(0)), optax.sgd)
+
+
+class StatsState(TrainState):
+    """flax.nnx's pattern: a subclass that only annotates an extra State field."""
+
+    batch_stats: nnx.State
+
+
+def test_flax_form_create_subclass_field_and_apply_caller():
+    model = NoisyNet(rngs=nnx.Rngs(0))
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    tx = optax.sgd(0.1)
+    state = StatsState.create(graphdef, params=params, tx=tx, batch_stats=stats, step=3)
+    assert int(state.step) == 3 and state.batch_stats is stats
+    assert len(state.other.flat_state()) == 0  # not given: empty
+    # The subclass is a pytree with its extra field as a child.
+    n_opt = len(jax.tree.leaves(state.opt_state))
+    assert len(jax.tree.leaves(state)) == 1 + 4 + n_opt + 1
+    mapped = jax.tree.map(lambda x: x, state)
+    assert isinstance(mapped, StatsState) and mapped.batch_stats.mean.shape == (3,)
+
+    # apply('params', 'batch_stats', state) -> caller; the reference is the model.
+    x = XS[0]
+    out, (gd, new_state) = state.apply("params", "batch_stats", rest)(x)
+    reference = nnx.clone(model)
+    np.testing.assert_allclose(out, reference(x), rtol=1e-6)
+    np.testing.assert_allclose(new_state["mean"].value, reference.mean.value, rtol=1e-6)
+    assert gd == graphdef
+    method_out, _ = state.apply(params, stats, rest).l1(x)
+    np.testing.assert_allclose(method_out, model.l1(x), rtol=1e-6)
+
+    # apply_gradients over flax-style State gradients: plain sgd by hand.
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    new = state.apply_gradients(grads)
+    assert int(new.step) == 4 and isinstance(new, StatsState)
+    np.testing.assert_allclose(
+        new.params.l1.kernel.value, params.l1.kernel.value - 0.1, rtol=1e-6
+    )
+    with pytest.raises(TypeError, match="expected StatsState.step to be a State"):
+        state.apply("step")
+    with pytest.raises(TypeError, match="needs the State of"):
+        TrainState.create(graphdef, tx=tx)
+    with pytest.raises(TypeError, match="params= goes with a GraphDef"):
+        TrainState.create(model, tx, params=params)
