@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from nnxlike import _errors, _graph
-from nnxlike._filters import Filter
+from nnxlike._filters import Filter, to_predicate
 from nnxlike._object import Object, data, static
 from nnxlike._state import State
 from nnxlike._variables import OptState, Param, Variable
@@ -47,9 +47,24 @@ _MISSING = object()
 
 
 def _selected(model: Any, wrt: Filter) -> tuple[tuple, list]:
-    """Paths and Variables of ``model`` matching ``wrt``, in definition order."""
-    flat = _graph.variables(model, wrt).flat_state()
-    return flat.paths, flat.leaves
+    """Paths and leaves of ``model`` matching ``wrt``, in definition order.
+
+    The leaves are the live Variables, and the raw arrays a Pytree holds as
+    plain attributes (flax.nnx 0.12 optimizes those too; they are written back
+    with ``nnx.update``).
+    """
+    flat = _graph.flatten(model)
+    pred = to_predicate(wrt)
+    pairs = [
+        (p, v)
+        for p, v in zip(flat.graphdef.paths, flat.leaves)
+        if (isinstance(v, Variable) or _is_array(v)) and pred(p, v)
+    ]
+    return tuple(p for p, _ in pairs), [v for _, v in pairs]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
 
 
 def _no_match_error(model: Any, wrt: Filter) -> ValueError:
@@ -93,7 +108,7 @@ def _as_tree(paths: tuple, values: list, as_dict: bool) -> Any:
 
 def _to_opt_state(tree: Any, paths: tuple, params: list) -> Any:
     """optax's state with arrays in Variables: ``OptVariable`` for parameter copies."""
-    shapes = {p: np.shape(v._raw_value) for p, v in zip(paths, params)}
+    shapes = {p: np.shape(_raw(v)) for p, v in zip(paths, params)}
     by_path = dict(zip(paths, params))
 
     def flat_of(node: Any) -> dict | None:
@@ -118,14 +133,16 @@ def _to_opt_state(tree: Any, paths: tuple, params: list) -> Any:
         out = []
         for path in paths:
             param = by_path[path]
-            leaf = _placed_like(_raw(flat[path]), param._raw_value)
+            leaf = _placed_like(_raw(flat[path]), _raw(param))
             out.append(OptVariable(leaf, **_opt_metadata(param)))
         return _as_tree(paths, out, not isinstance(node, State))
 
     return jtu.tree_map(convert, tree, is_leaf=lambda n: mirrors(n) or _is_var(n))
 
 
-def _opt_metadata(param: Variable) -> dict:
+def _opt_metadata(param: Any) -> dict:
+    if not isinstance(param, Variable):  # a raw array attribute
+        return {}
     meta = param.get_metadata()
     if "optimizer_sharding" in meta:  # flax.nnx: the optimizer state's own layout
         meta["sharding_names"] = meta.pop("optimizer_sharding")
@@ -180,7 +197,7 @@ class Optimizer(Object):
         self.wrt = tuple(wrt) if isinstance(wrt, list) else wrt
         self.graph = graph
         self.step = OptState(jax.numpy.zeros((), jax.numpy.uint32))
-        values = [v._raw_value for v in params]
+        values = [_raw(v) for v in params]
         self.state_as_dict, opt_state = _init(tx, paths, values)
         self.opt_state = data(_to_opt_state(opt_state, paths, params))
 
@@ -218,9 +235,9 @@ class Optimizer(Object):
         if grads is _MISSING:
             raise TypeError(_errors.OPTIMIZER_UPDATE_NEEDS_MODEL)
         paths, params = _selected(model, self.wrt)
-        g = _grads_in_order(grads, paths, params)
+        g = _grads_in_order(grads, paths, params, self.wrt)
         as_dict = self.state_as_dict
-        param_tree = _as_tree(paths, [v._raw_value for v in params], as_dict)
+        param_tree = _as_tree(paths, [_raw(v) for v in params], as_dict)
         grad_tree = _as_tree(paths, g, as_dict)
         extra = {k: _kwarg_tree(v, paths, as_dict) for k, v in kwargs.items()}
         updates, new_state = self.tx.update(
@@ -229,8 +246,14 @@ class Optimizer(Object):
         new_params = optax.apply_updates(param_tree, updates)
         # By path: plain dicts flatten in sorted key order, not definition order.
         new_flat = (State(new_params) if as_dict else new_params).flat_dict()
+        arrays = []
         for path, var in zip(paths, params):
-            var.value = new_flat[path]
+            if isinstance(var, Variable):
+                var.value = new_flat[path]
+            else:
+                arrays.append(path)
+        if arrays:  # raw array attributes: replaced through the graph
+            _graph.update(model, State.from_flat(arrays, [new_flat[p] for p in arrays]))
         holders = jtu.tree_leaves(self.opt_state, is_leaf=_is_var)
         values = jtu.tree_leaves(new_state)
         if len(holders) != len(values):
@@ -292,15 +315,20 @@ def _kwarg_tree(value: Any, paths: tuple, as_dict: bool) -> Any:
     return _pure(value)
 
 
-def _grads_in_order(grads: Any, paths: tuple, params: list) -> list:
+def _grads_in_order(grads: Any, paths: tuple, params: list, wrt: Filter) -> list:
     if isinstance(grads, State):
         g = {p: _raw(v) for p, v in grads.flat_dict().items()}
     elif isinstance(grads, dict):
         g = {p: _raw(v) for p, v in State(grads).flat_dict().items()}
+    elif isinstance(grads, Object):
+        # Tree mode: `jax.grad(loss)(model)` returns a model-shaped object whose
+        # Variables hold the gradients; the ones matching wrt are the grads.
+        g = dict(zip(*_grad_leaves(grads, wrt)))
     else:
         raise TypeError(
-            f"Optimizer.update: grads must be a State (as returned by nnx.grad) "
-            f"or a nested dict, got {type(grads).__name__}."
+            f"Optimizer.update: grads must be a State (as returned by nnx.grad), "
+            f"a nested dict, or a model-shaped object (as returned by "
+            f"`jax.grad(loss)(model)`), got {type(grads).__name__}."
         )
     if set(g) != set(paths):
         missing = sorted(_errors.path_str(x) for x in set(paths) - set(g))
@@ -315,14 +343,19 @@ def _grads_in_order(grads: Any, paths: tuple, params: list) -> list:
     out = []
     for path, var in zip(paths, params):
         gv = g[path]
-        if np.shape(gv) != np.shape(var._raw_value):
+        if np.shape(gv) != np.shape(_raw(var)):
             raise _errors.StructureError(
                 f"Optimizer.update: gradient at {_errors.path_str(path)!r} has shape "
                 f"{np.shape(gv)} but the parameter has shape "
-                f"{np.shape(var._raw_value)}."
+                f"{np.shape(_raw(var))}."
             )
         out.append(gv)
     return out
+
+
+def _grad_leaves(grads: Any, wrt: Filter) -> tuple[tuple, list]:
+    paths, leaves = _selected(grads, wrt)
+    return paths, [_raw(v) for v in leaves]
 
 
 def _placed_like(leaf: Any, param: Any) -> Any:

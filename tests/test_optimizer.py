@@ -448,3 +448,51 @@ def test_tx_with_unhashable_captures_falls_back_to_identity():
     ob = nnx.Optimizer(model, b, wrt=nnx.Param)
     assert oa.tx == oa.tx
     assert nnx.graphdef(oa) != nnx.graphdef(ob)  # no structural claim on arrays
+
+
+class RawArrays(nnx.Pytree):
+    """A Pytree holding plain arrays as attributes, no Variables (flax.nnx 0.12)."""
+
+    def __init__(self):
+        self.w = jnp.asarray(np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2))
+        self.count = jnp.array(0.0)
+
+
+def test_optimizes_raw_array_attributes_and_tree_mode_grads():
+    tx = optax.adam(1e-2)
+    model = RawArrays()
+    wrt = lambda path, x: path[-1] == "w"  # noqa: E731
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+    w0 = model.w
+    x, y = XS[0], YS[0]
+
+    def loss(model, x, y):
+        return jnp.mean((x @ model.w - y) ** 2)
+
+    # Tree-mode gradients: jax.grad of a Pytree returns a RawArrays of grads.
+    grads = jax.grad(loss)(model, x, y)
+    assert isinstance(grads, RawArrays)
+    optimizer.update(model, grads)
+
+    g = jax.grad(lambda w: jnp.mean((x @ w - y) ** 2))(w0)
+    updates, _ = tx.update({"w": g}, tx.init({"w": w0}), {"w": w0})
+    np.testing.assert_allclose(model.w, w0 + updates["w"], rtol=1e-6)
+    assert int(model.count) == 0  # not selected by wrt
+    assert int(optimizer.step[...]) == 1
+    np.testing.assert_allclose(optimizer.opt_state[0].mu["w"][...], 0.1 * g, rtol=1e-6)
+
+
+def test_tree_mode_grads_of_a_module_match_nnx_grad():
+    model = MLP(rngs=nnx.Rngs(0))
+    twin = nnx.clone(model)
+    opt, twin_opt = (
+        nnx.Optimizer(model, optax.sgd(0.1)),
+        nnx.Optimizer(twin, optax.sgd(0.1)),
+    )
+    opt.update(model, jax.grad(model_loss)(model, XS[0], YS[0]))  # an MLP of grads
+    twin_opt.update(twin, nnx.grad(model_loss)(twin, XS[0], YS[0]))  # a State
+    assert_tree_allclose(
+        nnx.state(model).to_pure_dict(), nnx.state(twin).to_pure_dict()
+    )
+    with pytest.raises(TypeError, match="model-shaped object"):
+        opt.update(model, [1.0])
