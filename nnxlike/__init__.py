@@ -8,6 +8,7 @@ from nnxlike import _containers  # noqa: F401  (installs List/Dict conversion)
 from nnxlike import _optimizer as optimizer
 from nnxlike import checkpoint as checkpoint
 from nnxlike import compat as compat
+from nnxlike import extract as extract
 from nnxlike import filterlib as filterlib
 from nnxlike import graph as graph
 from nnxlike import graphlib as graphlib
@@ -21,6 +22,16 @@ from nnxlike._capture import capture as capture
 from nnxlike._config import set_graph_mode as set_graph_mode
 from nnxlike._config import set_graph_updates as set_graph_updates
 from nnxlike._containers import Dict as Dict
+from nnxlike._contexts import MergeContext as MergeContext
+from nnxlike._contexts import NodeStates as NodeStates
+from nnxlike._contexts import SplitContext as SplitContext
+from nnxlike._contexts import UpdateContext as UpdateContext
+from nnxlike._contexts import current_update_context as current_update_context
+from nnxlike._contexts import from_tree as from_tree
+from nnxlike._contexts import merge_context as merge_context
+from nnxlike._contexts import split_context as split_context
+from nnxlike._contexts import to_tree as to_tree
+from nnxlike._contexts import update_context as update_context
 from nnxlike._containers import List as List
 from nnxlike._containers import Sequential as Sequential
 from nnxlike._display import display as display
@@ -39,6 +50,8 @@ from nnxlike._filters import OfType as OfType
 from nnxlike._filters import PathContains as PathContains
 from nnxlike._filters import WithTag as WithTag
 from nnxlike._graph import GraphDef as GraphDef
+from nnxlike._graph import PureState as PureState
+from nnxlike._graph import call as call
 from nnxlike._graph import clone as clone
 from nnxlike._graph import find_duplicates as find_duplicates
 from nnxlike._graph import graphdef as graphdef

@@ -128,6 +128,10 @@ def _summary_comment(node: Any) -> str:
     if not counts:
         return ""
     parts = [f"{k}: {n:,} ({_human(b)})" for k, (n, b) in counts.items()]
+    if len(counts) > 1:  # flax's summary of every kind together
+        n_all = sum(n for n, _ in counts.values())
+        b_all = sum(b for _, b in counts.values())
+        parts.append(f"Total: {n_all:,} ({_human(b_all)})")
     return "# " + ", ".join(parts)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import gc
 import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,19 +59,32 @@ class GraphDef:
     (True, True)
     """
 
-    __slots__ = ("tree", "paths", "num_leaves", "_hash")
+    __slots__ = ("tree", "paths", "num_leaves", "_hash", "tree_mode", "outer")
     __class_getitem__ = classmethod(types.GenericAlias)  # GraphDef[Model] hints
 
-    def __init__(self, tree: tuple, paths: tuple):
+    def __init__(
+        self,
+        tree: tuple,
+        paths: tuple,
+        tree_mode: bool = False,
+        outer: tuple | None = None,
+    ):
         self.tree = tree
         self.paths = paths
         self.num_leaves = len(paths)
         self._hash = None
+        # Made by a tree-mode walk (graph=False): flax shows it as one TreeNodeDef.
+        self.tree_mode = tree_mode
+        # For each node index, the index of the same object in an outer graph
+        # (-1 if none): set by graphlib.flatten(ref_outer_index=...), read by
+        # graphlib.unflatten(outer_index_outer_ref=...) to update objects in place.
+        self.outer = outer
 
     def __hash__(self) -> int:
         h = self._hash
         if h is None:
-            h = self._hash = hash(self.tree)
+            key = self.tree if self.outer is None else (self.tree, self.outer)
+            h = self._hash = hash(key)
         return h
 
     def __eq__(self, other: object) -> bool:
@@ -78,11 +92,57 @@ class GraphDef:
             return True
         if not isinstance(other, GraphDef):
             return NotImplemented
-        return hash(self) == hash(other) and self.tree == other.tree
+        return (
+            hash(self) == hash(other)
+            and self.tree == other.tree
+            and self.outer == other.outer
+        )
 
     @property
     def root_type(self) -> type:
         return self.tree[1] if self.tree[0] in (NODE, VAR) else type(None)
+
+    @property
+    def nodes(self) -> list:
+        """flax's view of the structure: one entry per node, in walk order.
+
+        ``NodeDef`` for an object or container, ``VariableDef`` for a Variable,
+        ``NodeRef`` for a node seen before (a shared reference); a tree-mode
+        GraphDef (``graph=False``) is a single ``TreeNodeDef``. Built on each
+        access from the nested tuples (``tree``), which are what split and merge
+        use, so it costs nothing unless asked for.
+
+        >>> import nnxlike as nnx
+        >>> gd = nnx.graphdef(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+        >>> [type(n).__name__ for n in gd.nodes]
+        ['NodeDef', 'VariableDef', 'VariableDef']
+        >>> type(nnx.graphdef(nnx.Param(1.0), graph=False).nodes[0]).__name__
+        'TreeNodeDef'
+        """
+        if self.tree_mode:
+            order = sorted(
+                range(len(self.paths)), key=lambda i: _path_key(self.paths[i])
+            )
+            path_index = tuple((self.paths[i], i) for i in order)
+            return [TreeNodeDef(self.root_type, self.tree, path_index)]
+        out: list = []
+        _node_defs(self.tree, self.outer, out)
+        return out
+
+    def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
+        """Call a method of the merged object; get ``(out, (graphdef, state))``.
+
+        ``graphdef.apply(state).method(*args)`` merges, calls, and splits the
+        object again, so pure code gets the updated state back (flax's API).
+
+        >>> import jax.numpy as jnp
+        >>> import nnxlike as nnx
+        >>> graphdef, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+        >>> y, (graphdef2, state2) = graphdef.apply(state)(jnp.ones((1, 2)))
+        >>> y.shape, graphdef2 == graphdef
+        ((1, 3), True)
+        """
+        return _ApplyCaller(self, (state, *states), graph, ())
 
     def __repr__(self) -> str:
         return _tracking.render_text(self)
@@ -90,6 +150,151 @@ class GraphDef:
     def __treescope_repr__(self, path, subtree_renderer):
         return _tracking.render_treescope(self, path, subtree_renderer)
 
+
+def _path_key(path: tuple) -> tuple:
+    # Paths mix ints and strings; order ints before strings at each step.
+    return tuple((0, k, "") if isinstance(k, int) else (1, 0, str(k)) for k in path)
+
+
+class _Def:
+    """Base of the ``GraphDef.nodes`` entries: compared and printed by fields."""
+
+    __slots__ = ()
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class NodeDef(_Def):
+    """An object or container node of a GraphDef (flax's ``NodeDef``)."""
+
+    __slots__ = ("type", "index", "outer_index", "num_attributes", "metadata")
+
+    def __init__(self, type, index, outer_index, num_attributes, metadata=None):
+        self.type, self.index, self.outer_index = type, index, outer_index
+        self.num_attributes, self.metadata = num_attributes, metadata
+
+
+class VariableDef(_Def):
+    """A Variable node of a GraphDef (flax's ``VariableDef``)."""
+
+    __slots__ = ("type", "index", "outer_index", "metadata")
+
+    def __init__(self, type, index, outer_index, metadata):
+        self.type, self.index, self.outer_index = type, index, outer_index
+        self.metadata = metadata
+
+
+class NodeRef(_Def):
+    """A node seen before in the walk: a shared reference (flax's ``NodeRef``)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
+class TreeNodeDef(_Def):
+    """A tree-mode GraphDef's single node (flax's ``TreeNodeDef``).
+
+    ``treedef`` is nnxlike's structure (the GraphDef's nested tuples);
+    ``path_index`` pairs each leaf path, sorted, with its leaf's position.
+    """
+
+    __slots__ = ("type", "treedef", "path_index")
+
+    def __init__(self, type, treedef, path_index):
+        self.type, self.treedef, self.path_index = type, treedef, path_index
+
+
+def _node_defs(d: tuple, outer: tuple | None, out: list) -> None:
+    kind = d[0]
+    if kind == REF:
+        out.append(NodeRef(d[1]))
+    elif kind == VAR:
+        o = outer[d[2]] if outer is not None and outer[d[2]] >= 0 else None
+        out.append(VariableDef(d[1], d[2], o, dict(d[3])))
+    elif kind == PYTREE:
+        out.append(NodeDef(d[1], None, None, len(d[2])))
+        for _, c in d[2]:
+            _node_defs(c, outer, out)
+    elif kind == NODE:
+        index = d[2] if d[2] >= 0 else None
+        o = None
+        if index is not None and outer is not None and outer[index] >= 0:
+            o = outer[index]
+        out.append(NodeDef(d[1], index, o, len(d[3])))
+        for c in d[3]:
+            _node_defs(c if d[1] in (list, tuple) else c[1], outer, out)
+
+
+class _ApplyCaller:
+    """``graphdef.apply(state)``: records attribute/item access, then calls."""
+
+    __slots__ = ("_graphdef", "_states", "_graph", "_access")
+
+    def __init__(self, graphdef, states, graph, access):
+        self._graphdef, self._states = graphdef, states
+        self._graph, self._access = graph, access
+
+    def __getattr__(self, name: str) -> _ApplyCaller:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _ApplyCaller(
+            self._graphdef, self._states, self._graph, (*self._access, (0, name))
+        )
+
+    def __getitem__(self, key: Any) -> _ApplyCaller:
+        return _ApplyCaller(
+            self._graphdef, self._states, self._graph, (*self._access, (1, key))
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
+        node = merge(self._graphdef, *self._states)
+        fn = node
+        for how, key in self._access:
+            fn = getattr(fn, key) if how == 0 else fn[key]
+        out = fn(*args, **kwargs)
+        return out, split(node, graph=self._graph)
+
+
+def call(graphdef_state: tuple, /) -> _ApplyCaller:
+    """Call a method of the object a ``(graphdef, state)`` pair describes.
+
+    Returns ``(out, (graphdef, state))`` with the updated state, so pure JAX
+    code (plain ``jax.jit``) can run stateful methods; the pair is what
+    ``nnx.split`` returns (flax's ``nnx.call``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> class Counter(nnx.Module):
+    ...     def __init__(self):
+    ...         self.count = nnx.Variable(jnp.array(0))
+    ...     def inc(self):
+    ...         self.count[...] += 1
+    ...         return self.count[...]
+    >>> pure = nnx.split(Counter())
+    >>> out, pure = jax.jit(lambda p: nnx.call(p).inc())(pure)
+    >>> int(out), int(nnx.merge(*pure).count[...])
+    (1, 1)
+    """
+    graphdef, *states = graphdef_state
+    return graphdef.apply(*states)
+
+
+Node = typing.TypeVar("Node")
+PureState = tuple[GraphDef[Node], State]
+"""``(graphdef, state)``, as ``nnx.split`` returns it: ``nnx.PureState[Model]``."""
 
 # A GraphDef is a leafless pytree: it can be an argument of plain jax.jit.
 jtu.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
@@ -297,7 +502,7 @@ def flatten(
         return (NODE, t, i, tuple([(key, visit(v, (*path, key))) for key, v in items]))
 
     tree = visit(node, ())
-    gd = GraphDef(tree, tuple(paths))
+    gd = GraphDef(tree, tuple(paths), tree_mode is not None)
     try:
         hash(gd)
     except TypeError:

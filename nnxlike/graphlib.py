@@ -23,7 +23,23 @@ from typing import Any
 import jax.tree_util as jtu
 
 from nnxlike import _graph
+from nnxlike._contexts import ArrayRefOutput as ArrayRefOutput
+from nnxlike._contexts import MergeContext as MergeContext
+from nnxlike._contexts import NoUpdate as NoUpdate
+from nnxlike._contexts import Repeated as Repeated
+from nnxlike._contexts import SplitContext as SplitContext
+from nnxlike._contexts import UpdateContext as UpdateContext
+from nnxlike._contexts import current_update_context as current_update_context
+from nnxlike._contexts import merge_context as merge_context
+from nnxlike._contexts import split_context as split_context
+from nnxlike._contexts import update_context as update_context
 from nnxlike._graph import GraphDef as GraphDef
+from nnxlike._graph import NodeDef as NodeDef
+from nnxlike._graph import NodeRef as NodeRef
+from nnxlike._graph import PureState as PureState
+from nnxlike._graph import TreeNodeDef as TreeNodeDef
+from nnxlike._graph import VariableDef as VariableDef
+from nnxlike._graph import call as call
 from nnxlike._graph import clone as clone
 from nnxlike._graph import graphdef as graphdef
 from nnxlike._graph import is_graph_node as is_graph_node
@@ -45,6 +61,16 @@ PathParts = tuple
 """A path: a tuple of ``Key``s."""
 
 __all__ = [
+    "ArrayRefOutput",
+    "MergeContext",
+    "NoUpdate",
+    "Repeated",
+    "SplitContext",
+    "UpdateContext",
+    "current_update_context",
+    "merge_context",
+    "split_context",
+    "update_context",
     "FlatState",
     "GraphDef",
     "GraphState",
@@ -112,6 +138,30 @@ class RefMap(MutableMapping):
         )
         return f"RefMap({{{inner}}})"
 
+    @staticmethod
+    def from_indexmap(indexmap: Any, /) -> RefMap:
+        """The inverse of an ``IndexMap``: ``{object: index}``."""
+        return RefMap((obj, index) for index, obj in indexmap.items())
+
+
+class IndexMap(dict):
+    """``{index: object}``: the objects ``unflatten`` built, by node index.
+
+    Its inverse is a ``RefMap`` (``RefMap.from_indexmap``), the form ``flatten``
+    takes as ``ref_outer_index`` to record which outer object each node is.
+
+    >>> import nnxlike as nnx
+    >>> p = nnx.Param(1.0)
+    >>> refs = nnx.graphlib.RefMap({p: 3})
+    >>> index = nnx.graphlib.IndexMap.from_refmap(refs)
+    >>> index[3] is p, nnx.graphlib.RefMap.from_indexmap(index)[p]
+    (True, 3)
+    """
+
+    @staticmethod
+    def from_refmap(refmap: Any, /) -> IndexMap:
+        return IndexMap((index, obj) for obj, index in refmap.items())
+
 
 def flatten(
     node: Any,
@@ -124,11 +174,14 @@ def flatten(
 ) -> tuple[GraphDef, Any]:
     """``(graphdef, flat_state)``: every leaf of ``node`` with its path.
 
-    The flat state is a ``FlatState`` of ``(path, leaf)`` pairs in walk order,
-    where a Variable leaf is the model's own Variable (not a copy); with
-    ``with_paths=False`` it is the plain list of leaves. ``ref_index``, if given,
-    receives each Variable, Object and array reference found, mapped to its
-    index. ``graph=False`` walks in tree mode (a shared reference is an error).
+    The flat state is a ``FlatState`` of ``(path, leaf)`` pairs in walk order
+    (definition order; sorted by path in tree mode, ``graph=False``, as jax
+    orders a pytree), where a Variable leaf is the model's own Variable (not a
+    copy); with ``with_paths=False`` it is the plain list of leaves.
+    ``ref_index``, if given, receives each Variable, Object and array reference
+    found, mapped to its index. ``ref_outer_index`` (``{object: outer index}``)
+    records in the GraphDef which outer object each node is, so that
+    ``unflatten(..., outer_index_outer_ref=...)`` updates those objects in place.
 
     >>> import nnxlike as nnx
     >>> p = nnx.Param(1.0)
@@ -137,11 +190,13 @@ def flatten(
     >>> flat.paths, p in refs
     (((0,),), True)
     """
-    del ref_outer_index  # flax's transform bookkeeping; nnxlike's lives elsewhere
     from nnxlike import _config
 
     use_graph, _ = _config.resolve(graph, None)
     flat = _graph.flatten(node, tree_mode=None if use_graph else "flatten")
+    gd = flat.graphdef
+    if not use_graph:
+        _check_shared_refs(gd.paths, flat.leaves)
     if ref_index is not None:
         for i, obj in enumerate(flat.objects):
             if isinstance(obj, (Variable, Object)) and obj not in ref_index:
@@ -150,13 +205,48 @@ def flatten(
             raw = getattr(leaf, "_raw_value", leaf)
             if is_array_ref(raw) and raw not in ref_index:
                 ref_index[raw] = len(ref_index)
+    if ref_outer_index is not None:
+        outer = tuple(ref_outer_index.get(obj, -1) for obj in flat.objects)
+        gd = GraphDef(gd.tree, gd.paths, gd.tree_mode, outer)
+    pairs = list(zip(gd.paths, flat.leaves))
+    if not use_graph:  # jax's order: by path
+        pairs.sort(key=lambda pair: _graph._path_key(pair[0]))
     if not with_paths:
-        return flat.graphdef, list(flat.leaves)
-    return flat.graphdef, FlatState(zip(flat.graphdef.paths, flat.leaves))
+        return gd, [leaf for _, leaf in pairs]
+    return gd, FlatState(pairs)
 
 
-def unflatten(graphdef: GraphDef, flat_state: Any, /, **_: Any) -> Any:
+def _check_shared_refs(paths: tuple, leaves: list) -> None:
+    """Tree mode: an array reference reachable twice is a shared reference."""
+    seen: dict[int, tuple] = {}
+    for path, leaf in zip(paths, leaves):
+        if not is_array_ref(leaf):
+            continue
+        first = seen.setdefault(id(leaf), path)
+        if first is not path:
+            raise ValueError(
+                f"flatten: the array reference at {path!r} is the same object as "
+                f"the one at {first!r}. Tree mode (graph=False) does not support "
+                "shared references; pass graph=True or give each place its own "
+                "reference."
+            )
+
+
+def unflatten(
+    graphdef: GraphDef,
+    flat_state: Any,
+    /,
+    *,
+    index_ref: IndexMap | None = None,
+    outer_index_outer_ref: Any = None,
+    copy_variables: bool = False,
+) -> Any:
     """Rebuild a graph from ``flatten``'s output (a FlatState, list of leaves or State).
+
+    ``index_ref``, if given, receives ``{index: object}`` for every node built.
+    With ``outer_index_outer_ref`` (``{outer index: object}``) and a GraphDef
+    that recorded outer indices (``flatten(..., ref_outer_index=...)``), the
+    nodes that are those outer objects are updated in place, not created.
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
@@ -164,23 +254,72 @@ def unflatten(graphdef: GraphDef, flat_state: Any, /, **_: Any) -> Any:
     >>> type(copy).__name__, copy is model
     ('Linear', False)
     """
+    del copy_variables  # Variables are always rebuilt (a State is a snapshot)
     if isinstance(flat_state, State):
-        return _graph.merge(graphdef, flat_state)
-    if isinstance(flat_state, FlatState) or (
+        pairs = list(flat_state.flat_state())
+    elif isinstance(flat_state, FlatState) or (
         isinstance(flat_state, list)
+        and flat_state
         and all(isinstance(e, tuple) and len(e) == 2 for e in flat_state)
-        and len(flat_state) == len(graphdef.paths)
-        and all(e[0] == p for e, p in zip(flat_state, graphdef.paths))
+        and all(isinstance(e[0], tuple) for e in flat_state)
     ):
-        leaves = [leaf for _, leaf in flat_state]
+        pairs = list(flat_state)
     else:
+        pairs = None
         leaves = list(flat_state)
-    if len(leaves) != len(graphdef.paths):
+    if pairs is not None:
+        leaves = [leaf for _, leaf in pairs]
+    if len(leaves) != graphdef.num_leaves:
         raise ValueError(
-            f"graphlib.unflatten: the GraphDef has {len(graphdef.paths)} leaves, "
-            f"got {len(leaves)}; pass the flat state flatten returned with it."
+            f"graphlib.unflatten: Incorrect number of leaves: the GraphDef has "
+            f"{graphdef.num_leaves} leaves, got {len(leaves)}; pass the flat "
+            "state (or State) that flatten/split returned with it."
         )
-    return _graph.unflatten(graphdef, leaves)
+    if pairs is not None and tuple(p for p, _ in pairs) != graphdef.paths:
+        by_path = dict(pairs)
+        missing = [p for p in graphdef.paths if p not in by_path]
+        if missing:
+            raise ValueError(
+                f"graphlib.unflatten: the flat state lacks the path(s) "
+                f"{missing[:10]} the GraphDef needs; pass the flat state flatten "
+                "returned with it."
+            )
+        leaves = [by_path[p] for p in graphdef.paths]
+    reuse = None
+    outer = graphdef.outer
+    if outer_index_outer_ref is not None and outer is not None:
+
+        def reuse(i: int) -> Any:
+            j = outer[i] if i < len(outer) else -1
+            return outer_index_outer_ref.get(j) if j >= 0 else None
+
+    return _graph.unflatten(graphdef, leaves, reuse=reuse, built=index_ref)
+
+
+def _flatten_pytree(pytree: Any) -> tuple[list, tuple]:
+    """One level of a registered pytree: ``([(key, child), ...] sorted, aux)``.
+
+    ``aux`` remembers jax's own child order, so ``_unflatten_pytree`` restores it.
+
+    >>> import nnxlike as nnx
+    >>> children, aux = nnx.graphlib._flatten_pytree({"b": 1, "a": 2})
+    >>> children, nnx.graphlib._unflatten_pytree(children, aux)
+    ([('a', 2), ('b', 1)], {'a': 2, 'b': 1})
+    """
+    keyed, treedef = jtu.tree_flatten_with_path(
+        pytree, is_leaf=lambda x: x is not pytree
+    )
+    nodes = [(_graph._key_of(path[0]), value) for path, value in keyed]
+    key_index = {key: i for i, (key, _) in enumerate(nodes)}
+    nodes.sort(key=lambda kv: _graph._path_key((kv[0],)))
+    return nodes, (key_index, treedef)
+
+
+def _unflatten_pytree(nodes: Any, aux: tuple) -> Any:
+    """The inverse of ``_flatten_pytree``."""
+    key_index, treedef = aux
+    ordered = sorted(nodes, key=lambda kv: key_index[kv[0]])
+    return treedef.unflatten([value for _, value in ordered])
 
 
 class GraphState(MutableMapping):

@@ -298,3 +298,5 @@ def test_module_repr_names_the_class():
     text = repr(Net())
     assert text.startswith("Net(")
     assert "Param: 3 (12 B), BatchStat: 1 (4 B)" in text.splitlines()[0]
+    # flax adds the sum over every kind when there are several
+    assert "Total: 4 (16 B)" in text.splitlines()[0]
