@@ -183,6 +183,8 @@ def collect(lifted: Lifted, copies: Copies, out: Any) -> Collected:
     out_leaves, out_treedef = jtu.tree_flatten(out, is_leaf=is_graph_node)
     out_graph_pos = tuple(i for i, x in enumerate(out_leaves) if is_graph_node(x))
     out_nodes = tuple(out_leaves[i] for i in out_graph_pos)
+    if lifted.mode is not None and out_nodes:
+        check_no_output_aliasing(lifted.mode, copies, out_nodes)
     for i in out_graph_pos:
         out_leaves[i] = None
     flat = flatten((copies.nodes, out_nodes), origin=copies.origin)
@@ -212,6 +214,115 @@ def collect(lifted: Lifted, copies: Copies, out: Any) -> Collected:
         unchanged=unchanged,
         leaf_objs=tuple(obj_index.get(id(v), -1) for v in flat.leaves),
     )
+
+
+def check_no_output_aliasing(fn: str, copies: Copies, out_nodes: tuple) -> None:
+    """Tree mode: an input Variable returned as an output is refused (flax).
+
+    Without graph updates the output is rebuilt as new objects, so a returned
+    input Variable would silently become a second, disconnected Variable.
+    """
+    flat = flatten(out_nodes)
+    for path, v in zip(flat.graphdef.paths, flat.leaves):
+        if isinstance(v, Variable) and id(v) in copies.origin:
+            raise ValueError(
+                _errors.VARIABLE_ALIASING.format(
+                    var=type(v).__name__,
+                    fn=fn,
+                    first="an input argument",
+                    second="output" + _at(path),
+                )
+            )
+
+
+def _at(path: tuple) -> str:
+    return "".join(f"[{k!r}]" for k in path)
+
+
+def check_prefix(prefix: Any, name: str, fn: str, graph: bool, updates: bool) -> None:
+    """Refuse prefix entries flax refuses (``argnums``, ``in_axes``, shardings).
+
+    A Variable is never a prefix; a prefix mapping (``DiffState``,
+    ``StateSharding``, ``StateAxes``: anything with ``map_prefix``) needs graph
+    mode with graph updates; a graph node is a prefix only in tree mode.
+    """
+
+    def is_leaf(x: Any) -> bool:
+        return x is None or is_graph_node(x) or _is_prefix_mapping(x)
+
+    for path, leaf in jtu.tree_flatten_with_path(prefix, is_leaf=is_leaf)[0]:
+        where = jtu.keystr(path) or "<root>"
+        kind = type(leaf).__name__
+        if isinstance(leaf, Variable):
+            raise ValueError(
+                _errors.PREFIX_VARIABLE.format(type=kind, path=where, name=name, fn=fn)
+            )
+        if _is_prefix_mapping(leaf) and not (graph and updates):
+            raise ValueError(
+                _errors.PREFIX_MAPPING_IN_TREE_MODE.format(
+                    type=kind, path=where, name=name, fn=fn
+                )
+            )
+        if is_graph_node(leaf) and graph:
+            raise ValueError(
+                _errors.GRAPH_NODE_AS_PREFIX.format(
+                    type=kind, path=where, name=name, fn=fn
+                )
+            )
+
+
+def _is_prefix_mapping(x: Any) -> bool:
+    # nnx.prefix's per-path result (``by_path``, flax's TreeState) is a computed
+    # prefix, allowed in every mode.
+    return (
+        not isinstance(x, type)
+        and callable(getattr(type(x), "map_prefix", None))
+        and not hasattr(x, "by_path")
+    )
+
+
+def check_consistent_aliasing(fn: str, groups: list) -> None:
+    """Each Variable reached from several arguments gets one prefix.
+
+    ``groups`` is ``[(label, argument, prefix)]``; a Variable reachable from two
+    arguments whose prefixes differ (two shardings, differentiated and not)
+    raises flax's "Inconsistent aliasing" error naming every path. Shared
+    helper for the transforms that take per-argument prefixes.
+    """
+    seen: dict[int, list] = {}
+    kinds: dict[int, str] = {}
+    for label, arg, prefix in groups:
+        leaves = jtu.tree_flatten_with_path(arg, is_leaf=is_graph_node)[0]
+        for kpath, leaf in leaves:
+            if not is_graph_node(leaf):
+                continue
+            flat = flatten(leaf)
+            for path, v in zip(flat.graphdef.paths, flat.leaves):
+                if not isinstance(v, Variable):
+                    continue
+                where = label + jtu.keystr(kpath) + _at(path)
+                seen.setdefault(id(v), []).append((where, prefix))
+                kinds[id(v)] = type(v).__name__
+    msgs = []
+    for vid, entries in seen.items():
+        prefixes = []
+        for _, p in entries:
+            if not any(p is q or _same(p, q) for q in prefixes):
+                prefixes.append(p)
+        if len(prefixes) > 1:
+            lines = "\n".join(f"  {w}: {p}" for w, p in entries)
+            msgs.append(f"Node: {kinds[vid]}\n{lines}")
+    if msgs:
+        raise ValueError(
+            _errors.INCONSISTENT_ALIASING.format(fn=fn, nodes="\n".join(msgs))
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # arrays or odd types: only identity counts
+        return False
 
 
 def write_back(lifted: Lifted, static: tuple, arrays: list, out_leaves: list) -> Any:

@@ -20,12 +20,12 @@ from typing import Any
 import jax
 import jax.tree_util as jtu
 
-from nnxlike import _errors
+from nnxlike import _config, _errors
 from nnxlike._filters import Filter, to_predicate
-from nnxlike._graph import flatten, is_graph_node
+from nnxlike._graph import flatten, is_graph_node, unflatten
 from nnxlike._state import State
 from nnxlike._transforms import _core, _traps
-from nnxlike._variables import Param, new_variable
+from nnxlike._variables import Param, Variable, new_variable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,10 @@ class DiffState:
 
     argnum: int
     filter: Filter = Param
+
+    def map_prefix(self, path: tuple, variable: Any) -> bool:
+        """Whether the Variable at ``path`` is differentiated (a prefix mapping)."""
+        return to_predicate(self.filter)(path, variable)
 
 
 def _contains_graph(x: Any) -> bool:
@@ -105,6 +109,13 @@ def value_and_grad(
             graph_updates=graph_updates,
         )
     _core.refuse_bound_method(f, "grad")
+    # Resolved when decorated, as flax does (set_graph_mode around the def).
+    graph, graph_updates = _config.resolve(graph, graph_updates)
+    _core.check_prefix(argnums, "argnums", "grad", graph, graph_updates)
+    # Tree mode (graph=False or graph_updates=False): flax differentiates the
+    # arguments as pytrees, every array leaf, and returns gradients shaped like
+    # the arguments (a Linear of gradients for a Linear).
+    tree_mode = not (graph and graph_updates)
     single, specs = _specs(argnums, wrt)
     explicit_filters = [
         isinstance(a, DiffState)
@@ -123,34 +134,54 @@ def value_and_grad(
             (args, kwargs), graph=graph, graph_updates=graph_updates, fn="grad"
         )
         var_index = lifted.index_by_id()
-        # Which Variables are differentiated, per spec (paths inside that arg).
-        graph_specs: list[tuple[int, list[tuple]]] = []  # (spec pos, [(path, idx)])
-        plain_argnums: list[int] = []
+        # Where each positional argument's leaves start in lifted.leaves.
+        starts = [0]
+        for a in args:
+            starts.append(starts[-1] + len(jtu.tree_leaves(a, is_leaf=is_graph_node)))
+        # Per spec: the argument's treedef and, per leaf, how to build its
+        # gradient: ("state", chosen, is_variable) for a graph node in graph
+        # mode, ("node", pos) in tree mode, ("leaf", pos) for a plain JAX leaf.
+        parts: list[tuple[Any, list]] = []
         diff_idx: list[int] = []
+        diff_leaf: list[int] = []
         for (argnum, filt), explicit in zip(specs, explicit_filters):
+            argnum %= len(args)
             arg = args[argnum]
             if isinstance(arg, State) and not explicit:
                 filt = ...  # a State is a pytree: all of it, as flax.nnx does
-            if _contains_graph(arg):
-                chosen = select_variables(arg, filt, var_index, diff_idx)
-                graph_specs.append((len(graph_specs) + len(plain_argnums), chosen))
-            else:
-                plain_argnums.append(argnum % len(args))
-                graph_specs.append((-1, []))
-        if not diff_idx and not plain_argnums:
+            if tree_mode:
+                filt = ...
+            a_leaves, a_treedef = jtu.tree_flatten(arg, is_leaf=is_graph_node)
+            how = []
+            for j, leaf in enumerate(a_leaves):
+                pos = starts[argnum] + j
+                if not is_graph_node(leaf):
+                    if pos not in diff_leaf:
+                        diff_leaf.append(pos)
+                    how.append(("leaf", pos))
+                elif tree_mode:
+                    select_variables(leaf, ..., var_index, diff_idx)
+                    how.append(("node", pos))
+                else:
+                    chosen = select_variables(leaf, filt, var_index, diff_idx, True)
+                    how.append(("state", chosen, isinstance(leaf, Variable)))
+            parts.append((a_treedef, how))
+        if not diff_idx and not diff_leaf:
             # An empty gradient would train nothing, silently (issue 12.15).
             raise ValueError(_empty_selection(f, specs, args))
+        if tree_mode and graph:
+            _check_diff_aliasing(lifted, args, kwargs, specs)
         diff_set = set(diff_idx)
         nondiff_idx = [i for i in range(len(lifted.flat.leaves)) if i not in diff_set]
         arrays = lifted.arrays()
         box: dict[str, Any] = {}
 
-        def pure(diff_arrays, plain_diff, nondiff_arrays):
+        def pure(diff_arrays, diff_leaves, nondiff_arrays):
             full = interleave(diff_idx, diff_arrays, nondiff_idx, nondiff_arrays)
-            (args2, kwargs2), copies = lifted.rebuild(full)
-            args2 = list(args2)
-            for k, argnum in enumerate(plain_argnums):
-                args2[argnum] = plain_diff[k]
+            leaves = list(lifted.leaves)
+            for pos, x in zip(diff_leaf, diff_leaves):
+                leaves[pos] = x
+            (args2, kwargs2), copies = lifted.rebuild(full, leaves)
             try:
                 out = f(*args2, **kwargs2)
             except _errors.TraceContextError as e:  # name the path and the writer
@@ -169,7 +200,7 @@ def value_and_grad(
             box["static"] = collected.static()
             return loss, (collected.arrays, collected.out_leaves)
 
-        (loss, (new_arrays, aux_leaves)), (g_diff, g_plain) = jax.value_and_grad(
+        (loss, (new_arrays, aux_leaves)), (g_diff, g_leaves) = jax.value_and_grad(
             pure,
             argnums=(0, 1),
             has_aux=True,
@@ -177,26 +208,62 @@ def value_and_grad(
             allow_int=allow_int,
         )(
             [arrays[i] for i in diff_idx],
-            tuple(args[a] for a in plain_argnums),
+            [lifted.leaves[i] for i in diff_leaf],
             [arrays[i] for i in nondiff_idx],
         )
         aux = _core.write_back(lifted, box["static"], new_arrays, aux_leaves)
 
-        # Assemble gradients: a State per object argument, pytrees for the rest.
+        # Assemble gradients, shaped like each differentiated argument.
         grad_of = dict(zip(diff_idx, g_diff))
+        leaf_grad = dict(zip(diff_leaf, g_leaves))
         variables = lifted.flat.leaves
+        rebuilt = None
+        if tree_mode:
+            # Objects of gradients with the arguments' structure (sharing kept).
+            g_arrays = [grad_of.get(i, a) for i, a in enumerate(arrays)]
+            rebuilt = unflatten(lifted.flat.graphdef, g_arrays)
         grads = []
-        plain_iter = iter(g_plain)
-        for kind, chosen in graph_specs:
-            if kind < 0:
-                grads.append(next(plain_iter))
-                continue
-            grads.append(state_of(chosen, grad_of, variables))
+        for a_treedef, how in parts:
+            g_leaves_out = []
+            for item in how:
+                if item[0] == "leaf":
+                    g_leaves_out.append(leaf_grad[item[1]])
+                elif item[0] == "node":
+                    g_leaves_out.append(_node_at(lifted, rebuilt, item[1]))
+                else:
+                    _, chosen, is_var = item
+                    if is_var and chosen:
+                        i = chosen[0][1]
+                        g_leaves_out.append(_like(variables[i], grad_of[i]))
+                    else:
+                        g_leaves_out.append(state_of(chosen, grad_of, variables))
+            grads.append(a_treedef.unflatten(g_leaves_out))
         g = grads[0] if single else tuple(grads)
         value = (loss, aux) if has_aux else loss
         return value, g
 
     return wrapper
+
+
+def _node_at(lifted: _core.Lifted, rebuilt: tuple, pos: int) -> Any:
+    """The rebuilt graph node standing at leaf position ``pos`` of the arguments."""
+    return rebuilt[lifted.graph_pos.index(pos)]
+
+
+def _like(variable: Any, value: Any) -> Any:
+    """A gradient leaf shaped like ``variable`` (a raw array stays raw)."""
+    if type(variable) is _core.RawSlot:
+        return value
+    return new_variable(type(variable), value, variable._metadata)
+
+
+def _check_diff_aliasing(lifted, args: tuple, kwargs: dict, specs: list) -> None:
+    """graph_updates=False: a Variable both differentiated and not is ambiguous."""
+    diff_pos = {argnum % len(args) for argnum, _ in specs}
+    groups = [(f"args[{i}]", a, i in diff_pos) for i, a in enumerate(args)] + [
+        (k, v, False) for k, v in kwargs.items()
+    ]
+    _core.check_consistent_aliasing("grad", groups)
 
 
 def grad(
@@ -288,11 +355,16 @@ def state_of(chosen: list, value_of: dict, variables: list) -> State:
     )
 
 
-def select_variables(arg: Any, filt: Any, var_index: dict, diff_idx: list) -> list:
+def select_variables(
+    arg: Any, filt: Any, var_index: dict, diff_idx: list, dedup: bool = False
+) -> list:
     """``[(path, index)]`` of the Variables in ``arg`` that ``filt`` picks.
 
     ``var_index`` maps ``id(variable)`` to its index among the lifted Variables;
-    each picked index is appended to ``diff_idx`` once (shared Variables).
+    each picked index is appended to ``diff_idx`` once (shared Variables). With
+    ``dedup``, a Variable already picked for an earlier node is left out of
+    ``chosen`` (flax.nnx: a shared Variable's gradient is given once, where it
+    is first reached).
     """
     pred = to_predicate(filt)
     flat = flatten(arg)
@@ -300,9 +372,11 @@ def select_variables(arg: Any, filt: Any, var_index: dict, diff_idx: list) -> li
     for path, v in zip(flat.graphdef.paths, flat.leaves):
         idx = var_index.get(id(v))
         if idx is not None and pred(path, v):
-            chosen.append((path, idx))
             if idx not in diff_idx:
                 diff_idx.append(idx)
+            elif dedup:
+                continue
+            chosen.append((path, idx))
     return chosen
 
 

@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.tree_util as jtu
 
-from nnxlike import _errors
+from nnxlike import _config, _errors
 from nnxlike._graph import unflatten
 from nnxlike._transforms import _core
+from nnxlike._variables import Variable
 
 
 def _jax_leaves(lifted: _core.Lifted) -> list:
@@ -184,6 +186,11 @@ def eval_shape(
     ('ShapeDtypeStruct', (1024, 1024))
     """
     _core.refuse_bound_method(f, "eval_shape")
+    graph, graph_updates = _config.resolve(graph, graph_updates)
+    if graph and not graph_updates:
+        # As flax.nnx: without graph updates eval_shape sees its arguments as a
+        # pytree, where one Variable reached twice is a duplicate.
+        _refuse_duplicates("eval_shape", (args, kwargs))
     lifted = _core.Lifted.from_args(
         (args, kwargs), graph=graph, graph_updates=graph_updates, fn="eval_shape"
     )
@@ -202,6 +209,23 @@ def eval_shape(
     for i, node in zip(out_graph_pos, out_nodes):
         full[i] = node
     return out_treedef.unflatten(full)
+
+
+def _refuse_duplicates(fn: str, tree: Any) -> None:
+    """A Variable at two pytree positions of ``tree`` raises flax's message."""
+    first: dict[int, str] = {}
+    is_var = lambda x: isinstance(x, Variable)  # noqa: E731
+    for path, leaf in jtu.tree_leaves_with_path(tree, is_leaf=is_var):
+        if not isinstance(leaf, Variable):
+            continue
+        where = jtu.keystr(path)
+        if id(leaf) in first:
+            raise ValueError(
+                _errors.VARIABLE_ALIASING.format(
+                    var=type(leaf).__name__, first=first[id(leaf)], second=where, fn=fn
+                )
+            )
+        first[id(leaf)] = where
 
 
 # -- loops ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _config, _errors, _tracking
+from nnxlike import _config, _errors, _graph, _tracking
 from nnxlike._graph import Flat, flatten, is_graph_node
 from nnxlike._object import Object
 from nnxlike._transforms import _core, _traps
@@ -196,6 +196,11 @@ class JitWrapped:
         self.fun = fun
         # Resolved when decorated, as flax does (set_graph_mode around the def).
         self._modes = _config.resolve(graph, graph_updates)
+        for name, prefix in (
+            ("in_shardings", in_shardings),
+            ("out_shardings", out_shardings),
+        ):
+            _core.check_prefix(prefix, name, "jit", *self._modes)
         self.bound_self = None
         if inspect.ismethod(fun) and is_graph_node(fun.__self__):
             # nnx.jit(model.method): the object becomes a real (hidden) first
@@ -416,6 +421,7 @@ class JitWrapped:
             per_arg = (spec,) * n
         var_index = lifted.index_by_id()
         var_sh: list = [None] * len(var_index)
+        var_path: dict[int, str] = {}
         leaf_sh: list = []
         for j, a in enumerate(dyn_args):
             s = per_arg[orig[j]]
@@ -429,8 +435,22 @@ class JitWrapped:
                         if per_var is not None:
                             sh = per_var(path, v)
                         sh = getattr(sh, "value", sh)
-                        if var_sh[var_index[id(v)]] is None:
-                            var_sh[var_index[id(v)]] = sh
+                        k = var_index[id(v)]
+                        where = f"args[{orig[j] - self._offset}]{_core._at(path)}"
+                        if k not in var_path:
+                            var_path[k] = where
+                            var_sh[k] = sh
+                        elif var_sh[k] is not sh and not _core._same(var_sh[k], sh):
+                            # One Variable reached twice with two shardings.
+                            nodes = (
+                                f"Node: {type(v).__name__}\n  {var_path[k]}: "
+                                f"{var_sh[k]}\n  {where}: {sh}"
+                            )
+                            raise ValueError(
+                                _errors.INCONSISTENT_ALIASING.format(
+                                    fn="jit", nodes=nodes
+                                )
+                            )
                     leaf_sh.append(None)
                 else:
                     leaf_sh.append(s if isinstance(s, _Sharding) or s is None else None)
@@ -581,7 +601,7 @@ class Lowered:
     function does and writes their changes back.
     """
 
-    def __init__(self, wrapped: JitWrapped, lowered: Any):
+    def __init__(self, wrapped: Callable, lowered: Any):
         self._wrapped = wrapped
         self._lowered = lowered
 
@@ -599,7 +619,7 @@ class Compiled:
     for the same argument structure (no second compile).
     """
 
-    def __init__(self, wrapped: JitWrapped, compiled: Any):
+    def __init__(self, wrapped: Callable, compiled: Any):
         self._wrapped = wrapped
         self._compiled = compiled
 
@@ -839,10 +859,45 @@ def cached_partial(f: Callable, *cached_args: Any) -> Callable:
     return functools.partial(f, *cached_args)
 
 
-def jit_partial(fun: Callable, *partial_args: Any, **jit_kwargs: Any) -> Callable:
+def jit_partial(fun: Callable, *partial_args: Any, **jit_kwargs: Any) -> JitPartial:
     """``nnx.jit(fun, **jit_kwargs)`` with ``partial_args`` bound first.
 
     Argument numbers in ``jit_kwargs`` (``static_argnums``, ``donate_argnums``,
     ``in_shardings`` entries) count ``fun``'s own positions, bound ones included.
+    The result has ``.lower(...)`` like any ``nnx.jit`` function. In tree mode
+    (``graph=False``) bound arguments sharing a Variable are refused here, when
+    bound, with flax's "Duplicate" message.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> forward = nnx.jit_partial(lambda m, x: m(x), model, graph=False)
+    >>> forward(jnp.ones((1, 2))).shape, forward.lower(jnp.ones((1, 2))) is not None
+    ((1, 3), True)
     """
-    return functools.partial(jit(fun, **jit_kwargs), *partial_args)
+    return JitPartial(jit(fun, **jit_kwargs), partial_args)
+
+
+class JitPartial:
+    """An ``nnx.jit`` function with its first arguments bound (``jit_partial``)."""
+
+    def __init__(self, wrapped: JitWrapped, partial_args: tuple):
+        graph, _ = wrapped._modes
+        if not graph:
+            nodes = [
+                x
+                for x in jtu.tree_leaves(partial_args, is_leaf=is_graph_node)
+                if is_graph_node(x)
+            ]
+            _graph.check_tree(tuple(nodes), "jit_partial")
+        functools.update_wrapper(self, wrapped.fun)
+        self.func = wrapped
+        self.args = partial_args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*self.args, *args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
+        """``jax.jit(...).lower`` with the bound arguments first."""
+        lowered = self.func.lower(*self.args, *args, **kwargs)
+        return Lowered(self, lowered._lowered)  # compiled(...) binds them too
