@@ -92,6 +92,23 @@ SHARED_IN_TREE_MODE = (
     "3. Use nnx.compat.{fn} instead e.g.\n\n"
     "  nnx.compat.{fn}(...)"
 )
+PREFIX_MAPPING_IN_TREE_MODE = (
+    "`{name}` cannot contain `{type}` objects when `graph=False` or "
+    "`graph_updates=False` (found at {path}). Consider the following options:\n\n"
+    "1. Remove `{type}` objects from `{name}`.\n"
+    "2. Enable graph mode and graph updates: nnx.{fn}(..., graph=True, "
+    "graph_updates=True)\n"
+    "3. Use nnx.compat.{fn}(...) instead."
+)
+GRAPH_NODE_AS_PREFIX = (
+    "Found graph node of type {type} at path {path} in `{name}` for nnx.{fn}. "
+    "Graph nodes are not allowed as prefixes when graph=True. Consider the "
+    "following options:\n\n"
+    "1. Remove graph nodes from `{name}` (give a prefix per argument, or an "
+    "int argnum).\n"
+    "2. Enable tree mode: nnx.{fn}(..., graph=False)\n"
+    "3. If you used nnx.prefix to create the prefix, pass graph=True to it."
+)
 UNHASHABLE_STATIC = (
     "{where}: static attribute of type {type} is not hashable, so it cannot be "
     "part of a GraphDef (the compilation cache key). Make it hashable (a tuple "
