@@ -117,6 +117,7 @@ UNHASHABLE_STATIC = (
 )
 
 UNMATCHED_FILTER = (
+    "Non-exhaustive filters, got a non-empty remainder: "
     "split: the Variable at path {path!r} ({type}) matches none of the filters "
     "{filters}. Every Variable must fall into exactly one State; add a catch-all "
     "filter at the end: `nnx.split(node, {first}, ...)`."

@@ -164,11 +164,12 @@ def filters_to_predicates(filters: tuple) -> tuple:
     [False, True]
     """
     for i, f in enumerate(filters):
-        if f is Ellipsis and i != len(filters) - 1:
+        if (f is Ellipsis or f is True) and i != len(filters) - 1:
             raise ValueError(
-                f"`...` may only be the last filter, got it at position {i} of "
-                f"{filters!r}: it matches everything, so the filters after it "
-                "would never match. Move `...` to the end."
+                f"`...` or `True` can only be used as the last filters, got "
+                f"{f!r} at index {i} of {filters!r}: `...` may only be the last "
+                "filter, since it matches everything and the filters after it "
+                "would never match. Move it to the end."
             )
     return tuple(map(to_predicate, filters))
 

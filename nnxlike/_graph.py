@@ -33,7 +33,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from nnxlike import _config, _errors, _tracking
-from nnxlike._filters import Filter, to_predicate
+from nnxlike._filters import Filter, filters_to_predicates, to_predicate
 from nnxlike._object import Object
 from nnxlike._state import State, check_value_fits
 from nnxlike._variables import Variable, new_variable
@@ -665,7 +665,7 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
     ts = _tracking.get_trace_state()
     if not filters:
         return [State.from_flat(gd.paths, [_snapshot(v, ts) for v in flat.leaves])]
-    predicates = [to_predicate(f) for f in filters]
+    predicates = filters_to_predicates(filters)  # `...` only last, as flax
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     for path, leaf in zip(gd.paths, flat.leaves):
         for pred, bucket in zip(predicates, buckets):

@@ -170,7 +170,16 @@ def test_path_in_matches_exact_paths_only():
 
 
 def test_filters_to_predicates_refuses_ellipsis_before_the_end():
-    with pytest.raises(ValueError, match=r"`\.\.\.` may only be the last filter"):
+    with pytest.raises(
+        ValueError, match=r"`\.\.\.` or `True` can only be used as the last filters"
+    ):
         nnx.filterlib.filters_to_predicates((..., nnx.Param))
     preds = nnx.filterlib.filters_to_predicates((nnx.Param, ...))
     assert [p(("w",), nnx.Param(0.0)) for p in preds] == [True, True]
+    model = nnx.Dict(a=nnx.Param(1.0), b=nnx.BatchStat(2.0))
+    with pytest.raises(ValueError, match=r"got Ellipsis at index 0"):
+        nnx.split(model, ..., nnx.Param)  # split applies the same rule
+    with pytest.raises(ValueError, match=r"got True at index 1"):
+        nnx.split(model, nnx.Param, True, nnx.BatchStat)
+    with pytest.raises(ValueError, match="Non-exhaustive filters, got a non-empty"):
+        nnx.split(model, nnx.Param)
