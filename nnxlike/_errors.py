@@ -138,6 +138,12 @@ UPDATE_SHAPE = (
     "other sizes. Build the target with "
     "the shapes of the values (e.g. the layer sizes they were saved from), or "
     "replace the Variable itself: `module.attr = nnx.Param(new_value)`."
+NO_UPDATE_CONTEXT = (
+    "No update context found for tag {tag!r}. split_context/merge_context with a "
+    "tag take part in an update context of the same tag: wrap the four steps in "
+    "`with nnx.update_context({tag!r}): ...` (or decorate the function with "
+    "`@nnx.update_context({tag!r})`), or drop the tag for plain shared splits."
+)
 )
 
 UPDATE_DTYPE = (

@@ -312,6 +312,14 @@ def _unflatten(keys: tuple, children: Any) -> State:
 
 jtu.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, _flatten)
 
+# A FlatState is a pytree over its leaves, the paths static (flax's FlatState):
+# split_context(...).flatten output passes through jax.jit like a State does.
+jtu.register_pytree_node(
+    FlatState,
+    lambda fs: ([v for _, v in fs], tuple(p for p, _ in fs)),
+    lambda paths, leaves: FlatState(zip(paths, leaves)),
+)
+
 
 # -- module-level forms (flax.nnx exports these as functions) ------------------------
 

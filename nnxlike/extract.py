@@ -1,0 +1,43 @@
+"""flax's ``nnx.extract`` module: to_tree/from_tree and the prefix helpers.
+
+A thin door onto ``nnxlike._contexts`` for code written against flax's custom
+lifted transforms (``nnx.extract.to_tree``, ``NodeStates``, ``TreeState``,
+``clear_non_graph_nodes``, ``broadcast_prefix``, ``check_consistent_aliasing``).
+
+>>> import nnxlike as nnx
+>>> m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+>>> tree = nnx.extract.to_tree({"a": m, "b": m})
+>>> out = nnx.extract.from_tree(tree)
+>>> out["a"] is out["b"]
+True
+"""
+
+from nnxlike._contexts import MISSING as MISSING
+from nnxlike._contexts import NodeStates as NodeStates
+from nnxlike._contexts import PrefixMapping as PrefixMapping
+from nnxlike._contexts import TreeState as TreeState
+from nnxlike._contexts import broadcast_prefix as broadcast_prefix
+from nnxlike._contexts import check_consistent_aliasing as check_consistent_aliasing
+from nnxlike._contexts import clear_non_graph_nodes as clear_non_graph_nodes
+from nnxlike._contexts import default_split_fn as default_split_fn
+from nnxlike._contexts import from_tree as from_tree
+from nnxlike._contexts import is_tree_node as is_tree_node
+from nnxlike._contexts import merge_tree_node as merge_tree_node
+from nnxlike._contexts import to_tree as to_tree
+from nnxlike._contexts import tree_prefix as tree_prefix
+
+__all__ = [
+    "MISSING",
+    "NodeStates",
+    "PrefixMapping",
+    "TreeState",
+    "broadcast_prefix",
+    "check_consistent_aliasing",
+    "clear_non_graph_nodes",
+    "default_split_fn",
+    "from_tree",
+    "is_tree_node",
+    "merge_tree_node",
+    "to_tree",
+    "tree_prefix",
+]
