@@ -76,6 +76,52 @@ LOST_WRITE = (
     "(nnx.jit, nnx.grad, nnx.vmap, nnx.scan, ...), which writes every change "
     "back to the caller's objects."
 )
+CUSTOM_VJP_DIFFSTATE = (
+    "custom_vjp({name}): `nondiff_argnums` cannot contain `DiffState` objects "
+    "when `graph=False` or `graph_updates=False`: there bwd returns cotangents of "
+    "the arguments' own types, so a part of an object cannot be selected. "
+    "Consider the following options:\n\n"
+    "1. Remove `DiffState` objects from `nondiff_argnums` and return zeros for "
+    "the part you do not differentiate.\n"
+    "2. Enable graph mode and graph updates:\n\n"
+    "  nnx.custom_vjp(..., graph=True, graph_updates=True)\n\n"
+    "3. Use nnx.compat.custom_vjp instead."
+)
+CUSTOM_VJP_INT_NONDIFF_NODE = (
+    "custom_vjp({name}): Passing integers to nondiff_argnums for graph nodes "
+    "arguments in custom_vjp is not supported: argument {argnum} holds a {type}. "
+    "jax.custom_vjp hands non-differentiable arguments to bwd unchanged, so the "
+    "object's state could not be traced. Mark part of it differentiable instead, "
+    "`nondiff_argnums=(nnx.DiffState({argnum}, nnx.Param),)`, or pass the object "
+    "in a differentiable position and return a zero cotangent for it."
+)
+CUSTOM_VJP_DUPLICATE = (
+    "Duplicate {type}\nfound at paths:\n\n  - {first}\n  - {second}\n\n"
+    "nnx.custom_vjp with graph=False or graph_updates=False does not support "
+    "Variable aliasing (duplicate inputs, duplicate outputs, or input Variables "
+    "returned as outputs) in custom_vjp({name}): each Variable would get two "
+    "cotangents. Consider the following options:\n\n"
+    "1. Remove the duplicate Variables.\n"
+    "2. Create new Variables via nnx.clone() and use those instead.\n"
+    "3. Enable graph mode and graph updates:\n\n"
+    "  nnx.custom_vjp(..., graph=True, graph_updates=True)"
+)
+CUSTOM_VJP_BWD_ARITY = (
+    "custom_vjp({name}): bwd returned {got} cotangent(s) but the function has "
+    "{want} differentiable argument(s) (those not listed as ints in "
+    "nondiff_argnums). Return one per argument, as a tuple: `return (m_g, x_g)`."
+)
+CUSTOM_VJP_BWD_STRUCTURE = (
+    "custom_vjp({name}): bwd's cotangent for argument {argnum} should be {want}, "
+    "got {got}. Return an nnx.State per object (for example the one bwd received "
+    "in `g`, with new values), an array per array, None for zero."
+)
+CUSTOM_VJP_BWD_UNKNOWN_PATH = (
+    "custom_vjp({name}): bwd returned a cotangent at {path} for argument "
+    "{argnum}, which is not one of its differentiated Variables ({known}). "
+    "Remove it from the State (`del m_g[...]`), or widen the DiffState filter in "
+    "nondiff_argnums."
+)
 STRUCTURE_WITHOUT_GRAPH_UPDATES = (
     "nnx.{fn} with graph=False or graph_updates=False writes back Variable values "
     "only, but the function changed the structure of its arguments ({what}); the "
@@ -91,6 +137,12 @@ SHARED_IN_TREE_MODE = (
     "  nnx.{fn}(..., graph=True)\n\n"
     "3. Use nnx.compat.{fn} instead e.g.\n\n"
     "  nnx.compat.{fn}(...)"
+)
+NO_UPDATE_CONTEXT = (
+    "No update context found for tag {tag!r}. split_context/merge_context with a "
+    "tag take part in an update context of the same tag: wrap the four steps in "
+    "`with nnx.update_context({tag!r}): ...` (or decorate the function with "
+    "`@nnx.update_context({tag!r})`), or drop the tag for plain shared splits."
 )
 PREFIX_MAPPING_IN_TREE_MODE = (
     "`{name}` cannot contain `{type}` objects when `graph=False` or "
@@ -108,6 +160,56 @@ GRAPH_NODE_AS_PREFIX = (
     "int argnum).\n"
     "2. Enable tree mode: nnx.{fn}(..., graph=False)\n"
     "3. If you used nnx.prefix to create the prefix, pass graph=True to it."
+)
+VARIABLE_ALIASING = (
+    "Duplicate {var}\nfound at paths:\n\n  - {first}\n  - {second}\n\n"
+    "nnx.{fn} with graph_updates=False does not support Variable aliasing "
+    "(duplicate inputs, duplicate outputs, or input Variables returned as "
+    "outputs): only values are written back, so the two places would part. "
+    "Consider the following options:\n\n"
+    "1. Remove the duplicate Variables.\n"
+    "2. Create new Variables via nnx.clone() and use those instead.\n"
+    "3. Enable graph mode and graph updates by passing graph=True and "
+    "graph_updates=True to {fn}:\n\n  nnx.{fn}(..., graph=True, graph_updates=True)"
+    "\n\n4. Use nnx.compat.{fn} (sets graph and graph_updates to True):\n\n"
+    "  nnx.compat.{fn}(...)"
+)
+INCONSISTENT_ALIASING = (
+    "nnx.{fn}: Inconsistent aliasing detected. The following nodes have different "
+    "prefixes:\n{nodes}\nOne Variable reached through two places cannot be mapped "
+    "two ways. Give it one axis in both places, or pass a copy (nnx.clone) for "
+    "one of them."
+)
+CAPTURED_RETURN = (
+    "nnx.{fn}: {phrase} {var} at {path} of the output: the function returned "
+    "an object it did not get as an argument (it was captured from the enclosing "
+    "scope), so it cannot be {fn}-ed or written back. Pass the object in as an "
+    "argument, or return a new object (nnx.clone inside the function)."
+)
+PREFIX_VARIABLE = (
+    "Found Variable of type {type} at path {path} in `{name}` for nnx.{fn}. "
+    "Variables prefixes are not supported. Pass a prefix for the entire Variable "
+    "instead of passing a Variable with a prefix for its value, e.g. "
+    "`nnx.prefix(obj, {{nnx.Param: 0, ...: None}})` or a plain int."
+)
+PREFIX_STATE_AXES = (
+    "`{name}` cannot contain `{type}` objects when `graph=False` or "
+    "`graph_updates=False` (nnx.{fn}). Consider the following options:\n\n"
+    "1. Compute per-Variable axes with nnx.prefix(obj, {{filter: axis, ...}}, "
+    "graph=...) and pass that instead.\n"
+    "2. Enable graph mode and graph updates by passing graph=True and "
+    "graph_updates=True to {fn} e.g.\n\n  nnx.{fn}(..., graph=True, "
+    "graph_updates=True)\n\n3. Use nnx.compat.{fn} instead e.g.\n\n"
+    "  nnx.compat.{fn}(...)"
+)
+PREFIX_GRAPH_NODE = (
+    "Found graph node of type {type} at path {path} in `{name}` for nnx.{fn}. "
+    "Graph nodes are not allowed as prefixes when graph=True. Consider the "
+    "following options:\n\n1. Remove graph nodes from `{name}` (give an int, "
+    "None or an nnx.StateAxes).\n2. Enable tree mode by passing graph=False to "
+    "{fn} e.g.\n\n  nnx.{fn}(..., graph=False)\n\n3. If you are using nnx.prefix "
+    "to create the prefix, pass graph=True:\n\n  prefix = nnx.prefix(..., "
+    "graph=True)"
 )
 UNHASHABLE_STATIC = (
     "{where}: static attribute of type {type} is not hashable, so it cannot be "
@@ -138,12 +240,6 @@ UPDATE_SHAPE = (
     "other sizes. Build the target with "
     "the shapes of the values (e.g. the layer sizes they were saved from), or "
     "replace the Variable itself: `module.attr = nnx.Param(new_value)`."
-NO_UPDATE_CONTEXT = (
-    "No update context found for tag {tag!r}. split_context/merge_context with a "
-    "tag take part in an update context of the same tag: wrap the four steps in "
-    "`with nnx.update_context({tag!r}): ...` (or decorate the function with "
-    "`@nnx.update_context({tag!r})`), or drop the tag for plain shared splits."
-)
 )
 
 UPDATE_DTYPE = (
@@ -211,6 +307,35 @@ def path_str(path: tuple) -> str:
 
 
 # -- transforms and traps (issue 12) ----------------------------------------------
+
+# nnx.scan (flax's key phrases first: tests match them).
+SCAN_CARRY_IDENTITY = (
+    "{phrase}: the carry returned holds a new {type} at carry{where} instead of "
+    "the one passed in (nnx.scan). Change the carried objects in place and return "
+    "those same objects (`return model, y`), not new ones."
+)
+SCAN_CARRY_STRUCTURE = (
+    "nnx.scan: the carry returned has the structure {got}, but the carry passed "
+    "in has {expected}; the carry must keep its structure in every iteration "
+    "(the same containers and objects, arrays of the same shapes)."
+)
+SCAN_ALIASING = (
+    "nnx.scan does not support Variable aliasing between inputs and outputs: the "
+    "output at out{where} is (or holds) a {type} that was passed in as an "
+    "argument. Return its value (`v[...]`), or pass the object through the carry "
+    "(`in_axes=(nnx.Carry, ...)`, `out_axes=(nnx.Carry, ...)`)."
+)
+SCAN_NEW_STATE_AXIS = (
+    "nnx.scan: the function created {what} at {where}, whose axis is {axis!r}; "
+    "only state with an int axis can be created inside a scan (it is stacked, one "
+    "slice per iteration). Create it before the scan, or give it an int axis "
+    "(e.g. `nnx.StateAxes({{nnx.Intermediate: 0, ...: nnx.Carry}})`)."
+)
+SCAN_CARRY_REMOVED = (
+    "nnx.scan: the function removed the carried {type} at {where}; state with "
+    "axis nnx.Carry or None is carried from one iteration to the next and must "
+    "exist in every iteration. Keep the attribute (set it to a new value instead)."
+)
 
 DONATED_DELETED = (
     "nnx.jit({fn}): {n} Variable(s) of the arguments now hold deleted arrays: "
