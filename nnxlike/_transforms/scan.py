@@ -1,10 +1,24 @@
 """``nnx.scan`` over objects: carried state, per-step slices, stacked results.
 
-State with axis ``None`` or ``Carry`` is carried from one iteration to the next (RNG
-counters and BatchNorm statistics keep advancing); state with an int axis is sliced
-per iteration and the per-iteration results are stacked back (scan over a stack of
-layers). The structure must not change inside. The axis bookkeeping (``StateAxes``,
-``Carry``, sharding names) is shared with ``vmap`` in ``iteration``.
+Design note. Every Variable of the arguments gets an axis, as under ``vmap``
+(``iteration`` owns that bookkeeping: ``StateAxes``, ``Carry``, sharding names):
+
+- an int axis: sliced per iteration, and the per-iteration values stacked back
+  (scan over a stack of layers); Variables *created* inside a scanned argument,
+  or returned in the outputs (a new Module, new Params), are stacked the same
+  way, along the axis their argument's ``in_axes`` (or ``out_axes``) gives them;
+- ``nnx.Carry`` or ``None``: carried from one iteration to the next (BatchNorm
+  statistics, counters, RNG counters keep advancing), so no write is lost. One
+  exception, as under ``vmap``: when some RNG key is scanned (the caller split
+  streams explicitly), the streams left with axis ``None`` are broadcast: every
+  iteration draws the same keys (flax's recurrent-dropout idiom), and the
+  counter of the last iteration is written back.
+
+The carry output must hold the very objects of the carry input (flax's rule).
+The loop body is one function per decorated ``scan``, and everything a call
+depends on travels as pytree structure (``_Spec``, ``_Out``), so JAX's cache of
+traced scan bodies serves every later call with the same structure: the user
+function is traced once per structure and shapes, as in flax.
 """
 
 from __future__ import annotations
@@ -16,8 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
-from nnxlike import _errors
+from nnxlike import _errors, _graph
 from nnxlike._graph import is_graph_node
 from nnxlike._transforms import _core
 from nnxlike._transforms.iteration import (
@@ -26,13 +41,29 @@ from nnxlike._transforms.iteration import (
     StateAxes,
     _as_positional,
     _assign_axes,
+    _broadcast_prefix,
     _CarryType,
-    _jax_leaves,
-    _merge_jax_leaves,
+    _object_prefix,
     _partition_name,
     _per_arg,
+    _restack_names,
     _strip_mapped_names,
+    _var_defs,
 )
+from nnxlike._variables import RngKey, RngState, new_variable
+
+_ARRAYS = (jax.Array, np.ndarray, np.generic, int, float, bool, complex)
+
+
+def _carry_index(axes: Any) -> Any:
+    """``"all"`` for ``Carry``, the position of ``Carry`` in a tuple, or None."""
+    if isinstance(axes, _CarryType):
+        return "all"
+    if isinstance(axes, (tuple, list)):
+        for i, a in enumerate(axes):
+            if isinstance(a, _CarryType):
+                return i
+    return None
 
 
 def _check_scan_axes(in_axes: Any, out_axes: Any) -> None:
@@ -44,6 +75,11 @@ def _check_scan_axes(in_axes: Any, out_axes: Any) -> None:
             "one argument is the carry (group several values in a tuple)."
         )
     outs = out_axes if isinstance(out_axes, (tuple, list)) else (out_axes,)
+    if sum(isinstance(a, _CarryType) for a in outs) > 1:
+        raise ValueError(
+            f"nnx.scan: Found multiple Carry definitions in out_axes={out_axes!r}; "
+            "one output is the carry (group several values in a tuple)."
+        )
     for a in outs:
         bad = a is None or (isinstance(a, StateAxes) and None in a.axes)
         if bad:
@@ -53,6 +89,28 @@ def _check_scan_axes(in_axes: Any, out_axes: Any) -> None:
                 "(or carries it with nnx.Carry); an unmapped output has no value "
                 "per step. Use an int axis, or return it through the carry."
             )
+    for name, axes in (("in_axes", in_axes), ("out_axes", out_axes)):
+        nested = jtu.tree_leaves(
+            [
+                a
+                for a in (axes if isinstance(axes, (tuple, list)) else ())
+                if isinstance(a, (tuple, list, dict))
+            ],
+            is_leaf=lambda x: isinstance(x, _CarryType),
+        )
+        if any(isinstance(a, _CarryType) for a in nested):
+            raise ValueError(
+                f"nnx.scan: Carry must be a top-level entry of {name}, it cannot be "
+                f"nested. Got {name}={axes!r}; make the whole argument the carry: "
+                "`in_axes=(nnx.Carry, 0)`."
+            )
+    if (_carry_index(in_axes) is None) != (_carry_index(out_axes) is None):
+        raise ValueError(
+            "If one of in_axes or out_axes has Carry, the other must also have "
+            f"Carry. Got in_axes={in_axes!r}, out_axes={out_axes!r}: the carry "
+            "goes in and comes out of every iteration, e.g. "
+            "`in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0)`."
+        )
 
 
 def scan(
@@ -61,6 +119,7 @@ def scan(
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    _split_transpose: bool = False,
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
     transform_metadata: Mapping = _NO_METADATA,
@@ -69,11 +128,17 @@ def scan(
 ) -> Any:
     """``jax.lax.scan`` over functions taking objects (see the module note).
 
+    ``in_axes`` gives each positional argument an int axis (scanned), ``None``
+    (broadcast, carried when written) or ``nnx.Carry`` (the loop carry; at most
+    one). ``out_axes`` says the same of the outputs: ``nnx.Carry`` marks the
+    carry output, ints stack the per-iteration outputs (arrays, new Variables,
+    new Modules) along that axis.
+
     Inside the function a scanned Variable's ``sharding_names`` lack the entry of
     the scanned axis (they match the per-iteration array); the caller's Variable
-    keeps its stacked names. Carried state is untouched. ``transform_metadata``
-    (``{nnx.PARTITION_NAME: name}``) is accepted as in ``vmap``; since ``scan``
-    creates no Variables, each scanned one simply gets its own entry back.
+    keeps its stacked names. ``transform_metadata``
+    (``{nnx.PARTITION_NAME: name}``) is accepted as in ``vmap``: Variables
+    created inside get ``name`` at their stacked axis.
 
     Scan over a stack of layers made with ``vmap``:
 
@@ -88,6 +153,15 @@ def scan(
     ...     return nnx.relu(layer(x))
     >>> forward(jnp.ones((2, 4)), stack).shape
     (2, 4)
+
+    Creating the stack with ``scan`` instead (new Modules are stacked):
+
+    >>> @nnx.split_rngs(splits=3)
+    ... @nnx.scan(in_axes=0, out_axes=0)
+    ... def create(rngs):
+    ...     return nnx.Linear(4, 4, rngs=rngs)
+    >>> create(nnx.Rngs(0)).kernel.shape
+    (3, 4, 4)
     """
     if f is None:
         return functools.partial(
@@ -95,6 +169,7 @@ def scan(
             length=length,
             reverse=reverse,
             unroll=unroll,
+            _split_transpose=_split_transpose,
             in_axes=in_axes,
             out_axes=out_axes,
             transform_metadata=transform_metadata,
@@ -104,141 +179,512 @@ def scan(
     _core.refuse_bound_method(f, "scan")
     _check_scan_axes(in_axes, out_axes)
     axis_keys = _partition_name(transform_metadata, "scan")  # keys to strip
+    body = _make_body(f, out_axes)  # one per decoration: JAX caches its trace
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs:
             args = _as_positional("scan", f, args, kwargs)
+        if isinstance(in_axes, _CarryType) and len(args) != 1:
+            raise ValueError(
+                "When in_axes=Carry, the function must take exactly one argument, "
+                f"got {len(args)} arguments (nnx.scan({_name(f)})). Group them in "
+                "a tuple carry, or give each argument its own in_axes entry: "
+                "`in_axes=(nnx.Carry, 0)`."
+            )
         axes = _per_arg(in_axes, len(args), "scan")
-        carry_args = [i for i, a in enumerate(axes) if isinstance(a, _CarryType)]
-        if len(carry_args) > 1:
-            raise ValueError("scan: at most one argument can be nnx.Carry.")
+        carry_idx = _carry_index(axes)
         lifted = _core.Lifted.from_args(
             args, graph=graph, graph_updates=graph_updates, fn="scan"
         )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
-        lifted, _ = _strip_mapped_names(lifted, var_axis, axis_keys)
-        carried_vars = [i for i, a in enumerate(var_axis) if not isinstance(a, int)]
-        scanned_vars = [i for i, a in enumerate(var_axis) if isinstance(a, int)]
-        carried_leaves = [
-            i for i, a in enumerate(leaf_axis) if isinstance(a, _CarryType)
-        ]
-        scanned_leaves = [i for i, a in enumerate(leaf_axis) if isinstance(a, int)]
+        inner, removed = _strip_mapped_names(lifted, var_axis, axis_keys)
+        spec = _Spec(inner, lifted.mode, args, axes, var_axis, leaf_axis, carry_idx)
+
+        # Phase 1: split the arrays into carry, per-iteration slices, constants.
         arrays = lifted.arrays()
-        jleaves = _jax_leaves(lifted)
-        statics: list = []
-
-        def body(carry, xs):
-            c_vars, c_leaves = carry
-            x_vars, x_leaves = xs
-            full = list(arrays)
-            for i, a in zip(carried_vars, c_vars):
-                full[i] = a
-            for i, a in zip(scanned_vars, x_vars):
-                full[i] = a
-            leaves = list(jleaves)
-            for i, a in zip(carried_leaves, c_leaves):
-                leaves[i] = a
-            for i, a in zip(scanned_leaves, x_leaves):
-                leaves[i] = a
-            tree, copies = lifted.rebuild(full, _merge_jax_leaves(lifted, leaves))
-            out = f(*tree)
-            carry_out, ys = _split_out(out, out_axes)
-            collected = _core.collect(lifted, copies, ys)
-            if not collected.unchanged:
-                raise _errors.StructureError(
-                    "scan: the function changed the structure of its object arguments "
-                    "(added or removed an attribute, or returned an object). Create "
-                    "attributes before the scan and return arrays."
-                )
-            statics.append(collected.static())
-            new_c_leaves = _carry_leaves(carry_out, c_leaves)
-            new = collected.arrays
-            return (
-                ([new[i] for i in carried_vars], new_c_leaves),
-                ([new[i] for i in scanned_vars], collected.out_leaves),
-            )
-
-        init = ([arrays[i] for i in carried_vars], [jleaves[i] for i in carried_leaves])
+        jleaves = [x for i, x in enumerate(lifted.leaves) if i not in spec.graph_pos]
+        init = (
+            spec,
+            [arrays[i] for i in spec.carried],
+            [jleaves[p] for p in spec.c_leaves],
+            [arrays[i] for i in spec.fixed],
+            [jleaves[p] for p in spec.b_leaves],
+        )
         xs = (
-            [jnp.moveaxis(arrays[i], var_axis[i], 0) for i in scanned_vars],
-            [jnp.moveaxis(jleaves[i], leaf_axis[i], 0) for i in scanned_leaves],
+            [_to_front(arrays[i], var_axis[i]) for i in spec.scanned],
+            [
+                _to_front(_scanned_leaf(jleaves[p], spec.x_paths[k]), leaf_axis[p])
+                for k, p in enumerate(spec.x_leaves)
+            ],
         )
-        (c_vars, c_leaves), (y_vars, ys) = jax.lax.scan(
-            body, init, xs, length=length, reverse=reverse, unroll=unroll
+        # Phase 2: one jax.lax.scan over the pure body.
+        (_, c_vars, c_leaves, _, _), (out, y_vals, y_leaves) = jax.lax.scan(
+            body,
+            init,
+            xs,
+            length=length,
+            reverse=reverse,
+            unroll=unroll,
+            _split_transpose=_split_transpose,
         )
-        # Write back: carried state as it ended, scanned state restacked.
-        variables = lifted.flat.leaves
-        for i, a in zip(carried_vars, c_vars):
-            _core._set_raw(variables[i], a)
-        for i, a in zip(scanned_vars, y_vars):
-            _core._set_raw(variables[i], jnp.moveaxis(a, 0, var_axis[i]))
-        if lifted.slots:
-            _core.flush_slots(lifted)
-        static = statics[-1]
-        ys_tree = static[2].unflatten(ys)
-        ys_tree = _move_out_axes(ys_tree, out_axes)
-        carry_tree = _rebuild_carry(lifted, args, carry_args, c_leaves, carried_leaves)
+        # Phase 3: write back (carried state as it ended, the rest restacked).
+        static, routing, out_leaf_axes = out.info
+        new_arrays: list = []
+        shapes: list = []
+        arr_axes: list = []
+        it = iter(y_vals)
+        for kind, where in routing:
+            if kind == "c":
+                new_arrays.append(c_vars[where])
+                shapes.append(_NO_SHAPE)
+                arr_axes.append(None)
+                continue
+            y = next(it)
+            if kind == "s":
+                new_arrays.append(_from_front(y, where))
+            else:  # a broadcast RNG stream: what the last iteration left
+                new_arrays.append(jax.tree.map(_last if not reverse else _first, y))
+            shapes.append(y if hasattr(y, "shape") else _NO_SHAPE)
+            arr_axes.append(where if kind == "s" else None)
+        out_leaves = [
+            None if ax is None else _from_front(y, ax)
+            for y, ax in zip(y_leaves, out_leaf_axes)
+        ]
+        if not static[4]:  # structure changed: the GraphDef carries the metadata
+            static = _restack_names(static, arr_axes, shapes, removed, axis_keys)
+        ys_tree = _core.write_back(lifted, static, new_arrays, out_leaves)
+        carry_tree = None
+        if carry_idx is not None:
+            carry_tree = _rebuild_carry(
+                args[0 if carry_idx == "all" else carry_idx], c_leaves
+            )
         return _join_out(carry_tree, ys_tree, out_axes)
 
     return wrapper
 
 
-def _split_out(out: Any, out_axes: Any):
-    if isinstance(out_axes, _CarryType):
-        return out, None
-    if (
-        isinstance(out_axes, tuple)
-        and len(out_axes) == 2
-        and isinstance(out_axes[0], _CarryType)
-    ):
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(
-                "scan: with out_axes=(nnx.Carry, ...) the function must return a pair "
-                f"(carry, y), got {type(out).__name__}."
-            )
-        return out[0], out[1]
-    return None, out
+class _NoShape:
+    shape = ()
 
 
-def _carry_leaves(carry_out: Any, c_leaves: list) -> list:
-    leaves = [
-        x
-        for x in jtu.tree_leaves(carry_out, is_leaf=is_graph_node)
-        if not is_graph_node(x)
-    ]
-    if len(leaves) != len(c_leaves):
-        raise _errors.StructureError(
-            f"scan: the carry returned has {len(leaves)} array(s) but the carry "
-            f"passed in has {len(c_leaves)}; the carry must keep its structure."
+_NO_SHAPE = _NoShape()
+_MISSING = object()
+
+
+def _name(f: Any) -> str:
+    return getattr(f, "__qualname__", None) or repr(f)
+
+
+def _last(a: Any) -> Any:
+    return a[-1]
+
+
+def _first(a: Any) -> Any:
+    return a[0]
+
+
+def _to_front(x: Any, axis: int) -> Any:
+    if axis == 0:
+        return x
+    return jax.tree.map(lambda a: jnp.moveaxis(a, axis, 0), x)
+
+
+def _from_front(x: Any, axis: int) -> Any:
+    if axis == 0:
+        return x
+    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, axis), x)
+
+
+def _scanned_leaf(x: Any, where: str) -> Any:
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise ValueError(
+            f"nnx.scan: Expected an array to scan over at args{where}, got "
+            f"{type(x).__name__}. Give it in_axes None (the same value in every "
+            "iteration), or pass an array."
         )
+    return x
+
+
+# -- what a call is made of, as pytree structure ------------------------------------
+
+
+class _Spec:
+    """Everything the body needs besides arrays; the hashable part of the carry.
+
+    Equal specs mean equal traces (same GraphDef, pytree structure, axes and
+    constants), which is what lets JAX reuse the traced body.
+    """
+
+    def __init__(self, lifted, mode, args, axes, var_axis, leaf_axis, carry_idx):
+        self.graph_pos = lifted.graph_pos
+        self.carry_idx = carry_idx
+        self.mode = mode
+        self.var_axis = tuple(var_axis)
+        keys = [i for i, v in enumerate(lifted.flat.leaves) if isinstance(v, RngKey)]
+        explicit = any(isinstance(var_axis[i], int) for i in keys)
+        self.fixed = tuple(
+            i
+            for i, a in enumerate(var_axis)
+            if explicit and a is None and isinstance(lifted.flat.leaves[i], RngState)
+        )
+        fixed = set(self.fixed)
+        self.carried = tuple(
+            i
+            for i, a in enumerate(var_axis)
+            if not isinstance(a, int) and i not in fixed
+        )
+        self.scanned = tuple(i for i, a in enumerate(var_axis) if isinstance(a, int))
+        # Plain JAX leaves (in order, graph positions left out).
+        template = []
+        self.c_leaves, self.x_leaves, self.b_leaves = [], [], []
+        jpos = [i for i in range(len(lifted.leaves)) if i not in set(self.graph_pos)]
+        for p, (i, ax) in enumerate(zip(jpos, leaf_axis)):
+            x = lifted.leaves[i]
+            if isinstance(ax, _CarryType):
+                self.c_leaves.append(p)
+            elif isinstance(ax, int):
+                self.x_leaves.append(p)
+            elif isinstance(x, _ARRAYS):
+                self.b_leaves.append(p)
+            else:  # a constant (a string, a function): part of the structure
+                template.append((p, x))
+                continue
+            template.append((p, None))
+        self.template = tuple(template)
+        self.c_leaves = tuple(self.c_leaves)
+        self.x_leaves = tuple(self.x_leaves)
+        self.b_leaves = tuple(self.b_leaves)
+        paths = jtu.tree_flatten_with_path(args, is_leaf=is_graph_node)[0]
+        jpaths = [
+            jtu.keystr(kp)
+            for i, (kp, _) in enumerate(paths)
+            if i not in set(self.graph_pos)
+        ]
+        self.x_paths = tuple(jpaths[p] for p in self.x_leaves)
+        self.node_axis = tuple(_node_axes(args, axes))
+        self.node_arg = tuple(_node_args(args))
+        # Input object index -> lifted leaf index, and path -> leaf index.
+        flat = lifted.flat
+        leaf_of = {id(v): i for i, v in enumerate(flat.leaves)}
+        self.obj_leaf = tuple(leaf_of.get(id(o), -1) for o in flat.objects)
+        self.path_leaf = {p: i for i, p in enumerate(flat.graphdef.paths)}
+        self.var_leaves = frozenset(self.obj_leaf)
+        self.lifted = _core.Lifted(
+            lifted.treedef,
+            [],
+            lifted.graph_pos,
+            (),
+            _graph.Flat(flat.graphdef, [], []),
+            mode,
+        )
+        self.key = (
+            flat.graphdef,
+            lifted.treedef,
+            self.var_axis,
+            tuple(leaf_axis),
+            self.template,
+            self.node_axis,
+            self.carry_idx,
+            self.mode,
+            self.fixed,
+        )
+        try:
+            self._hash = hash(self.key)
+        except TypeError:  # an unhashable constant or prefix: equal by content
+            self._hash = hash(self.key[:3])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spec) and (
+            other is self or (other._hash == self._hash and other.key == self.key)
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def leaves(self, c: list, x: list, b: list) -> list:
+        """The plain JAX leaves of the arguments, constants included."""
+        out = [None] * len(self.template)
+        for p, const in self.template:
+            out[p] = const
+        for ps, vals in ((self.c_leaves, c), (self.x_leaves, x), (self.b_leaves, b)):
+            for p, v in zip(ps, vals):
+                out[p] = v
+        return out
+
+
+class _Out:
+    """The static result of tracing the body: (Collected.static(), routing, axes)."""
+
+    def __init__(self, info: tuple):
+        self.info = info
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Out) and other.info == self.info
+
+    def __hash__(self) -> int:
+        return hash(self.info[1:])
+
+
+jtu.register_pytree_node(_Spec, lambda s: ((), s), lambda s, _: s)
+jtu.register_pytree_node(_Out, lambda o: ((), o), lambda o, _: o)
+
+
+def _node_axes(args: tuple, axes: tuple) -> list:
+    """The in_axes entry of each graph node of the arguments (lifted order)."""
+    out = []
+    for arg, arg_axes in zip(args, axes):
+        leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
+        if isinstance(arg_axes, (tuple, list, dict)):
+            per_leaf = _broadcast_prefix(arg_axes, arg)
+        else:
+            per_leaf = [arg_axes] * len(leaves)
+        for leaf, axis in zip(leaves, per_leaf):
+            if is_graph_node(leaf):
+                if isinstance(axis, _graph.Object):  # nnx.prefix(..., graph=False)
+                    axis = _object_prefix(axis)
+                out.append(axis)
+    return out
+
+
+def _node_args(args: tuple) -> list:
+    """The JAX key path (as text) of each graph node of the arguments."""
+    paths = jtu.tree_flatten_with_path(args, is_leaf=is_graph_node)[0]
+    return [jtu.keystr(kp) for kp, x in paths if is_graph_node(x)]
+
+
+# -- the loop body ------------------------------------------------------------------
+
+
+def _make_body(f: Callable, out_axes: Any) -> Callable:
+    out_carry = _carry_index(out_axes)
+
+    def body(carry, xs):
+        spec, c_vars, c_leaves, b_vars, b_leaves = carry
+        x_vars, x_leaves = xs
+        arrays: list = [None] * len(spec.var_axis)
+        for idx, vals in (
+            (spec.carried, c_vars),
+            (spec.scanned, x_vars),
+            (spec.fixed, b_vars),
+        ):
+            for i, a in zip(idx, vals):
+                arrays[i] = a
+        jleaves = spec.leaves(c_leaves, x_leaves, b_leaves)
+        full = [None] * (len(spec.graph_pos) + len(jleaves))
+        gp = set(spec.graph_pos)
+        it = iter(jleaves)
+        for i in range(len(full)):
+            if i not in gp:
+                full[i] = next(it)
+        tree, copies = spec.lifted.rebuild(arrays, full)
+        out = f(*tree)
+        carry_out, ys, ys_axes = _split_out(out, out_axes, out_carry)
+        new_c_leaves: list = []
+        if spec.carry_idx is not None:
+            carry_in = tree[0 if spec.carry_idx == "all" else spec.carry_idx]
+            new_c_leaves = _check_carry(carry_in, carry_out, spec.mode)
+        collected = _core.collect(spec.lifted, copies, ys)
+        _check_no_aliases(collected, ys)
+        routing, c_new, y_vals = _route(spec, collected, ys, ys_axes)
+        per_leaf = _broadcast_prefix(ys_axes, ys)
+        graph_out = set(collected.out_graph_pos)
+        leaf_axes = tuple(None if i in graph_out else a for i, a in enumerate(per_leaf))
+        info = (collected.static(), routing, leaf_axes)
+        return (
+            (spec, c_new, new_c_leaves, b_vars, b_leaves),
+            (_Out(info), y_vals, collected.out_leaves),
+        )
+
+    return body
+
+
+def _split_out(out: Any, out_axes: Any, out_carry: Any):
+    """(carry, ys, axes of ys) from the function's output."""
+    if out_carry == "all":
+        return out, None, 0
+    if out_carry is None:
+        return None, out, out_axes
+    if not (isinstance(out, tuple) and len(out) == len(out_axes)):
+        n = len(out_axes)
+        want = "a pair (carry, y)" if n == 2 else f"a tuple of {n} values"
+        got = type(out).__name__
+        if isinstance(out, tuple):
+            got += f" of length {len(out)}"
+        raise TypeError(
+            f"nnx.scan: with out_axes={out_axes!r} the function must return "
+            f"{want}, the carry at position {out_carry}; got {got}. Return "
+            "`carry, y`, or use out_axes=nnx.Carry to return only the carry."
+        )
+    ys = tuple(None if i == out_carry else y for i, y in enumerate(out))
+    axes = tuple(0 if i == out_carry else a for i, a in enumerate(out_axes))
+    return out[out_carry], ys, axes
+
+
+def _check_carry(carry_in: Any, carry_out: Any, mode: Any) -> list:
+    """The carry must hold the same objects; returns its new JAX leaves."""
+    in_leaves, in_def = jtu.tree_flatten(carry_in, is_leaf=is_graph_node)
+    out_flat, out_def = jtu.tree_flatten_with_path(carry_out, is_leaf=is_graph_node)
+    if in_def != out_def:
+        raise _errors.StructureError(
+            _errors.SCAN_CARRY_STRUCTURE.format(got=out_def, expected=in_def)
+        )
+    phrase = (
+        "Carry references must be the same between iterations"
+        if mode is None
+        else "scan Variable identity must be preserved across iterations"
+    )
+    leaves = []
+    for a, (kp, b) in zip(in_leaves, out_flat):
+        if is_graph_node(a) or is_graph_node(b):
+            if a is not b:
+                raise ValueError(
+                    _errors.SCAN_CARRY_IDENTITY.format(
+                        phrase=phrase, type=type(b).__name__, where=jtu.keystr(kp)
+                    )
+                )
+        else:
+            leaves.append(b)
     return leaves
 
 
-def _rebuild_carry(lifted, args, carry_args, c_leaves, carried_leaves):
-    if not carry_args:
-        return None
-    arg = args[carry_args[0]]
-    leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
+def _check_no_aliases(collected: _core.Collected, ys: Any) -> None:
+    """An output may not be (or hold) an object that came in as an argument."""
+    if not collected.out_graph_pos:
+        return
+    tree = collected.graphdef.tree
+    in_part, out_part = tree[3][0], tree[3][1]
+    inside = set(_indices(in_part)[0])
+    defined, refs = _indices(out_part)
+    origins = collected.origins
+    bad = [i for i in defined if origins[i] >= 0] + [i for i in refs if i in inside]
+    if not bad:
+        return
+    paths = jtu.tree_flatten_with_path(ys, is_leaf=is_graph_node)[0]
+    out_paths = [jtu.keystr(kp) for kp, x in paths if is_graph_node(x)]
+    where, kind = "", "object"
+    for m, child in enumerate(out_part[3]):
+        d, r = _indices(child)
+        if set(bad) & (set(d) | set(r)):
+            where = out_paths[m] if m < len(out_paths) else ""
+            kind = _kind_name(child)
+            break
+    raise ValueError(_errors.SCAN_ALIASING.format(where=where, type=kind))
+
+
+def _kind_name(d: tuple) -> str:
+    if d[0] in (_graph.VAR, _graph.NODE) and isinstance(d[1], type):
+        return d[1].__name__
+    return "object"
+
+
+def _indices(d: tuple) -> tuple[list, list]:
+    """(indices defined, indices referenced) inside a GraphDef subtree."""
+    defined: list = []
+    refs: list = []
+
+    def walk(d: tuple) -> None:
+        kind = d[0]
+        if kind == _graph.VAR:
+            defined.append(d[2])
+        elif kind == _graph.REF:
+            refs.append(d[1])
+        elif kind == _graph.NODE:
+            if d[2] >= 0:
+                defined.append(d[2])
+            for c in d[3]:
+                walk(c if d[1] in (list, tuple) else c[1])
+        elif kind == _graph.PYTREE:
+            for _, c in d[2]:
+                walk(c)
+
+    walk(d)
+    return defined, refs
+
+
+def _route(spec: _Spec, collected: _core.Collected, ys: Any, ys_axes: Any):
+    """Where each collected array goes: the carry, or the stacked outputs."""
+    gd = collected.graphdef
+    origins = collected.origins
+    carried_pos = {i: k for k, i in enumerate(spec.carried)}
+    fixed = set(spec.fixed)
+    c_new: list = [_MISSING] * len(spec.carried)
+    routing: list = []
+    y_vals: list = []
+    var_defs: dict | None = None
+    out_axes_per_node: list | None = None
+    for j, (path, arr) in enumerate(zip(gd.paths, collected.arrays)):
+        obj = collected.leaf_objs[j]
+        if obj >= 0:
+            o = origins[obj]
+            i = spec.obj_leaf[o] if o >= 0 else -1
+        elif path[0] == 0:  # a raw array held by an argument object
+            i = spec.path_leaf.get(path[1:], -1)
+            if i in spec.var_leaves:
+                i = -1  # that path held a Variable before: this array is new
+        else:
+            i = -1
+        if i >= 0:
+            if i in carried_pos:
+                c_new[carried_pos[i]] = arr
+                routing.append(("c", carried_pos[i]))
+            else:
+                y_vals.append(arr)
+                routing.append(("r", 0) if i in fixed else ("s", spec.var_axis[i]))
+            continue
+        # New state: stacked along the axis its argument (or output) gives it.
+        if obj >= 0:
+            if var_defs is None:
+                var_defs = _var_defs(gd.tree)
+            cls, meta = var_defs[obj]
+            probe: Any = new_variable(cls, None, dict(meta))
+            what = f"a new {cls.__name__}"
+        else:
+            probe, what = arr, "a new array attribute"
+        if path[0] == 0:
+            axis = spec.node_axis[path[1]]
+            where = f"args{spec.node_arg[path[1]]}.{_errors.path_str(path[2:])}"
+        else:
+            if out_axes_per_node is None:
+                per_leaf = _broadcast_prefix(ys_axes, ys)
+                out_axes_per_node = [per_leaf[p] for p in collected.out_graph_pos]
+            axis = out_axes_per_node[path[1]]
+            where = f"out.{_errors.path_str(path[2:])}"
+        if isinstance(axis, _graph.Object):
+            axis = _object_prefix(axis)
+        if isinstance(axis, StateAxes):
+            axis = axis.axis_of(path[2:], probe)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise _errors.StructureError(
+                _errors.SCAN_NEW_STATE_AXIS.format(what=what, where=where, axis=axis)
+            )
+        y_vals.append(arr)
+        routing.append(("s", axis))
+    for i, k in carried_pos.items():
+        if c_new[k] is _MISSING:
+            v_path = spec.lifted.flat.graphdef.paths[i]
+            raise _errors.StructureError(
+                _errors.SCAN_CARRY_REMOVED.format(
+                    type="Variable", where=_errors.path_str(v_path)
+                )
+            )
+    return tuple(routing), c_new, y_vals
+
+
+# -- the result ---------------------------------------------------------------------
+
+
+def _rebuild_carry(arg: Any, c_leaves: list) -> Any:
+    """The caller's carry argument with its arrays replaced by the final ones."""
+    leaves, treedef = jtu.tree_flatten(arg, is_leaf=is_graph_node)
     it = iter(c_leaves)
-    new = [x if is_graph_node(x) else next(it) for x in leaves]
-    return jtu.tree_structure(arg, is_leaf=is_graph_node).unflatten(new)
-
-
-def _move_out_axes(ys: Any, out_axes: Any) -> Any:
-    axis = out_axes[1] if isinstance(out_axes, tuple) else out_axes
-    if isinstance(axis, int) and axis != 0:
-        return jax.tree.map(lambda y: jnp.moveaxis(y, 0, axis), ys)
-    return ys
+    return treedef.unflatten([x if is_graph_node(x) else next(it) for x in leaves])
 
 
 def _join_out(carry: Any, ys: Any, out_axes: Any) -> Any:
-    if isinstance(out_axes, _CarryType):
+    k = _carry_index(out_axes)
+    if k == "all":
         return carry
-    if (
-        isinstance(out_axes, tuple)
-        and len(out_axes) == 2
-        and isinstance(out_axes[0], _CarryType)
-    ):
-        return carry, ys
-    return ys
+    if k is None:
+        return ys
+    return tuple(carry if i == k else y for i, y in enumerate(ys))
