@@ -44,6 +44,7 @@ VARIABLE_INPLACE = (
 )
 
 TRACE_CONTEXT = (
+    "Cannot mutate {cls}{where} from a different trace level. "
     "Cannot write {cls}{where} from inside a JAX transform it was not passed to: "
     "the object was captured by closure, so the new value would be a tracer that "
     "leaks out of the transform and the write would be lost. Pass the object as an "

@@ -1078,21 +1078,29 @@ def variables(node: Any, *filters: Filter) -> State:
     return State.from_flat([p for p, _ in pairs], [v for _, v in pairs])
 
 
-def set_metadata(node: Any, *filters: Filter, **metadata: Any) -> None:
+def set_metadata(
+    node: Any, *filters: Filter, only: Filter = ..., **metadata: Any
+) -> None:
     """Set ``metadata`` on every Variable in ``node`` that matches ``filters``.
 
-    No filter means every Variable. Metadata is part of the GraphDef, so a later
-    ``nnx.jit`` call sees the change (and compiles again if it matters).
+    No filter means every Variable; ``only=`` is flax.nnx's keyword for the
+    same (both given: a Variable must match both). Metadata is part of the
+    GraphDef, so a later ``nnx.jit`` call sees the change (and compiles again if
+    it matters).
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> nnx.set_metadata(model, "bias", frozen=True)
     >>> model.bias.frozen, hasattr(model.kernel, "frozen")
     (True, False)
+    >>> nnx.set_metadata(model, only=nnx.Param, note="w")
+    >>> model.kernel.note, model.bias.note
+    ('w', 'w')
     """
     pred = to_predicate(filters[0] if len(filters) == 1 else filters or ...)
+    only_pred = to_predicate(only)
     for path, value in iter_graph(node):
-        if isinstance(value, Variable) and pred(path, value):
+        if isinstance(value, Variable) and pred(path, value) and only_pred(path, value):
             for name, v in metadata.items():
                 setattr(value, name, v)
 

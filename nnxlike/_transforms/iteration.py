@@ -42,6 +42,8 @@ import numpy as np
 from nnxlike import _config, _errors, _graph
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
+from nnxlike._extract import TreeState
+from nnxlike._state import State
 from nnxlike._transforms import _core
 from nnxlike._variables import (
     PARTITION_NAME,
@@ -639,12 +641,16 @@ def _object_prefix(prefix: Any) -> StateAxes:
     return _PathAxes({_jax_path(kp): v for kp, v in leaves})
 
 
-class _PathAxes(StateAxes):
+class _PathAxes(StateAxes, TreeState):
     """Axes chosen per Variable path (what ``nnx.prefix`` builds for an object)."""
 
     def __init__(self, by_path: dict):
         self.by_path = by_path
         self.filters, self.axes, self._preds = (), (), ()
+
+    @property
+    def state(self) -> Any:  # TreeState's view: the axes as a State by path
+        return State.from_flat(tuple(self.by_path), tuple(self.by_path.values()))
 
     def axis_of(self, path: tuple, var: Any) -> Any:
         try:
@@ -687,8 +693,8 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
                 if pred(path, leaf):
                     return a
             raise _errors.StructureError(
-                f"nnx.prefix: the leaf at {_errors.path_str(path)!r} "
-                f"({type(leaf).__name__}) matches none of the filters "
+                f"nnx.prefix: No filter matched the leaf at "
+                f"{_errors.path_str(path)!r} ({type(leaf).__name__}); filters: "
                 f"{list(dict(filter_map))}. End the mapping with `...: None`."
             )
 
