@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -39,7 +40,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _config, _errors, _graph
+from nnxlike import _config, _errors, _graph, _tracking
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._extract import TreeState
@@ -64,17 +65,30 @@ class _CarryType:
 Carry = _CarryType()
 
 
-class StateAxes:
+class StateAxes(Mapping):
     """Per-filter axes for an object argument: ``StateAxes({nnx.Param: 0, ...: None})``.
 
+    The first filter a Variable matches (by path and kind) gives its axis. A
+    ``State`` whose leaves were replaced by axes also works: each path gets the
+    axis stored at it. ``StateAxes`` is a read-only mapping from filters to axes,
+    as in flax.nnx.
+
     >>> import nnxlike as nnx
-    >>> nnx.StateAxes({nnx.Param: 0, ...: None})
+    >>> axes = nnx.StateAxes({nnx.Param: 0, ...: None})
+    >>> axes
     StateAxes({Param: 0, Ellipsis: None})
+    >>> axes.map_prefix(("kernel",), nnx.Param(1.0)), axes[...]
+    (0, None)
     """
 
-    def __init__(self, mapping: dict):
-        self.filters = tuple(mapping.keys())
-        self.axes = tuple(mapping.values())
+    def __init__(self, mapping: Any, /):
+        from nnxlike._state import State
+
+        if isinstance(mapping, State):
+            mapping = _path_filters(mapping)
+        pairs = tuple(mapping.items() if isinstance(mapping, Mapping) else mapping)
+        self.filters = tuple(f for f, _ in pairs)
+        self.axes = tuple(a for _, a in pairs)
         self._preds = tuple(to_predicate(f) for f in self.filters)
 
     def axis_of(self, path: tuple, var: Any) -> Any:
@@ -87,12 +101,68 @@ class StateAxes:
             "End the mapping with `...: None` (or an axis) to cover the rest."
         )
 
+    def map_prefix(self, path: tuple, variable: Any) -> Any:
+        """The axis of the Variable at ``path`` (the first filter it matches)."""
+        return self.axis_of(path, variable)
+
+    def items(self) -> Any:
+        return zip(self.filters, self.axes)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.axes[self.filters.index(key)]
+
+    def __iter__(self) -> Any:
+        return iter(self.filters)
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StateAxes)
+            and type(other) is type(self)
+            and self.filters == other.filters
+            and self.axes == other.axes
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.filters, self.axes))
+
     def __repr__(self) -> str:
         items = ", ".join(
             f"{getattr(f, '__name__', repr(f))}: {a!r}"
             for f, a in zip(self.filters, self.axes)
         )
         return f"StateAxes({{{items}}})"
+
+
+class _PathIn:
+    """Matches the Variables at the given paths (a State given to StateAxes)."""
+
+    def __init__(self, paths: Iterable[tuple]):
+        self.paths = frozenset(paths)
+
+    def __call__(self, path: tuple, value: Any) -> bool:
+        return tuple(path) in self.paths
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PathIn) and other.paths == self.paths
+
+    def __hash__(self) -> int:
+        return hash(self.paths)
+
+    def __repr__(self) -> str:
+        return f"PathIn({', '.join(map(repr, sorted(self.paths, key=repr)))})"
+
+
+def _path_filters(state: Any) -> dict:
+    """``{PathIn(paths): axis}`` from a State whose leaves are axes (flax's form)."""
+    by_axis: dict = {}
+    for path, value in state.flat_state():
+        if isinstance(value, Variable):
+            value = value.get_value()
+        by_axis.setdefault(value, []).append(tuple(path))
+    return {_PathIn(paths): axis for axis, paths in by_axis.items()}
 
 
 def _per_arg(axes: Any, n: int, name: str) -> tuple:
@@ -112,37 +182,34 @@ def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
     var_index = lifted.index_by_id()
     var_axis: list = [None] * len(lifted.flat.leaves)
     assigned = [False] * len(var_axis)
+    seen_at: dict[int, list] = {}  # Variable index -> [(path, axis)], for errors
+    conflicts: list[int] = []
     leaf_axis: list = []
-    for arg, arg_axes in zip(args, in_axes):
-        leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
+    for argnum, (arg, arg_axes) in enumerate(zip(args, in_axes)):
+        leaves = jtu.tree_flatten_with_path(arg, is_leaf=is_graph_node)[0]
         if isinstance(arg_axes, (tuple, list, dict)):
             # A prefix tree inside the argument, as jax allows: (0, (None, 0)).
             per_leaf = _broadcast_prefix(arg_axes, arg)
         else:
             per_leaf = [arg_axes] * len(leaves)
-        for leaf, axis in zip(leaves, per_leaf):
+        for (kp, leaf), axis in zip(leaves, per_leaf):
             if isinstance(axis, _graph.Object):  # nnx.prefix(..., graph=False)
                 axis = _object_prefix(axis)
             if is_graph_node(leaf):
                 flat = flatten(leaf)
+                base = (argnum, *_jax_path(kp))
                 for path, v in zip(flat.graphdef.paths, flat.leaves):
                     i = var_index[id(v)]
                     ax = axis.axis_of(path, v) if isinstance(axis, StateAxes) else axis
+                    seen_at.setdefault(i, []).append(((*base, *path), ax))
                     if not assigned[i]:
                         var_axis[i] = ax
                         assigned[i] = True
-                    elif var_axis[i] != ax:
+                    elif var_axis[i] != ax and i not in conflicts:
                         # One Variable reached through two arguments with two
                         # axes: mapping it both ways is impossible, and taking
                         # the first silently would be wrong.
-                        raise ValueError(
-                            f"{name}: Inconsistent aliasing detected. The following "
-                            "nodes have different prefixes: the same "
-                            f"{type(v).__name__} is at {_errors.path_str(path)!r} "
-                            f"with in_axes {ax!r} and was given in_axes "
-                            f"{var_axis[i]!r} before. Give it one axis, or pass "
-                            "a copy (nnx.clone) for the other argument."
-                        )
+                        conflicts.append(i)
             else:
                 if isinstance(axis, StateAxes):
                     raise TypeError(
@@ -151,7 +218,24 @@ def _assign_axes(lifted: _core.Lifted, args: tuple, in_axes: tuple, name: str):
                         "an int or None for array arguments."
                     )
                 leaf_axis.append(axis)
+    if conflicts:
+        nodes = [(type(lifted.flat.leaves[i]).__name__, seen_at[i]) for i in conflicts]
+        _raise_inconsistent(name, nodes)
     return var_axis, leaf_axis
+
+
+def _raise_inconsistent(name: str, nodes: list) -> None:
+    """flax's "Inconsistent aliasing" error: ``nodes`` is [(kind, [(path, axis)])]."""
+    lines = []
+    for kind, paths_axes in nodes:
+        lines.append(f"Node: {kind}")
+        lines += [
+            f"  {'/'.join(map(str, p)) if p else '<root>'}: {a}" for p, a in paths_axes
+        ]
+    fn = name.removeprefix("nnx.")
+    raise ValueError(
+        _errors.INCONSISTENT_ALIASING.format(fn=fn, nodes="\n".join(lines))
+    )
 
 
 def _broadcast_prefix(axes: Any, out: Any) -> list:
@@ -439,42 +523,88 @@ def vmap(
             graph_updates=graph_updates,
         )
     _core.refuse_bound_method(f, "vmap")
-    partition_name = _partition_name(transform_metadata, "vmap")
+
+    def make_map(pure: Callable, in_ax: Any, out_ax: Any, probe: bool) -> Callable:
+        return jax.vmap(
+            pure,
+            in_axes=in_ax,
+            out_axes=out_ax,
+            axis_name=axis_name,
+            axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name,
+        )
+
+    return map_transform(
+        f,
+        "vmap",
+        make_map,
+        in_axes=in_axes,
+        out_axes=out_axes,
+        axis_size=axis_size,
+        split_rngs=split_rngs,
+        transform_metadata=transform_metadata,
+        graph=graph,
+        graph_updates=graph_updates,
+    )
+
+
+def map_transform(
+    f: Callable,
+    fn: str,
+    make_map: Callable,
+    *,
+    in_axes: Any,
+    out_axes: Any,
+    axis_size: int | None,
+    split_rngs: bool,
+    transform_metadata: Mapping,
+    graph: bool | None,
+    graph_updates: bool | None,
+) -> Callable:
+    """The lifted ``vmap``/``pmap``: ``make_map(pure, in_axes, out_axes, probe)``
+    returns the JAX map (``probe=True``: the abstract first pass, always a vmap)."""
+    partition_name = _partition_name(transform_metadata, fn)
+    _check_prefix(in_axes, "in_axes", fn, graph, graph_updates)
+    _check_prefix(out_axes, "out_axes", fn, graph, graph_updates)
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs:
-            args = _as_positional("vmap", f, args, kwargs)
-        axes = _per_arg(in_axes, len(args), "vmap")
+            args = _as_positional(fn, f, args, kwargs)
+        if not _config.resolve(graph, graph_updates)[0]:
+            _check_no_aliases(fn, args)
+        axes = _per_arg(in_axes, len(args), fn)
         lifted = _core.Lifted.from_args(
-            args, graph=graph, graph_updates=graph_updates, fn="vmap"
+            args, graph=graph, graph_updates=graph_updates, fn=fn
         )
-        var_axis, leaf_axis = _assign_axes(lifted, args, axes, "vmap")
+        var_axis, leaf_axis = _assign_axes(lifted, args, axes, fn)
         lifted, removed = _strip_mapped_names(lifted, var_axis, partition_name)
-        name = axis_name if axis_name is not None else _fresh_axis_name()
         keys = [i for i, v in enumerate(lifted.flat.leaves) if isinstance(v, RngKey)]
         # A broadcast key is folded with the lane index (lanes draw different
         # numbers), unless some key is mapped: then the caller splits streams
         # explicitly (flax's nnx.split_rngs) and the others stay broadcast.
         explicit = any(var_axis[i] is not None for i in keys)
         fold = [i for i in keys if split_rngs and not explicit and var_axis[i] is None]
+        jleaves = _jax_leaves(lifted)
+        # The lane index comes in as a mapped input (not jax.lax.axis_index), so
+        # no axis name is needed and JAX's out_axes errors keep their paths.
+        lanes = (
+            _lanes(axis_size, lifted, var_axis, leaf_axis, jleaves) if fold else None
+        )
         statics: list = []
         leaf_axes_box: list = []
+        aliases_box: list = []
 
-        def pure(arrays, jleaves):
+        def pure(arrays, jleaves, lanes):
             arrays = list(arrays)
             originals = {i: arrays[i] for i in fold}
-            if fold:
-                lane = jax.lax.axis_index(name)
+            if lanes is not None:
                 for i in fold:
-                    arrays[i] = _fold_key(arrays[i], lane)
+                    arrays[i] = _fold_key(arrays[i], lanes)
             leaves = _merge_jax_leaves(lifted, jleaves)
             tree, copies = lifted.rebuild(arrays, leaves)
-            _VMAP_DEPTH[0] += 1
-            try:
-                out = f(*tree)
-            finally:
-                _VMAP_DEPTH[0] -= 1
+            out = f(*tree)
+            aliases_box.append(_output_aliases(fn, lifted, copies, out))
             collected = _core.collect(lifted, copies, out)
             statics.append(collected.static())
             leaf_axes_box.append(_broadcast_prefix(out_axes, out))
@@ -488,33 +618,25 @@ def vmap(
                         new_arrays[j] = originals[fold_objs[src]]
             return new_arrays, collected.out_leaves
 
-        jleaves = _jax_leaves(lifted)
-        in_ax = (list(var_axis), list(leaf_axis))
+        in_ax = (list(var_axis), list(leaf_axis), None if lanes is None else 0)
         # First pass (abstract) learns the output structure so that each output
         # array gets the right axis; it costs one extra trace, not a run.
-        probe = jax.vmap(
-            pure,
-            in_axes=in_ax,
-            out_axes=0,
-            axis_name=name,
-            axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name,
-        )
-        probe_arrays, _ = jax.eval_shape(probe, lifted.arrays(), jleaves)
+        probe = make_map(pure, in_ax, 0, True)
+        probe_arrays, _ = jax.eval_shape(probe, lifted.arrays(), jleaves, lanes)
         static = statics[-1]
         out_leaf_axes = _graph_as_none(leaf_axes_box[-1], static)
+        _check_returned_axes(
+            fn, lifted, var_axis, aliases_box[-1], leaf_axes_box[-1], static[3]
+        )
         default_new = out_axes if isinstance(out_axes, int) else 0
         arr_axes = _out_axes_for(static, lifted, var_axis, out_leaf_axes, default_new)
         arr_axes = _new_var_axes(static, arr_axes, leaf_axes_box[-1])
-        mapped = jax.vmap(
-            pure,
-            in_axes=in_ax,
-            out_axes=(arr_axes, out_leaf_axes),
-            axis_name=name,
-            axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name,
-        )
-        new_arrays, out_leaves = mapped(lifted.arrays(), jleaves)
+        mapped = make_map(pure, in_ax, (arr_axes, out_leaf_axes), False)
+        try:
+            new_arrays, out_leaves = mapped(lifted.arrays(), jleaves, lanes)
+        except ValueError as e:
+            _explain_out_axes(fn, e, statics[-1])
+            raise
         static = statics[-1]
         if not static[4]:  # structure changed: the GraphDef carries the metadata
             static = _restack_names(
@@ -523,6 +645,156 @@ def vmap(
         return _core.write_back(lifted, static, new_arrays, out_leaves)
 
     return wrapper
+
+
+def _check_prefix(
+    prefix: Any, name: str, fn: str, graph: bool | None, graph_updates: bool | None
+) -> None:
+    """Refuse, when decorating, prefixes flax.nnx refuses (with its key phrases)."""
+    graph, graph_updates = _config.resolve(graph, graph_updates)
+
+    def is_leaf(x: Any) -> bool:
+        return x is None or isinstance(x, (Variable, StateAxes)) or is_graph_node(x)
+
+    for kp, leaf in jtu.tree_flatten_with_path(prefix, is_leaf=is_leaf)[0]:
+        info = dict(type=type(leaf).__name__, path=jtu.keystr(kp), name=name, fn=fn)
+        if isinstance(leaf, Variable):
+            raise ValueError(_errors.PREFIX_VARIABLE.format(**info))
+        if type(leaf) is StateAxes and not (graph and graph_updates):
+            raise ValueError(_errors.PREFIX_STATE_AXES.format(**info))
+        if graph and is_graph_node(leaf):
+            raise ValueError(_errors.PREFIX_GRAPH_NODE.format(**info))
+
+
+def _var_text(v: Variable) -> str:
+    shape = getattr(v._raw_value, "shape", None)
+    return f"{type(v).__name__}" + (f" of shape {tuple(shape)}" if shape else "")
+
+
+def _check_no_aliases(fn: str, args: tuple) -> None:
+    """Tree mode: one Variable twice among the arguments is refused (as flax)."""
+    seen: dict[int, str] = {}
+    leaves = jtu.tree_flatten_with_path(args, is_leaf=lambda x: isinstance(x, Variable))
+    for kp, leaf in leaves[0]:
+        if not isinstance(leaf, Variable):
+            continue
+        path = "args" + jtu.keystr(kp)
+        first = seen.setdefault(id(leaf), path)
+        if first is not path:
+            raise ValueError(
+                _errors.VARIABLE_ALIASING.format(
+                    var=_var_text(leaf), first=first, second=path, fn=fn
+                )
+            )
+
+
+def _output_aliases(fn: str, lifted: _core.Lifted, copies: _core.Copies, out: Any):
+    """Input Variables the function returns: ``[(out node, path, lifted index)]``.
+
+    Refuses a returned Variable the function captured instead of getting it as
+    an argument, and (without graph updates, as flax) any returned input one.
+    """
+    nodes = [x for x in jtu.tree_leaves(out, is_leaf=is_graph_node) if is_graph_node(x)]
+    if not nodes:
+        return []
+    found = []
+    trace = _tracking.get_trace_state()
+    pos = {id(v): j for j, v in enumerate(lifted.flat.leaves)}
+    for k, node in enumerate(nodes):
+        for path, v in _graph.iter_graph(node, graph=True):
+            if not isinstance(v, Variable) or isinstance(v, _core.RawSlot):
+                continue
+            where = f"out[{k}]" + "".join(f"[{p!r}]" for p in path)
+            o = copies.origin.get(id(v))
+            if o is None:
+                if v._trace_state != trace:
+                    phrase = (
+                        "Cannot extract graph node from different trace level:"
+                        if lifted.mode is None
+                        else "Cannot return captured Variable:"
+                    )
+                    raise ValueError(
+                        _errors.CAPTURED_RETURN.format(
+                            fn=fn, phrase=phrase, var=_var_text(v), path=where
+                        )
+                    )
+                continue
+            j = pos[id(lifted.flat.objects[o])]
+            if lifted.mode is not None:
+                first = "args" + "".join(
+                    f"[{p!r}]" for p in lifted.flat.graphdef.paths[j]
+                )
+                raise ValueError(
+                    _errors.VARIABLE_ALIASING.format(
+                        var=_var_text(v), first=first, second=where, fn=fn
+                    )
+                )
+            found.append((k, path, j))
+    return found
+
+
+def _check_returned_axes(
+    fn: str,
+    lifted: _core.Lifted,
+    var_axis: list,
+    aliases: list,
+    leaf_axes: list,
+    out_graph_pos: tuple,
+) -> None:
+    """A returned input Variable must get back the axis it came in with."""
+    bad: dict[int, list] = {}
+    for k, path, j in aliases:
+        ax = leaf_axes[out_graph_pos[k]]
+        if isinstance(ax, _graph.Object):
+            ax = _object_prefix(ax)
+        if isinstance(ax, StateAxes):
+            ax = ax.axis_of(path, lifted.flat.leaves[j])
+        if ax != var_axis[j]:
+            entry = bad.setdefault(j, [(lifted.flat.graphdef.paths[j], var_axis[j])])
+            entry.append((("out", k, *path), ax))
+    if bad:
+        _raise_inconsistent(
+            fn, [(type(lifted.flat.leaves[j]).__name__, pa) for j, pa in bad.items()]
+        )
+
+
+def _lanes(
+    axis_size: int | None,
+    lifted: _core.Lifted,
+    var_axis: list,
+    leaf_axis: list,
+    jleaves: list,
+) -> jax.Array | None:
+    """``arange(lanes)``: the lane index each broadcast RNG key is folded with."""
+    n = axis_size
+    if n is None:
+        arrays = [v._raw_value for v in lifted.flat.leaves]
+        for x, a in itertools.chain(zip(arrays, var_axis), zip(jleaves, leaf_axis)):
+            if isinstance(a, int) and np.ndim(x) > 0:
+                n = np.shape(x)[a]
+                break
+    if n is None:
+        return None  # nothing is mapped: JAX says so
+    return jax.numpy.arange(n, dtype=np.uint32)
+
+
+def _explain_out_axes(fn: str, error: ValueError, static: tuple) -> None:
+    """JAX's "got axis spec None but output was batched" names the Variable."""
+    m = re.match(r"at vmap out_axes\[0\]\[(\d+)\], (got axis spec .*)", str(error))
+    if m is None:
+        return
+    j = int(m.group(1))
+    graphdef, _origins, _, _, _, leaf_objs = static
+    if j >= len(graphdef.paths):
+        return
+    path = graphdef.paths[j]
+    where = f"argument {path[1]}" if path[0] == 0 else f"returned object {path[1]}"
+    raise ValueError(
+        f"at vmap ({fn}): the Variable at {_errors.path_str(path[2:])!r} of "
+        f"{where} {m.group(2)}. It came in broadcast (axis None) but its new "
+        "value differs per lane; give it an axis (e.g. `nnx.StateAxes({Kind: 0, "
+        "...: None})`) or make its update the same in every lane."
+    ) from error
 
 
 def _graph_as_none(leaf_axes: list, static: tuple) -> list:
@@ -548,6 +820,8 @@ def _new_var_axes(static: tuple, arr_axes: list, leaf_axes: list) -> list:
     for j, obj_i in enumerate(leaf_objs):
         if obj_i >= 0 and origins[obj_i] < 0 and obj_i in owner:
             ax = leaf_axes[out_graph_pos[owner[obj_i]]]
+            if isinstance(ax, _graph.Object):  # nnx.prefix(..., graph=False)
+                ax = _object_prefix(ax)
             if isinstance(ax, StateAxes):  # out_axes=StateAxes({...}) per Variable
                 if not var_defs:
                     var_defs = _var_defs(graphdef.tree)
@@ -605,18 +879,6 @@ def _fold_key(key: jax.Array, lane: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, lane)
 
 
-# Nesting depth of nnx.vmap bodies being traced. The default axis name depends
-# only on it: nested vmaps get distinct names, while successive calls reuse the
-# same name. (A name unique per call made every eager call miss JAX's compilation
-# cache for each jitted primitive inside, e.g. 2 s instead of 20 ms to build a
-# small ensemble a second time.)
-_VMAP_DEPTH = [0]
-
-
-def _fresh_axis_name() -> str:
-    return f"_nnx_vmap_{_VMAP_DEPTH[0]}"
-
-
 def _jax_leaves(lifted: _core.Lifted) -> list:
     return [x for i, x in enumerate(lifted.leaves) if i not in lifted.graph_pos]
 
@@ -642,7 +904,10 @@ def _object_prefix(prefix: Any) -> StateAxes:
 
 
 class _PathAxes(StateAxes, TreeState):
-    """Axes chosen per Variable path (what ``nnx.prefix`` builds for an object)."""
+    """Axes chosen per Variable path (what ``nnx.prefix`` builds for an object).
+
+    flax's ``TreeState``: allowed without graph updates, unlike a ``StateAxes``.
+    """
 
     def __init__(self, by_path: dict):
         self.by_path = by_path
@@ -661,6 +926,12 @@ class _PathAxes(StateAxes, TreeState):
                 "the prefix was computed for another object. Compute it from the "
                 "objects passed to the transform, in the same order."
             ) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PathAxes) and other.by_path == self.by_path
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.by_path.items()))
 
     def __repr__(self) -> str:
         return f"prefix({self.by_path!r})"
