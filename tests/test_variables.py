@@ -260,6 +260,9 @@ def test_writing_a_captured_variable_inside_a_trace_raises(write):
     ) as info:
         jax.make_jaxpr(f)(jnp.zeros(2))
     assert "step(model, x)" in str(info.value)
+    assert str(info.value).startswith(  # flax.nnx's phrase, which its tests match
+        "Cannot mutate Param from a different trace level."
+    )
     np.testing.assert_array_equal(v.value, np.ones(2))  # nothing leaked
 
 
@@ -469,3 +472,18 @@ def test_a_kind_overriding_get_value_is_read_through_it():
     v = Plus3(jnp.array(1))
     assert int(v[...]) == 4 and int(v.value) == 4
     assert int(nnx.Param(jnp.array(1))[...]) == 1  # other kinds read the raw value
+
+
+def test_set_metadata_only_selects_the_variables():
+    class Two(nnx.Module):
+        def __init__(self):
+            self.v = nnx.Variable(jnp.array(0.0))
+            self.p = nnx.Param(jnp.array(1.0))
+
+    m = Two()
+    nnx.set_metadata(m, foo="bar")
+    nnx.set_metadata(m, differentiable=False, only=nnx.Param)
+    assert m.v.get_metadata() == {**nnx.Variable(0.0).get_metadata(), "foo": "bar"}
+    assert m.p.get_metadata("differentiable") is False and m.p.foo == "bar"
+    nnx.set_metadata(m, "v", only=nnx.Param, note=1)  # both must match: none
+    assert not m.v.has_metadata("note") and not m.p.has_metadata("note")
