@@ -555,43 +555,42 @@ def _check_no_aliases(collected: _core.Collected, ys: Any) -> None:
     tree = collected.graphdef.tree
     in_part, out_part = tree[3][0], tree[3][1]
     inside = set(_indices(in_part)[0])
-    defined, refs = _indices(out_part)
+    defined, refs, _ = _indices(out_part)
     origins = collected.origins
     bad = [i for i in defined if origins[i] >= 0] + [i for i in refs if i in inside]
     if not bad:
         return
     paths = jtu.tree_flatten_with_path(ys, is_leaf=is_graph_node)[0]
     out_paths = [jtu.keystr(kp) for kp, x in paths if is_graph_node(x)]
+    types = _indices(tree)[2]
     where, kind = "", "object"
     for m, child in enumerate(out_part[3]):
-        d, r = _indices(child)
-        if set(bad) & (set(d) | set(r)):
+        d, r, _ = _indices(child)
+        hit = [i for i in bad if i in set(d) | set(r)]
+        if hit:
             where = out_paths[m] if m < len(out_paths) else ""
-            kind = _kind_name(child)
+            kind = types.get(hit[0], "object")
             break
     raise ValueError(_errors.SCAN_ALIASING.format(where=where, type=kind))
 
 
-def _kind_name(d: tuple) -> str:
-    if d[0] in (_graph.VAR, _graph.NODE) and isinstance(d[1], type):
-        return d[1].__name__
-    return "object"
-
-
-def _indices(d: tuple) -> tuple[list, list]:
-    """(indices defined, indices referenced) inside a GraphDef subtree."""
+def _indices(d: tuple) -> tuple[list, list, dict]:
+    """(indices defined, indices referenced, type names) in a GraphDef subtree."""
     defined: list = []
     refs: list = []
+    types: dict = {}
 
     def walk(d: tuple) -> None:
         kind = d[0]
         if kind == _graph.VAR:
             defined.append(d[2])
+            types[d[2]] = d[1].__name__
         elif kind == _graph.REF:
             refs.append(d[1])
         elif kind == _graph.NODE:
             if d[2] >= 0:
                 defined.append(d[2])
+                types[d[2]] = d[1].__name__
             for c in d[3]:
                 walk(c if d[1] in (list, tuple) else c[1])
         elif kind == _graph.PYTREE:
@@ -599,7 +598,7 @@ def _indices(d: tuple) -> tuple[list, list]:
                 walk(c)
 
     walk(d)
-    return defined, refs
+    return defined, refs, types
 
 
 def _route(spec: _Spec, collected: _core.Collected, ys: Any, ys_axes: Any):
