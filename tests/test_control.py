@@ -1,4 +1,4 @@
-"""Tests for cond/switch, while_loop/fori_loop, remat, eval_shape and custom_vjp."""
+"""Tests for cond/switch, while_loop/fori_loop, remat and eval_shape."""
 
 from __future__ import annotations
 
@@ -309,73 +309,4 @@ def test_eval_shape_with_an_argument_leaves_the_caller_untouched():
     assert int(m.count.value) == 0 and not hasattr(m, "extra")
 
 
-# -- custom_vjp ----------------------------------------------------------------------
-
-
-@nnx.custom_vjp
-def linear_double_grad(m, x):
-    return m(x)
-
-
-def _fwd(m, x):
-    return m(x), (m.kernel.value, x)
-
-
-def _bwd(res, g):
-    kernel, x = res
-    # The true cotangents times two for the parameters, plain for x.
-    grads = nnx.State({"kernel": 2.0 * jnp.outer(x, g), "bias": 2.0 * g})
-    return grads, kernel @ g
-
-
-linear_double_grad.defvjp(_fwd, _bwd)
-
-
-def test_custom_vjp_of_a_module_gives_the_custom_gradient():
-    lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    p = params_of(lin)
-    np.testing.assert_allclose(linear_double_grad(lin, X), lin(X), rtol=1e-6)
-
-    def loss(m, x):
-        return jnp.sum(jnp.sin(linear_double_grad(m, x)))
-
-    g_m, g_x = nnx.grad(loss, argnums=(0, 1))(lin, X)
-    ref_p, ref_x = jax.grad(
-        lambda p, x: jnp.sum(jnp.sin(linear_ref(p, x))), argnums=(0, 1)
-    )(p, X)
-    np.testing.assert_allclose(g_m["kernel"].value, 2.0 * ref_p["kernel"], rtol=1e-6)
-    np.testing.assert_allclose(g_m["bias"].value, 2.0 * ref_p["bias"], rtol=1e-6)
-    np.testing.assert_allclose(g_x, ref_x, rtol=1e-6)
-
-    # Also under nnx.jit.
-    g_jit = nnx.jit(nnx.grad(loss))(lin, X)
-    np.testing.assert_allclose(g_jit["kernel"].value, g_m["kernel"].value, rtol=1e-6)
-
-
-def test_custom_vjp_missing_paths_count_as_zero():
-    @nnx.custom_vjp
-    def f(m, x):
-        return m(x)
-
-    f.defvjp(
-        lambda m, x: (m(x), x),
-        lambda x, g: (nnx.State({"bias": -g}), jnp.zeros_like(x)),
-    )
-    lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    grads = nnx.grad(lambda m: jnp.sum(f(m, X)))(lin)
-    np.testing.assert_allclose(grads["kernel"].value, jnp.zeros((2, 3)))
-    np.testing.assert_allclose(grads["bias"].value, -jnp.ones(3))
-
-
-def test_custom_vjp_errors():
-    @nnx.custom_vjp
-    def f(m, x):
-        return m(x)
-
-    lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    with pytest.raises(TypeError, match=r"call .defvjp\(fwd, bwd\) first"):
-        f(lin, X)
-
-    f.defvjp(lambda m, x: (m(x), None), lambda res, g: (nnx.State({}),))
-    with pytest.raises(TypeError, match="bwd returned 1 cotangents for 2"):
-        nnx.grad(lambda m: jnp.sum(f(m, X)))(lin)
+# custom_vjp: tests/test_custom_vjp.py

@@ -230,6 +230,12 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
 
         jfun = jax.custom_vjp(pure, nondiff_argnums=self.jax_nondiff)
         jfun.defvjp(pure_fwd, pure_bwd, symbolic_zeros=self.symbolic_zeros)
+        # bwd gets the non-differentiable arguments as the call saw them, not the
+        # caller's objects after the writes below.
+        xs = tuple(
+            jtu.tree_map(lambda x: x, x) if i in self.jax_nondiff else x
+            for i, x in enumerate(xs)
+        )
         out, updates = jfun(*xs)
         for path, new in zip(updates.paths, updates.values):
             _core._set_raw(targets[path], new._raw_value)
