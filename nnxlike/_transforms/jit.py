@@ -94,6 +94,7 @@ class _Spec:
         "leaf_donated",
         "var_shardings",
         "leaf_shardings",
+        "node_shardings",
         "_cmp",
         "_hash",
     )
@@ -125,6 +126,7 @@ class _Spec:
         self.leaf_donated = leaf_donated
         self.var_shardings = var_shardings
         self.leaf_shardings = leaf_shardings
+        self.node_shardings: tuple | None = None
         self._cmp = (
             lifted.flat.graphdef,
             lifted.mode,
@@ -312,6 +314,15 @@ class JitWrapped:
         collected = _core.collect(lifted, copies, out)
         new_arrays = collected.arrays
         changed = None
+        if not collected.unchanged and spec.node_shardings is not None:
+            # The structure changed: in_shardings apply by path to what the
+            # arguments hold now (a replaced attribute included), as in flax.
+            new_arrays = list(new_arrays)
+            flat_c = flatten(copies.nodes)
+            for j, (path, v) in enumerate(zip(flat_c.graphdef.paths, flat_c.leaves)):
+                sh = spec.node_shardings[path[0]](path[1:], v)
+                if sh is not None:
+                    new_arrays[j] = _constrain(new_arrays[j], sh)
         if collected.unchanged:
             if spec.var_shardings is not None:
                 new_arrays = _constrain_each(new_arrays, spec.var_shardings)
@@ -358,9 +369,11 @@ class JitWrapped:
             flags = self._arg_flags(dyn_args, dyn_kwargs, static_args, donate=True)
             donated_vars = _vars_where(lifted, flags, dyn_args, dyn_kwargs)
             leaf_donated = tuple(bool(flags[i]) for i in jax_leaf_pos)
-        var_sh = leaf_sh = None
+        var_sh = leaf_sh = node_sh = None
         if self.in_shardings is not None:
-            var_sh, leaf_sh = self._shardings(lifted, dyn_args, dyn_kwargs, static_args)
+            var_sh, leaf_sh, node_sh = self._shardings(
+                lifted, dyn_args, dyn_kwargs, static_args
+            )
             leaf_sh = tuple(leaf_sh[i] for i in jax_leaf_pos)
         spec = _Spec(
             lifted,
@@ -372,6 +385,7 @@ class JitWrapped:
             var_sh,
             leaf_sh,
         )
+        spec.node_shardings = node_sh  # follows from in_shardings and the layout
         return _Entry(lifted, spec, _tracking.STRUCTURE_VERSION[0])
 
     def _arg_flags(self, dyn_args, dyn_kwargs, static_args, *, donate: bool) -> list:
@@ -423,18 +437,16 @@ class JitWrapped:
         var_sh: list = [None] * len(var_index)
         var_path: dict[int, str] = {}
         leaf_sh: list = []
+        node_sh: list = []  # per graph node argument: its entry (by-path lookup)
         for j, a in enumerate(dyn_args):
             s = per_arg[orig[j]]
             for leaf in jtu.tree_leaves(a, is_leaf=is_graph_node):
                 if is_graph_node(leaf):
+                    at = _sharding_lookup(s)
+                    node_sh.append(at)
                     flat = flatten(leaf)
-                    by_path = s.flat_dict() if hasattr(s, "flat_dict") else None
-                    per_var = getattr(s, "map_prefix", None)  # nnx.StateSharding
                     for path, v in zip(flat.graphdef.paths, flat.leaves):
-                        sh = s if by_path is None else by_path.get(path)
-                        if per_var is not None:
-                            sh = per_var(path, v)
-                        sh = getattr(sh, "value", sh)
+                        sh = at(path, v)
                         k = var_index[id(v)]
                         where = f"args[{orig[j] - self._offset}]{_core._at(path)}"
                         if k not in var_path:
@@ -455,8 +467,11 @@ class JitWrapped:
                 else:
                     leaf_sh.append(s if isinstance(s, _Sharding) or s is None else None)
         for v in dyn_kwargs.values():
-            leaf_sh.extend([None] * len(jtu.tree_leaves(v, is_leaf=is_graph_node)))
-        return tuple(var_sh), leaf_sh
+            for leaf in jtu.tree_leaves(v, is_leaf=is_graph_node):
+                leaf_sh.append(None)
+                if is_graph_node(leaf):
+                    node_sh.append(_sharding_lookup(None))
+        return tuple(var_sh), leaf_sh, tuple(node_sh)
 
     # -- the call ----------------------------------------------------------------------
     def _key(self, args: tuple, kwargs: dict):
@@ -768,6 +783,31 @@ def _constrain(x: Any, sharding: Any) -> Any:
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), x)
 
 
+def _sharding_lookup(s: Any) -> Callable[[tuple, Any], Any]:
+    """``(path, variable) -> sharding`` for one argument's ``in_shardings`` entry.
+
+    The entry is a sharding (or PartitionSpec) for all of it, a prefix mapping
+    (``nnx.StateSharding``, ``nnx.prefix(..., graph=True)``), a State of
+    shardings by path, or an object of shardings (``nnx.prefix(...,
+    graph=False)``).
+    """
+    if s is None or isinstance(s, (_Sharding, jax.sharding.PartitionSpec)):
+        return lambda path, v: s
+    if callable(getattr(s, "map_prefix", None)):
+        return lambda path, v: _unbox(s.map_prefix(path, v))
+    if hasattr(s, "flat_dict"):
+        by_path = {p: _unbox(x) for p, x in s.flat_dict().items()}
+        return lambda path, v: by_path.get(path)
+    if is_graph_node(s):
+        # An object whose leaves are shardings: the one at the same path.
+        return lambda path, v: _unbox(_graph._lookup(s, path))
+    return lambda path, v: s
+
+
+def _unbox(x: Any) -> Any:
+    return x._raw_value if isinstance(x, Variable) else x
+
+
 def _constrain_each(values: list, shardings: tuple) -> list:
     return [_constrain(x, s) for x, s in zip(values, shardings)]
 
@@ -789,11 +829,31 @@ def _constrain_prefix(shardings: Any, out: Any) -> Any:
             out,
             is_leaf=is_graph_node,
         )
+    if _by_path(shardings):
+        # Per Variable path (StateSharding, nnx.prefix results): objects in place.
+        at = _sharding_lookup(shardings)
+        for node in jtu.tree_leaves(out, is_leaf=is_graph_node):
+            if not is_graph_node(node):
+                continue
+            flat = flatten(node)
+            for path, v in zip(flat.graphdef.paths, flat.leaves):
+                sh = at(path, v) if isinstance(v, Variable) else None
+                if sh is not None:
+                    _set_raw(v, _constrain(v._raw_value, sh))
+        return out
     return jax.tree.map(
         lambda s, sub: _constrain_prefix(s, sub) if s is not None else sub,
         shardings,
         out,
-        is_leaf=lambda x: x is None or isinstance(x, _Sharding),
+        is_leaf=lambda x: x is None or isinstance(x, _Sharding) or _by_path(x),
+    )
+
+
+def _by_path(s: Any) -> bool:
+    return (
+        callable(getattr(s, "map_prefix", None))
+        or hasattr(s, "flat_dict")
+        or is_graph_node(s)
     )
 
 
