@@ -166,12 +166,18 @@ def broadcast_prefix(
 
 
 def check_consistent_aliasing(
-    node: Any, prefix: Any, /, *, node_prefixes: dict | None = None
+    node: Any,
+    prefix: Any,
+    /,
+    *,
+    node_prefixes: dict | None = None,
+    base_path: tuple = (),
 ) -> None:
     """Refuse a Variable reached with two different prefixes (e.g. two vmap axes).
 
     ``node_prefixes`` collects ``id(variable) -> [(path, prefix), ...]`` across
-    calls, so several arguments are checked together.
+    calls, so several arguments are checked together; ``base_path`` (where
+    ``node`` sits among them) starts the paths the message shows.
 
     >>> import nnxlike as nnx
     >>> m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
@@ -194,7 +200,9 @@ def check_consistent_aliasing(
         else:
             leaf_prefix = prefix
         kinds[id(value)] = type(value).__name__
-        node_prefixes.setdefault(id(value), []).append((path, leaf_prefix))
+        node_prefixes.setdefault(id(value), []).append(
+            ((*base_path, *path), leaf_prefix)
+        )
     msgs = []
     for vid, entries in node_prefixes.items():
         if len({_hashable(p) for _, p in entries}) > 1:
@@ -279,7 +287,10 @@ def to_tree(
             if _is_node(leaf):
                 if check_aliasing:
                     check_consistent_aliasing(
-                        leaf, leaf_prefix, node_prefixes=node_prefixes
+                        leaf,
+                        leaf_prefix,
+                        node_prefixes=node_prefixes,
+                        base_path=_jax_path(keypath),
                     )
                 out.append(split_fn(ctx, keypath, leaf_prefix, leaf))
             elif map_non_graph_nodes:
