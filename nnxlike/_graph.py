@@ -35,8 +35,8 @@ import numpy as np
 from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, filters_to_predicates, to_predicate
 from nnxlike._object import Object
-from nnxlike._state import State, check_value_fits
-from nnxlike._variables import Variable, new_variable
+from nnxlike._state import FlatState, State, check_value_fits
+from nnxlike._variables import Variable, is_array_ref, new_variable
 
 # GraphDef node kinds (first element of every node tuple). PYTREE is any other
 # registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
@@ -471,17 +471,27 @@ def flatten(
                 d["_nnx_tracked"] = True
             children = []
             # Attributes marked nnx.static(...) stay values even when they are
-            # pytrees (an optax transformation, a config NamedTuple).
-            marked = d.get("_nnx_fields") or t._nnx_class_fields
+            # pytrees (an optax transformation, a config NamedTuple); a value
+            # marked nnx.data(...) is a State leaf even when it is a Python
+            # scalar (flax's rule).
+            own = d.get("_nnx_fields")
+            marked = t._nnx_class_fields
+            if own:
+                marked = {**marked, **own} if marked else own
             for key, v in d.items():
                 if key[:5] == "_nnx_":
                     continue
                 kv = kind_of(type(v))
                 if kv is None:
                     kv = _classify(type(v), v)
-                if kv == _K_STATIC or (
-                    marked and kv == _K_PYTREE and marked.get(key) is False
-                ):
+                if kv == _K_STATIC:
+                    if marked and v is not None and marked.get(key) is True:
+                        leaves.append(v)
+                        paths.append((*path, key))
+                        children.append((key, (LEAF,)))
+                    else:
+                        children.append((key, (STATIC, type(v), v)))
+                elif marked and kv == _K_PYTREE and marked.get(key) is False:
                     children.append((key, (STATIC, type(v), v)))
                 else:
                     children.append((key, visit(v, (*path, key))))
@@ -502,6 +512,10 @@ def flatten(
         return (NODE, t, i, tuple([(key, visit(v, (*path, key))) for key, v in items]))
 
     tree = visit(node, ())
+    if tree[0] == STATIC and node is not None:  # a root value is its own leaf
+        leaves.append(node)
+        paths.append(())
+        tree = (LEAF,)
     gd = GraphDef(tree, tuple(paths), tree_mode is not None)
     try:
         hash(gd)
@@ -523,6 +537,8 @@ def check_tree(node: Any, fn: str) -> None:
                 "not registered as JAX pytrees and cannot be used in tree-mode. "
                 f"Pass graph=True to nnx.{fn}, or use nnx.compat.{fn}."
             )
+        if isinstance(value, (list, tuple, dict, Object)):
+            _check_shared_array_refs(value, path, first, fn)
         if not isinstance(value, (Object, Variable)):
             continue
         seen = first.get(id(value))
@@ -536,6 +552,31 @@ def check_tree(node: Any, fn: str) -> None:
                 )
             )
         first[id(value)] = path
+
+
+def _check_shared_array_refs(node: Any, path: tuple, first: dict, fn: str) -> None:
+    """Tree mode: an array reference (``jax.new_ref``) held in two places."""
+    if isinstance(node, Object):
+        items = node._nnx_children()
+    elif isinstance(node, dict):
+        items = node.items()
+    else:
+        items = enumerate(node)
+    for key, v in items:
+        if not is_array_ref(v):
+            continue
+        here = (*path, key)
+        seen = first.get(id(v))
+        if seen is not None:
+            raise ValueError(
+                _errors.SHARED_IN_TREE_MODE.format(
+                    fn=fn,
+                    type=type(v).__name__,
+                    first=_errors.path_str(seen) or "the root",
+                    second=_errors.path_str(here),
+                )
+            )
+        first[id(v)] = here
 
 
 def _diagnose_unhashable(d: tuple, path: tuple) -> None:
@@ -590,10 +631,10 @@ def unflatten(
         if kind == VAR:
             value = values[pos]
             pos += 1
+            if keep_variables:  # merge(recreate_variables=False): leaves as given
+                built[d[2]] = value
+                return value
             if isinstance(value, Variable):
-                if keep_variables:  # merge(recreate_variables=False)
-                    built[d[2]] = value
-                    return value
                 value = value._raw_value
             old = reuse(d[2]) if reuse is not None else None
             if old is not None:
@@ -729,6 +770,9 @@ def _values_in_order(graphdef: GraphDef, states: tuple) -> list:
     else:
         lookup = {}
         for s in states:
+            if isinstance(s, FlatState):  # graphlib.flatten's (path, leaf) pairs
+                lookup.update(s)
+                continue
             if graphdef.paths == ((),) and not isinstance(s, (State, dict)):
                 lookup[()] = s  # the root is itself a Variable or a leaf
                 continue
@@ -775,9 +819,23 @@ def merge(
     """
     if hasattr(graphdef, "_graphdef") and hasattr(graphdef, "_state"):
         # nnx.merge(graph_state, ...): GraphStates carry their GraphDef.
+        for s in states:
+            if not (hasattr(s, "_graphdef") and hasattr(s, "_state")):
+                raise ValueError(
+                    "merge: Expected GraphState objects after a GraphState, got "
+                    f"{type(s).__name__}. Pass only what nnx.unpack returned: "
+                    "`nnx.merge(params, rest)`, or split the object for "
+                    "`nnx.merge(graphdef, state)`."
+                )
+            if s._graphdef != graphdef._graphdef:
+                raise ValueError(
+                    "merge: the GraphDef must be the same for every GraphState; "
+                    "these come from differently structured objects. Merge the "
+                    "GraphStates of one nnx.unpack call."
+                )
         all_gs = (graphdef, *states)
         graphdef = all_gs[0]._graphdef
-        states = tuple(getattr(s, "_state", s) for s in all_gs)
+        states = tuple(s._state for s in all_gs)
     if not isinstance(graphdef, GraphDef):
         raise TypeError(
             f"merge: expected a GraphDef as first argument, got "
@@ -789,7 +847,7 @@ def merge(
             "State(s) split returned: `nnx.merge(graphdef, state)`."
         )
     if graphdef.paths == ((),) and len(states) == 1:
-        if not isinstance(states[0], (State, dict)):
+        if not isinstance(states[0], (State, dict, FlatState)):
             return states[0]  # a root Variable or leaf: nothing to rebuild
     return unflatten(
         graphdef,
@@ -841,7 +899,11 @@ def update(node: Any, *states: Any) -> None:
     writes = []  # checked first, written after: a refused value changes nothing
     for s in states:
         if not isinstance(s, State):
-            s = State(s)
+            if isinstance(s, Variable) or not hasattr(s, "items"):
+                # split of a root Variable (or leaf) returns the leaf itself
+                s = State.from_flat([()], [s])
+            else:
+                s = State(s)
         for path, leaf in s.flat_state():
             target = by_path.get(path)
             if target is None:

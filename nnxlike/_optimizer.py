@@ -316,6 +316,8 @@ def _kwarg_tree(value: Any, paths: tuple, as_dict: bool) -> Any:
 
 
 def _grads_in_order(grads: Any, paths: tuple, params: list, wrt: Filter) -> list:
+    if hasattr(grads, "_graphdef") and hasattr(grads, "_state"):
+        grads = grads._state  # a GraphState (nnx.grad over nnx.unpack's output)
     if isinstance(grads, State):
         g = {p: _raw(v) for p, v in grads.flat_dict().items()}
     elif isinstance(grads, dict):

@@ -22,7 +22,7 @@ from typing import Any
 
 import jax.tree_util as jtu
 
-from nnxlike import _graph
+from nnxlike import _graph, _state
 from nnxlike._contexts import ArrayRefOutput as ArrayRefOutput
 from nnxlike._contexts import MergeContext as MergeContext
 from nnxlike._contexts import NoUpdate as NoUpdate
@@ -195,8 +195,6 @@ def flatten(
     use_graph, _ = _config.resolve(graph, None)
     flat = _graph.flatten(node, tree_mode=None if use_graph else "flatten")
     gd = flat.graphdef
-    if not use_graph:
-        _check_shared_refs(gd.paths, flat.leaves)
     if ref_index is not None:
         for i, obj in enumerate(flat.objects):
             if isinstance(obj, (Variable, Object)) and obj not in ref_index:
@@ -214,22 +212,6 @@ def flatten(
     if not with_paths:
         return gd, [leaf for _, leaf in pairs]
     return gd, FlatState(pairs)
-
-
-def _check_shared_refs(paths: tuple, leaves: list) -> None:
-    """Tree mode: an array reference reachable twice is a shared reference."""
-    seen: dict[int, tuple] = {}
-    for path, leaf in zip(paths, leaves):
-        if not is_array_ref(leaf):
-            continue
-        first = seen.setdefault(id(leaf), path)
-        if first is not path:
-            raise ValueError(
-                f"flatten: the array reference at {path!r} is the same object as "
-                f"the one at {first!r}. Tree mode (graph=False) does not support "
-                "shared references; pass graph=True or give each place its own "
-                "reference."
-            )
 
 
 def unflatten(
@@ -380,19 +362,20 @@ class GraphState(MutableMapping):
         return f"GraphState({self._state!r})"
 
 
+# One level, like the State itself: the same key paths as the State's.
 def _gs_flatten_with_keys(gs: GraphState):
-    keyed, treedef = jtu.tree_flatten_with_path(gs._state)
-    return [(path, leaf) for path, leaf in keyed], (gs._graphdef, treedef)
+    children, keys = _state._flatten_with_keys(gs._state)
+    return children, (gs._graphdef, keys)
 
 
 def _gs_flatten(gs: GraphState):
-    leaves, treedef = jtu.tree_flatten(gs._state)
-    return leaves, (gs._graphdef, treedef)
+    children, keys = _state._flatten(gs._state)
+    return children, (gs._graphdef, keys)
 
 
-def _gs_unflatten(aux: tuple, leaves: Any) -> GraphState:
-    graphdef, treedef = aux
-    return GraphState(graphdef, jtu.tree_unflatten(treedef, leaves))
+def _gs_unflatten(aux: tuple, children: Any) -> GraphState:
+    graphdef, keys = aux
+    return GraphState(graphdef, _state._unflatten(keys, children))
 
 
 jtu.register_pytree_with_keys(
@@ -425,13 +408,14 @@ def merge_graph_state(graph_state: GraphState, /, *more: GraphState) -> Any:
     for gs in (graph_state, *more):
         if not isinstance(gs, GraphState):
             raise ValueError(
-                f"merge: expected GraphState objects, got {type(gs).__name__}; "
+                f"merge: Expected GraphState objects, got {type(gs).__name__}; "
                 f"with a GraphDef write `nnx.merge(graphdef, state)`."
             )
         if gs._graphdef != graph_state._graphdef:
             raise ValueError(
-                "merge: the GraphStates come from different GraphDefs; all must come "
-                "from one nnx.unpack call."
+                "merge: the GraphDef must be the same for every GraphState; these "
+                "come from different GraphDefs. Merge the GraphStates of one "
+                "nnx.unpack call."
             )
     return _graph.merge(
         graph_state._graphdef, *(gs._state for gs in (graph_state, *more))
