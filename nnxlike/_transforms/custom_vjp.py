@@ -211,6 +211,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             return (check_out(xs, out), updates), (res, masked)
 
         takes_updates_g = _accepts(bwd, "updates_g")
+        n_diff = len(args) - len(self.jax_nondiff)
 
         def pure_bwd(*rest):
             *nondiff, (res, masked), (out_g, updates_g) = rest
@@ -225,6 +226,12 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             kwargs = {"updates_g": updates_g} if takes_updates_g else {}
             ct = bwd(*nondiff, res, out_g, **kwargs)
             ct = _as_tuple(ct, name)
+            if len(ct) != n_diff:
+                raise TypeError(
+                    _errors.CUSTOM_VJP_BWD_ARITY.format(
+                        name=name, got=len(ct), want=n_diff
+                    )
+                )
             jtu.tree_leaves(ct)  # a flatten keeps writes to copies made in bwd
             return _to_tree(ct) if graph else ct
 
