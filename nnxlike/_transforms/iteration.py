@@ -631,6 +631,7 @@ def map_transform(
         default_new = out_axes if isinstance(out_axes, int) else 0
         arr_axes = _out_axes_for(static, lifted, var_axis, out_leaf_axes, default_new)
         arr_axes = _new_var_axes(static, arr_axes, leaf_axes_box[-1])
+        arr_axes = _arg_axes_for_new(static, arr_axes, _node_axes(args, axes))
         mapped = make_map(pure, in_ax, (arr_axes, out_leaf_axes), False)
         try:
             new_arrays, out_leaves = mapped(lifted.arrays(), jleaves, lanes)
@@ -662,8 +663,14 @@ def _check_prefix(
             raise ValueError(_errors.PREFIX_VARIABLE.format(**info))
         if type(leaf) is StateAxes and not (graph and graph_updates):
             raise ValueError(_errors.PREFIX_STATE_AXES.format(**info))
-        if graph and is_graph_node(leaf):
+        # An object whose leaves are axes (nnx.prefix(..., graph=False)) is a
+        # prefix in either mode; one holding Variables is a mistake.
+        if graph and is_graph_node(leaf) and _holds_variables(leaf):
             raise ValueError(_errors.PREFIX_GRAPH_NODE.format(**info))
+
+
+def _holds_variables(node: Any) -> bool:
+    return any(isinstance(v, Variable) for _, v in _graph.iter_graph(node, graph=True))
 
 
 def _var_text(v: Variable) -> str:
@@ -995,3 +1002,43 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
         return axis_for(path, x)
 
     return visit(node, ())
+
+
+def _node_axes(args: tuple, axes: tuple) -> list:
+    """The in_axes entry of each graph node of the arguments (lifted order)."""
+    out = []
+    for arg, arg_axes in zip(args, axes):
+        leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
+        if isinstance(arg_axes, (tuple, list, dict)):
+            per_leaf = _broadcast_prefix(arg_axes, arg)
+        else:
+            per_leaf = [arg_axes] * len(leaves)
+        for leaf, axis in zip(leaves, per_leaf):
+            if is_graph_node(leaf):
+                if isinstance(axis, _graph.Object):  # nnx.prefix(..., graph=False)
+                    axis = _object_prefix(axis)
+                out.append(axis)
+    return out
+
+
+def _arg_axes_for_new(static: tuple, arr_axes: list, node_axes: list) -> list:
+    """A Variable created inside an argument given a ``StateAxes`` takes the axis
+    of the filter it matches (flax splits the arguments after the call with their
+    in_axes): ``vmap(in_axes=(StateAxes({nnx.Param: 0, ...: None}), ...))`` on an
+    ``__init__`` stacks the new Params and leaves the other new state unmapped."""
+    if not any(isinstance(a, StateAxes) for a in node_axes):
+        return arr_axes
+    graphdef, origins, _, _, _, leaf_objs = static
+    var_defs: dict | None = None
+    axes = list(arr_axes)
+    for j, obj_i in enumerate(leaf_objs):
+        path = graphdef.paths[j]
+        if obj_i < 0 or origins[obj_i] >= 0 or path[0] != 0:
+            continue  # a raw array, an input Variable, or one in an output
+        axis = node_axes[path[1]]
+        if isinstance(axis, StateAxes):
+            if var_defs is None:
+                var_defs = _var_defs(graphdef.tree)
+            cls, meta = var_defs[obj_i]
+            axes[j] = axis.axis_of(path[2:], new_variable(cls, None, dict(meta)))
+    return axes

@@ -2,22 +2,24 @@
 
 Design note: each follows ``_core``'s phases (lift the arguments, hand JAX a
 pure function of arrays, collect, write back), as ``control.py``'s transforms
-do. ``pmap`` maps every array of the arguments, objects' Variables included,
-along one axis (``in_axes``: an int or None for all, as the simplest of flax's
-forms); ``make_jaxpr`` only traces, so it writes nothing back.
+do. ``pmap`` is ``nnx.vmap``'s machinery (``iteration.map_transform``) with
+``jax.pmap`` as the map, so it takes the same axes (StateAxes, ``nnx.prefix``
+results, per-argument tuples); ``make_jaxpr`` only traces, so it writes nothing
+back.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
 from jax.experimental import checkify as _checkify
 
 from nnxlike._graph import iter_graph, unflatten
-from nnxlike._transforms import _core
+from nnxlike._transforms import _core, iteration
 from nnxlike._transforms.control import _jax_leaves, _lifted_call
 from nnxlike._variables import Variable
 
@@ -123,21 +125,25 @@ def pmap(
     f: Callable | None = None,
     axis_name: Any = None,
     *,
-    in_axes: int | None = 0,
-    out_axes: int = 0,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
     static_broadcasted_argnums: int | tuple[int, ...] = (),
     devices: Any = None,
     backend: str | None = None,
     axis_size: int | None = None,
     donate_argnums: int | tuple[int, ...] = (),
+    transform_metadata: Mapping = MappingProxyType({}),
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
     """``jax.pmap`` over a function taking objects, written back in place.
 
-    Every array of the arguments (the objects' Variables too) is mapped along
-    ``in_axes`` (an int, or None to broadcast all); results come back stacked
-    along ``out_axes``, and the objects hold the per-device values.
+    ``nnx.vmap`` over devices: ``in_axes``/``out_axes`` take the same forms (an
+    int or None, a tuple with one entry per argument, ``nnx.StateAxes`` or an
+    ``nnx.prefix`` result for an object), new Variables come back stacked along
+    their out axis, and the objects passed in hold the per-device values
+    afterwards. As under ``nnx.vmap``, a broadcast RNG key is folded with the
+    device index (devices draw different numbers) unless some key is mapped.
 
     >>> import jax, jax.numpy as jnp
     >>> import nnxlike as nnx
@@ -150,6 +156,12 @@ def pmap(
     >>> out = scale(w, jnp.full((n,), 2.0))
     >>> out.shape == (n,), float(w[...][0, 0])
     (True, 2.0)
+    >>> bias = nnx.Param(jnp.zeros(3))  # broadcast in, per device out
+    >>> @nnx.pmap(in_axes=(None, 0), out_axes=0)
+    ... def make(b, x):
+    ...     return nnx.Param(b[...] + x)
+    >>> make(bias, jnp.ones((n, 1))).shape == (n, 3)
+    True
     """
     if f is None:
         return functools.partial(
@@ -162,19 +174,11 @@ def pmap(
             backend=backend,
             axis_size=axis_size,
             donate_argnums=donate_argnums,
+            transform_metadata=transform_metadata,
             graph=graph,
             graph_updates=graph_updates,
         )
     _core.refuse_bound_method(f, "pmap")
-    if not (in_axes is None or isinstance(in_axes, int)) or not isinstance(
-        out_axes, int
-    ):
-        raise TypeError(
-            f"nnx.pmap: in_axes must be an int or None and out_axes an int (one "
-            f"axis for every array, objects included), got in_axes={in_axes!r}, "
-            f"out_axes={out_axes!r}. For per-argument axes use nnx.vmap with "
-            f"nnx.StateAxes inside nnx.shard_map."
-        )
     static = (
         (static_broadcasted_argnums,)
         if isinstance(static_broadcasted_argnums, int)
@@ -185,36 +189,79 @@ def pmap(
             "nnx.pmap: donate_argnums is not supported; donate with nnx.jit."
         )
 
+    def make_map(pure: Callable, in_ax: Any, out_ax: Any, probe: bool) -> Callable:
+        if probe:  # the abstract first pass: a vmap sees the same lanes
+            size = axis_size
+            if size is None and all(
+                a is None for a in jax.tree.leaves(in_ax, is_leaf=_is_none)
+            ):
+                size = len(devices) if devices is not None else 1
+            return jax.vmap(
+                pure,
+                in_axes=in_ax,
+                out_axes=out_ax,
+                axis_name=axis_name,
+                axis_size=size,
+            )
+        return jax.pmap(
+            pure,
+            axis_name=axis_name,
+            in_axes=in_ax,
+            out_axes=out_ax,
+            devices=devices,
+            backend=backend,
+            axis_size=axis_size,
+        )
+
+    if not static:
+        return iteration.map_transform(
+            f,
+            "pmap",
+            make_map,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            axis_size=axis_size,
+            split_rngs=True,
+            transform_metadata=transform_metadata,
+            graph=graph,
+            graph_updates=graph_updates,
+        )
+
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
+        # Static arguments are bound as constants: one lifted map per call.
         static_vals = {i: args[i] for i in static}
         dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
+        axes = in_axes
+        if isinstance(axes, (tuple, list)) and len(axes) == len(args):
+            axes = tuple(a for i, a in enumerate(axes) if i not in static_vals)
 
-        def call(tree):
-            it = iter(tree)
+        def call(*dyn_args: Any) -> Any:
+            it = iter(dyn_args)
             full = [
                 static_vals[i] if i in static_vals else next(it)
                 for i in range(len(args))
             ]
             return f(*full)
 
-        lifted = _core.Lifted.from_args(
-            dyn, graph=graph, graph_updates=graph_updates, fn="pmap"
-        )
-        statics: list = []
-        pure = _lifted_call(lifted, call, statics, unpack=False)
-        new_arrays, out_leaves = jax.pmap(
-            pure,
-            axis_name=axis_name,
-            in_axes=in_axes,
+        return iteration.map_transform(
+            call,
+            "pmap",
+            make_map,
+            in_axes=axes,
             out_axes=out_axes,
-            devices=devices,
-            backend=backend,
             axis_size=axis_size,
-        )(lifted.arrays(), _jax_leaves(lifted))
-        return _core.write_back(lifted, statics[-1], new_arrays, out_leaves)
+            split_rngs=True,
+            transform_metadata=transform_metadata,
+            graph=graph,
+            graph_updates=graph_updates,
+        )(*dyn)
 
     return wrapper
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
 
 
 class StateSharding:

@@ -1,0 +1,96 @@
+"""Tests for ``nnx.pmap`` (vmap's axis machinery over devices) against ``jax.pmap``.
+
+The test machine has one CPU device, so every map has one lane; the references
+are plain ``jax.pmap`` calls on pure functions of the same arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnxlike as nnx
+
+N = jax.local_device_count()
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(3, 4, rngs=rngs)
+        self.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x):
+        self.count[...] += 1
+        return self.linear(x)
+
+
+def test_state_axes_map_some_variables_and_broadcast_the_rest():
+    m = Block(nnx.Rngs(0))
+    kernel = jnp.stack([m.linear.kernel[...] * (i + 1) for i in range(N)])
+    m.linear.kernel = nnx.Param(kernel)  # per device; bias and count broadcast
+    axes = nnx.StateAxes({nnx.PathContains("kernel"): 0, ...: None})
+    x = jnp.ones((N, 2, 3))
+
+    y = nnx.pmap(in_axes=(axes, 0), out_axes=0)(lambda m, x: m(x))(m, x)
+
+    want = jax.pmap(lambda k, b, x: x @ k + b[None], in_axes=(0, None, 0))(
+        kernel, m.linear.bias[...], x
+    )
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    # The broadcast counter was written back (one update, same on every device).
+    assert int(m.count[...]) == 1
+    assert m.linear.kernel.shape == (N, 3, 4)
+
+
+def test_out_axes_state_axes_stack_new_variables_per_device():
+    axes = nnx.StateAxes({nnx.Param: 0, ...: None})
+
+    @nnx.pmap(in_axes=(0,), out_axes=axes)
+    def make(scale):
+        return nnx.Dict(w=nnx.Param(jnp.ones(3) * scale), c=nnx.BatchStat(1.0))
+
+    d = make(jnp.arange(1.0, N + 1))
+    want = jax.pmap(lambda s: jnp.ones(3) * s)(jnp.arange(1.0, N + 1))
+    np.testing.assert_array_equal(d["w"][...], want)
+    assert d["w"].shape == (N, 3)
+    assert d["c"].shape == ()  # out axis None: not stacked
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_prefix_axes_without_graph_updates_write_values_back(graph):
+    m = Block(nnx.Rngs(0))
+    axes = nnx.prefix(m, {nnx.BatchStat: None, ...: None}, graph=graph)
+    x = jnp.ones((N, 2, 3))
+
+    f = nnx.pmap(in_axes=(axes, 0), graph=graph, graph_updates=False)
+    y = f(lambda m, x: m(x))(m, x)
+
+    want = jax.pmap(lambda x: x @ m.linear.kernel[...] + m.linear.bias[...][None])(x)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    assert int(m.count[...]) == 1
+
+
+def test_static_broadcasted_argnums_pass_python_values():
+    w = nnx.Param(jnp.arange(N * 2.0).reshape(N, 2))
+
+    @nnx.pmap(static_broadcasted_argnums=1)
+    def scale(w, k):
+        w[...] = w[...] * k
+        return w[...].sum()
+
+    out = scale(w, 3)
+    want = jax.pmap(lambda a: (a * 3).sum())(jnp.arange(N * 2.0).reshape(N, 2))
+    np.testing.assert_allclose(out, want)
+    np.testing.assert_allclose(w[...], np.arange(N * 2.0).reshape(N, 2) * 3)
+
+
+def test_aliasing_errors_follow_flax():
+    v = nnx.Param(jnp.zeros((N, 2)))
+    with pytest.raises(ValueError, match=r"Duplicate Param[\s\S]*args\[0\]"):
+        nnx.pmap(lambda a, b: a[...], graph=False)(v, v)
+    with pytest.raises(ValueError, match=r"Inconsistent aliasing detected"):
+        nnx.pmap(lambda a, b: a[...], in_axes=(0, None))(v, v)
+    with pytest.raises(ValueError, match="Variables prefixes are not supported"):
+        nnx.pmap(lambda a: a, in_axes=(nnx.Variable(0),))
