@@ -21,7 +21,7 @@ from nnxlike import _graph, _tracking
 from nnxlike._graph import GraphDef
 from nnxlike._object import Object
 from nnxlike._state import State
-from nnxlike._variables import Variable
+from nnxlike._variables import RngState, Variable
 
 _SEEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "nnx_display_seen", default=None
@@ -107,7 +107,8 @@ def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
         leaves = _graph.flatten(node).leaves
     for leaf in leaves:
         if isinstance(leaf, Variable):
-            name = type(leaf).__name__
+            # flax counts RNG keys and counters together, as RngState
+            name = "RngState" if isinstance(leaf, RngState) else type(leaf).__name__
             value = leaf._raw_value
         else:
             name, value = "array", leaf

@@ -121,7 +121,7 @@ def test_containers_and_rngs_render():
     assert repr(nnx.Dict(a=1)).startswith("Dict(")
     rngs = nnx.Rngs(0)
     text = repr(rngs)
-    assert "RngKey: 1 (8 B), RngCount: 1 (4 B)" in text.splitlines()[0]
+    assert "RngState: 2 (12 B)" in text.splitlines()[0]
     assert "tag='default'" in text
 
 

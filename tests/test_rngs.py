@@ -188,7 +188,7 @@ def test_repr_does_not_advance_the_stream():
     text = repr(rngs)
     repr([rngs])
     assert int(rngs.default.count.value) == 0
-    assert text.startswith("Rngs(") and "RngKey: 1" in text.splitlines()[0]
+    assert text.startswith("Rngs(") and "RngState: 2" in text.splitlines()[0]
 
 
 def test_draws_inside_jit_advance_the_counter_without_recompiling():
