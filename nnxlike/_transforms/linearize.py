@@ -8,19 +8,25 @@ Variable (BatchNorm statistics, RNG counters) rides along undifferentiated and i
 written back once the forward pass has run, like in ``jit``. Primals without
 objects are differentiated as plain pytrees, as ``jax.jvp`` / ``jax.vjp`` would.
 A primal that mixes objects and arrays (``(model, x)``) is an object primal: only
-its Variables are differentiated.
+its Variables are differentiated. In tree mode (``graph=False`` or
+``graph_updates=False``) every array leaf of every primal is differentiated and
+(co)tangents are shaped like the primals (an object of cotangents for an
+object), as in flax.nnx.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 
+from nnxlike import _config
 from nnxlike._filters import Filter
-from nnxlike._graph import flatten, is_graph_node
+from nnxlike._graph import flatten, is_graph_node, unflatten
 from nnxlike._state import State
 from nnxlike._transforms import _core
 from nnxlike._transforms.autodiff import (
@@ -34,44 +40,72 @@ from nnxlike._variables import Param, Variable
 
 
 class _Plan:
-    """Which Variables of which primal are differentiated."""
+    """Which Variables and leaves of which primal are differentiated.
 
-    def __init__(self, primals: tuple, wrt: Filter, modes: tuple = (None, None)):
-        graph, graph_updates = modes
+    Per primal, one of: ``("plain", treedef, positions)`` (no objects: every
+    leaf, as ``jax.vjp``), ``("object", chosen)`` (graph mode: the ``wrt``
+    Variables, a State comes back) or ``("tree", treedef, items)`` (tree mode,
+    ``graph=False`` or ``graph_updates=False``: every array leaf, and the
+    cotangent is shaped like the primal, as in flax.nnx).
+    """
+
+    def __init__(
+        self, primals: tuple, wrt: Filter, modes: tuple = (None, None), fn="jvp"
+    ):
+        graph, graph_updates = _config.resolve(*modes)
         self.lifted = _core.Lifted.from_args(
-            (primals, {}), graph=graph, graph_updates=graph_updates, fn="jvp"
+            (primals, {}), graph=graph, graph_updates=graph_updates, fn=fn
         )
+        tree_mode = not (graph and graph_updates)
         var_index = self.lifted.index_by_id()
-        # Per primal: None for a plain primal, else [(path, variable index)].
-        self.chosen: list[list[tuple] | None] = []
+        self.kinds: list[tuple] = []
         self.diff_idx: list[int] = []
+        self.diff_leaf: list[int] = []  # positions in lifted.leaves
+        pos = 0
         for p in primals:
-            if not _contains_graph(p):
-                self.chosen.append(None)
-                continue
-            self.chosen.append(select_variables(p, wrt, var_index, self.diff_idx))
+            leaves, treedef = jtu.tree_flatten(p, is_leaf=is_graph_node)
+            positions = list(range(pos, pos + len(leaves)))
+            pos += len(leaves)
+            if not any(is_graph_node(x) for x in leaves):
+                self.diff_leaf.extend(positions)
+                self.kinds.append(("plain", treedef, positions))
+            elif not tree_mode:
+                chosen = select_variables(p, wrt, var_index, self.diff_idx)
+                self.kinds.append(("object", chosen))
+            else:
+                items = []
+                for j, leaf in zip(positions, leaves):
+                    if is_graph_node(leaf):
+                        chosen = select_variables(leaf, ..., var_index, self.diff_idx)
+                        items.append(("node", j, chosen))
+                    else:
+                        self.diff_leaf.append(j)
+                        items.append(("leaf", j, None))
+                self.kinds.append(("tree", treedef, items))
         diff = set(self.diff_idx)
         n = len(self.lifted.flat.leaves)
         self.nondiff_idx = [i for i in range(n) if i not in diff]
-        self.plain = [i for i, c in enumerate(self.chosen) if c is None]
 
     def diff_arrays(self) -> list:
         arrays = self.lifted.arrays()
         return [arrays[i] for i in self.diff_idx]
+
+    def diff_leaves(self) -> list:
+        return [self.lifted.leaves[j] for j in self.diff_leaf]
 
     def nondiff_arrays(self) -> list:
         arrays = self.lifted.arrays()
         return [arrays[i] for i in self.nondiff_idx]
 
     def pure(self, f: Callable, name: str, has_aux: bool, nondiff: list, box: dict):
-        """``(diff_arrays, plain_primals) -> (out, (new_arrays, aux_leaves))``."""
+        """``(diff_arrays, diff_leaves) -> (out, (new_arrays, aux_leaves))``."""
 
-        def run(diff_arrays: list, plain: tuple):
+        def run(diff_arrays: list, diff_leaves: list):
             full = interleave(self.diff_idx, diff_arrays, self.nondiff_idx, nondiff)
-            (args, _), copies = self.lifted.rebuild(full)
-            args = list(args)
-            for k, pos in enumerate(self.plain):
-                args[pos] = plain[k]
+            leaves = list(self.lifted.leaves)
+            for j, x in zip(self.diff_leaf, diff_leaves):
+                leaves[j] = x
+            (args, _), copies = self.lifted.rebuild(full, leaves)
             out = f(*args)
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
@@ -100,17 +134,33 @@ class _Plan:
         new_arrays, aux_leaves = new
         return _core.write_back(self.lifted, box["static"], new_arrays, aux_leaves)
 
-    def states(self, values: list) -> list:
-        """Per-Variable values (``diff_idx`` order) as one State per object primal."""
+    def results(self, values: list, leaf_values: list) -> tuple:
+        """Per primal: its (co)tangent from per-Variable and per-leaf values."""
         by_idx = dict(zip(self.diff_idx, values))
+        by_leaf = dict(zip(self.diff_leaf, leaf_values))
         variables = self.lifted.flat.leaves
+        rebuilt = None
         out = []
-        for picked in self.chosen:
-            if picked is None:
-                out.append(None)
-                continue
-            out.append(state_of(picked, by_idx, variables))
-        return out
+        for kind in self.kinds:
+            if kind[0] == "plain":
+                out.append(kind[1].unflatten([by_leaf[j] for j in kind[2]]))
+            elif kind[0] == "object":
+                out.append(state_of(kind[1], by_idx, variables))
+            else:
+                if rebuilt is None:  # objects of cotangents, sharing kept
+                    arrays = self.lifted.arrays()
+                    g = [by_idx.get(i, a) for i, a in enumerate(arrays)]
+                    rebuilt = unflatten(self.lifted.flat.graphdef, g)
+                graph_pos = self.lifted.graph_pos
+                out.append(
+                    kind[1].unflatten(
+                        [
+                            rebuilt[graph_pos.index(j)] if how == "node" else by_leaf[j]
+                            for how, j, _ in kind[2]
+                        ]
+                    )
+                )
+        return tuple(out)
 
 
 def _tangent_values(t: Any, picked: list, where: str) -> dict[int, Any]:
@@ -150,9 +200,9 @@ def _tangent_values(t: Any, picked: list, where: str) -> dict[int, Any]:
 
 
 def jvp(
-    f: Callable,
-    primals: tuple | list,
-    tangents: tuple | list,
+    f: Callable | None = None,
+    primals: tuple | list | None = None,
+    tangents: tuple | list | None = None,
     *,
     has_aux: bool = False,
     wrt: Filter = Param,
@@ -175,38 +225,61 @@ def jvp(
     >>> y_dot.ravel().tolist()  # d/dw (x @ w + b) along all-ones = sum(x) + 1
     [3.0, 3.0, 3.0]
 
+    ``nnx.jvp(f)`` and ``nnx.jvp(has_aux=..., graph=...)`` without primals
+    return the function of ``(primals, tangents)`` (decorator use, as flax.nnx).
+
     Returns:
         ``(primals_out, tangents_out)``, or ``(primals_out, tangents_out, aux)``
         with ``has_aux=True``.
     """
+    modes = {"graph": graph, "graph_updates": graph_updates}
+    if f is None:
+        return functools.partial(jvp, has_aux=has_aux, wrt=wrt, **modes)
+    if primals is None or tangents is None:
+        return functools.partial(jvp, f, has_aux=has_aux, wrt=wrt, **modes)
+    _core.refuse_bound_method(f, "jvp")
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(
             f"jvp: got {len(primals)} primal(s) but {len(tangents)} tangent(s); "
             "give one tangent per primal."
         )
-    plan = _Plan(primals, wrt, (graph, graph_updates))
-    t_diff: list = []
-    diff = plan.diff_arrays()
+    plan = _Plan(primals, wrt, (graph, graph_updates), "jvp")
     given: dict[int, Any] = {}
-    for k, (t, picked) in enumerate(zip(tangents, plan.chosen)):
-        if picked is not None:
-            for idx, v in _tangent_values(t, picked, f"jvp: tangent {k}").items():
+    by_leaf: dict[int, Any] = {}
+    for k, (t, kind) in enumerate(zip(tangents, plan.kinds)):
+        where = f"jvp: tangent {k}"
+        if kind[0] == "object":
+            for idx, v in _tangent_values(t, kind[1], where).items():
                 given.setdefault(idx, v)
+            continue
+        t_leaves = kind[1].flatten_up_to(t)
+        if kind[0] == "plain":
+            by_leaf.update(zip(kind[2], t_leaves))
+            continue
+        for (how, j, chosen), tl in zip(kind[2], t_leaves):
+            if how == "leaf":
+                by_leaf[j] = tl
+            else:
+                for idx, v in _tangent_values(tl, chosen, where).items():
+                    given.setdefault(idx, v)
+    diff = plan.diff_arrays()
+    t_diff = []
     for idx, a in zip(plan.diff_idx, diff):
         t = given.get(idx)
         t_diff.append(jnp.zeros_like(a) if t is None else jnp.asarray(t, a.dtype))
-    plain = tuple(primals[i] for i in plan.plain)
-    t_plain = tuple(tangents[i] for i in plan.plain)
+    t_leaves = [by_leaf[j] for j in plan.diff_leaf]
     box: dict[str, Any] = {}
     run = plan.pure(f, "jvp", has_aux, plan.nondiff_arrays(), box)
-    out, out_dot, new = jax.jvp(run, (diff, plain), (t_diff, t_plain), has_aux=True)
+    out, out_dot, new = jax.jvp(
+        run, (diff, plan.diff_leaves()), (t_diff, t_leaves), has_aux=True
+    )
     aux = plan.finish(box, new)
     return (out, out_dot, aux) if has_aux else (out, out_dot)
 
 
 def vjp(
-    f: Callable,
+    f: Callable | None = None,
     *primals: Any,
     has_aux: bool = False,
     wrt: Filter = Param,
@@ -228,22 +301,29 @@ def vjp(
     >>> g_model["kernel"].value.ravel().tolist(), g_model["bias"].value.tolist()
     ([3.0, 3.0], [3.0])
 
+    ``nnx.vjp(f)`` and ``nnx.vjp(has_aux=..., graph=...)`` without primals
+    return the function of the primals (decorator use, as flax.nnx).
+
     Returns:
         ``(primals_out, vjp_fn)``, or ``(primals_out, vjp_fn, aux)`` with
         ``has_aux=True``.
     """
-    plan = _Plan(primals, wrt, (graph, graph_updates))
+    modes = {"graph": graph, "graph_updates": graph_updates}
+    if f is None:
+        return functools.partial(vjp, has_aux=has_aux, wrt=wrt, **modes)
+    if not primals:  # nnx.vjp(f): a function of the primals
+        return functools.partial(vjp, f, has_aux=has_aux, wrt=wrt, **modes)
+    _core.refuse_bound_method(f, "vjp")
+    plan = _Plan(primals, wrt, (graph, graph_updates), "vjp")
     box: dict[str, Any] = {}
     run = plan.pure(f, "vjp", has_aux, plan.nondiff_arrays(), box)
-    plain = tuple(primals[i] for i in plan.plain)
-    out, pullback, new = jax.vjp(run, plan.diff_arrays(), plain, has_aux=True)
+    out, pullback, new = jax.vjp(
+        run, plan.diff_arrays(), plan.diff_leaves(), has_aux=True
+    )
     aux = plan.finish(box, new)
 
     def vjp_fn(cotangent: Any) -> tuple:
-        g_diff, g_plain = pullback(cotangent)
-        result = plan.states(list(g_diff))
-        for k, pos in enumerate(plan.plain):
-            result[pos] = g_plain[k]
-        return tuple(result)
+        g_diff, g_leaves = pullback(cotangent)
+        return plan.results(list(g_diff), list(g_leaves))
 
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
