@@ -43,6 +43,7 @@ from nnxlike._transforms.iteration import (
     _assign_axes,
     _broadcast_prefix,
     _CarryType,
+    _node_axes,
     _object_prefix,
     _partition_name,
     _per_arg,
@@ -428,23 +429,6 @@ class _Out:
 
 jtu.register_pytree_node(_Spec, lambda s: ((), s), lambda s, _: s)
 jtu.register_pytree_node(_Out, lambda o: ((), o), lambda o, _: o)
-
-
-def _node_axes(args: tuple, axes: tuple) -> list:
-    """The in_axes entry of each graph node of the arguments (lifted order)."""
-    out = []
-    for arg, arg_axes in zip(args, axes):
-        leaves = jtu.tree_leaves(arg, is_leaf=is_graph_node)
-        if isinstance(arg_axes, (tuple, list, dict)):
-            per_leaf = _broadcast_prefix(arg_axes, arg)
-        else:
-            per_leaf = [arg_axes] * len(leaves)
-        for leaf, axis in zip(leaves, per_leaf):
-            if is_graph_node(leaf):
-                if isinstance(axis, _graph.Object):  # nnx.prefix(..., graph=False)
-                    axis = _object_prefix(axis)
-                out.append(axis)
-    return out
 
 
 def _node_args(args: tuple) -> list:
