@@ -517,3 +517,207 @@ def test_variables_are_the_live_objects():
         ("bias",),
         ("mean",),
     )
+
+
+# -- flax's graph API surface (GraphDef.nodes/apply, nnx.call, graphlib) --------
+
+
+def test_graphdef_nodes_view_names_each_node_in_walk_order():
+    shared = Block(1, 1)
+    m = nnx.Module()
+    m.a = shared
+    m.b = shared
+    nodes = nnx.graphdef(m).nodes
+    kinds = [type(n).__name__ for n in nodes]
+    # root, Block a, its 3 Variables and its `shape` tuple (a value: no index),
+    # then Block b, a reference to index 1
+    assert kinds == ["NodeDef", "NodeDef"] + ["VariableDef"] * 3 + [
+        "NodeDef",
+        "NodeRef",
+    ]
+    assert nodes[0].type is nnx.Module and nodes[1].type is Block
+    assert [n.type for n in nodes[2:5]] == [nnx.Param, nnx.Param, nnx.BatchStat]
+    assert nodes[3].metadata == {"tag": "b"}
+    assert nodes[5].type is tuple and nodes[5].index is None
+    assert nodes[6].index == nodes[1].index == 1
+
+
+def test_tree_mode_graphdef_is_one_tree_node_with_sorted_path_index():
+    model = Block(2, 3)
+    graphdef, flat = nnx.graphlib.flatten(model, graph=False)
+    (node,) = graphdef.nodes
+    assert isinstance(node, nnx.graphlib.TreeNodeDef) and node.type is Block
+    paths = [p for p, _ in node.path_index]
+    assert paths == [("bias",), ("kernel",), ("mean",)]
+    # each index points at that path's leaf in walk order
+    for path, i in node.path_index:
+        assert graphdef.paths[i] == path
+    # the flat state is in the same (sorted) order, and round-trips
+    assert flat.paths == tuple(paths)
+    copy = nnx.graphlib.unflatten(graphdef, flat)
+    np.testing.assert_array_equal(copy.kernel[...], model.kernel[...])
+
+
+def test_tree_mode_flatten_orders_namedtuple_fields_by_name():
+    import collections
+
+    Point = collections.namedtuple("Point", ["y", "x"])
+    g = Point(y=nnx.Param(jnp.array(1.0)), x=nnx.Param(jnp.array(2.0)))
+    graphdef, flat = nnx.graphlib.flatten(g, graph=False)
+    assert [(p, float(v[...])) for p, v in flat] == [(("x",), 2.0), (("y",), 1.0)]
+    g2 = nnx.graphlib.unflatten(graphdef, flat)
+    assert type(g2) is Point and float(g2.y[...]) == 1.0
+
+
+def test_call_runs_a_method_purely_under_plain_jit():
+    class Counter(nnx.Module):
+        def __init__(self):
+            self.count = nnx.Variable(jnp.array(0))
+
+        def inc(self, by):
+            self.count[...] += by
+            return self.count[...] * 10
+
+    pure = nnx.split(Counter())
+
+    @jax.jit
+    def step(pure):
+        return nnx.call(pure).inc(2)
+
+    out, pure = step(pure)
+    out, pure = step(pure)
+    assert int(out) == 40
+    assert int(nnx.merge(*pure).count[...]) == 4
+
+
+def test_graphdef_apply_reaches_items_and_returns_the_new_state():
+    nodes = {"a": Block(1, 1), "b": Block(1, 2)}
+    graphdef, state = nnx.split(nodes)
+    x = jnp.ones((1, 1))
+
+    def forward(block, x):
+        block.mean[...] = block.mean[...] + 1.0
+        return x @ block.kernel[...]
+
+    class Wrap(nnx.Module):
+        def __init__(self, blocks):
+            self.blocks = blocks
+
+        def run(self, name, x):
+            return forward(self.blocks[name], x)
+
+    graphdef, state = nnx.split(Wrap(nodes))
+    y, (gd2, state2) = graphdef.apply(state).run("b", x)
+    np.testing.assert_allclose(y, x @ nodes["b"].kernel[...])
+    assert gd2 == graphdef
+    np.testing.assert_array_equal(state2["blocks"]["b"]["mean"][...], jnp.ones(2))
+    np.testing.assert_array_equal(state2["blocks"]["a"]["mean"][...], jnp.zeros(1))
+    # the original object is untouched (apply works on a merged copy)
+    np.testing.assert_array_equal(nodes["b"].mean[...], jnp.zeros(2))
+
+
+def test_graphlib_unflatten_updates_outer_objects_in_place():
+    class Foo(nnx.Module):
+        def __init__(self):
+            self.a = Block(1, 1, seed=0)
+            self.b = Block(1, 1, seed=1)
+
+    m = Foo()
+    a, b = m.a, m.b
+    ref_out = nnx.graphlib.RefMap()
+    graphdef, flat = nnx.graphlib.flatten(m, ref_index=ref_out)
+    state = flat.to_nested_state()
+
+    @jax.jit
+    def f(state):
+        idx = nnx.graphlib.IndexMap()
+        inner = nnx.graphlib.unflatten(graphdef, state, index_ref=idx)
+        assert idx[0] is inner
+        inner.a, inner.b = inner.b, inner.a  # a structural change inside
+        inner.a.mean[...] = inner.a.mean[...] + 5.0
+        outer_of = nnx.graphlib.RefMap.from_indexmap(idx)
+        gd, flat = nnx.graphlib.flatten(inner, ref_outer_index=outer_of)
+        return flat.to_nested_state(), gd
+
+    state, gd_out = f(state)
+    m2 = nnx.graphlib.unflatten(
+        gd_out, state, outer_index_outer_ref=nnx.graphlib.IndexMap.from_refmap(ref_out)
+    )
+    assert m2 is m and m.a is b and m.b is a
+    np.testing.assert_array_equal(b.mean[...], jnp.full(1, 5.0))
+    np.testing.assert_array_equal(a.mean[...], jnp.zeros(1))
+
+
+def test_graphlib_unflatten_refuses_a_wrong_number_of_leaves():
+    graphdef, _ = nnx.split(Block(1, 1))
+    with pytest.raises(ValueError, match="Incorrect number of leaves.*3 leaves, got 0"):
+        nnx.graphlib.unflatten(graphdef, nnx.State({}))
+
+
+def test_root_value_is_its_own_leaf():
+    graphdef, state = nnx.split(42)
+    assert state == 42 and nnx.merge(graphdef, state) == 42
+    x = jnp.arange(3.0)
+    graphdef, flat = nnx.graphlib.flatten(x)
+    assert flat[0][1] is x and nnx.merge(graphdef, flat) is x
+
+
+def test_update_takes_the_state_of_a_root_variable():
+    v = nnx.Param(jnp.array(1))
+    graphdef, params, rest = nnx.split(v, nnx.Param, ...)
+    assert isinstance(params, nnx.Param) and len(rest) == 0
+    params[...] = 7
+    nnx.update(v, params, rest)
+    assert int(v[...]) == 7
+
+
+def test_data_marked_scalars_are_state_leaves():
+    class Foo(nnx.Pytree):
+        def __init__(self):
+            self.count = nnx.data(3)
+            self.name = nnx.static(4)
+            self.none = nnx.data(None)
+
+    foo = Foo()
+    graphdef, state = nnx.split(foo)
+    assert state.to_pure_dict() == {"count": 3}
+    state["count"] = 5
+    assert nnx.merge(graphdef, state).count == 5
+
+
+def test_map_without_recreating_variables_keeps_what_f_returns():
+    rngs = nnx.Rngs(0)
+    out = nnx.map(lambda path, v: 0, rngs, recreate_variables=False)
+    assert out.default.count == 0 and not isinstance(out.default.count, nnx.Variable)
+
+
+def test_tree_mode_refuses_a_shared_array_ref():
+    ref = jax.new_ref(jnp.array(1.0))
+    with pytest.raises(ValueError, match=r"(?s)Duplicate Ref.*\[0\].*\[1\]"):
+        nnx.split([ref, ref], graph=False)
+
+
+def test_graph_state_has_the_state_key_paths_and_checked_merge():
+    model = Block(2, 3)
+    state = nnx.state(model)
+    gs = nnx.unpack(model)
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    gs_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(gs)[0]]
+    assert gs_paths == paths
+    with pytest.raises(ValueError, match="Expected GraphState object"):
+        nnx.merge(gs, state)
+    with pytest.raises(ValueError, match="GraphDef must be the same"):
+        nnx.merge(gs, nnx.unpack(Block(2, 4)))
+
+
+def test_optimizer_update_takes_graph_state_grads():
+    import optax
+
+    model = Block(2, 3)
+    before = model.kernel[...]
+    opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
+    params, rest = nnx.unpack(model, nnx.Param, ...)
+    grads = jax.tree.map(jnp.ones_like, params)
+    assert isinstance(grads, nnx.GraphState)
+    opt.update(model, grads)
+    np.testing.assert_allclose(model.kernel[...], before - 0.5)
