@@ -247,6 +247,17 @@ def _loop_body(lifted: _core.Lifted, name: str):
                 f"the initial value (same objects, same attributes, same pytree), "
                 f"got a different one. Create new attributes before the loop."
             )
+        for k, obj in enumerate(out.flat.objects):
+            if isinstance(obj, Variable) and copies.origin.get(id(obj)) != k:
+                # A new Variable in place of the carried one: JAX would carry
+                # its value, but it is not the object the caller holds.
+                path = out.flat.graphdef.paths[out.flat.leaves.index(obj)]
+                raise ValueError(
+                    f"{name}: Variable identity must be preserved across "
+                    f"iterations: the body replaced the {type(obj).__name__} at "
+                    f"{_errors.path_str(path)} with a new Variable. Update it in "
+                    "place instead (`variable[...] = new_value`)."
+                )
         return (out.arrays(), _jax_leaves(out))
 
     return to_tree, from_tree
