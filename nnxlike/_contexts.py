@@ -351,7 +351,13 @@ class MergeContext:
         leaves = _leaves_in_order(graphdef, (state, *states))
         ctx = _update_ctx(self.ctxtag)
         outer = graphdef.outer
-        if ctx is None or outer is None or ctx.outer_index_outer_ref is None:
+        if ctx is None or outer is None or self.is_inner:
+            return _graph.unflatten(graphdef, leaves, built=self.index_ref)
+        if ctx.outer_index_outer_ref is None:
+            if any(o >= 0 for o in outer):  # flax makes new objects in silence
+                raise _errors.StructureError(
+                    _errors.OUTER_MERGE_WITHOUT_SPLIT.format(tag=self.ctxtag)
+                )
             return _graph.unflatten(graphdef, leaves, built=self.index_ref)
         return _merge_onto(graphdef, leaves, outer, ctx, self.index_ref)
 

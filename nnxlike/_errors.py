@@ -139,6 +139,13 @@ SHARED_IN_TREE_MODE = (
     "3. Use nnx.compat.{fn} instead e.g.\n\n"
     "  nnx.compat.{fn}(...)"
 )
+OUTER_MERGE_WITHOUT_SPLIT = (
+    "merge_context({tag!r}, inner=False): the GraphDef names objects from outside "
+    "the transform, but this update_context did no outer split, so they cannot be "
+    "updated and the changes made inside would be lost. Split the inputs with "
+    "`nnx.split_context({tag!r})` inside the same `nnx.update_context({tag!r})` "
+    "that holds this merge."
+)
 NO_UPDATE_CONTEXT = (
     "No update context found for tag {tag!r}. split_context/merge_context with a "
     "tag take part in an update context of the same tag: wrap the four steps in "

@@ -256,6 +256,21 @@ def test_tagged_contexts_need_an_update_context_and_inner():
         nnx.current_update_context("a")
 
 
+def test_outer_merge_in_another_update_context_is_refused():
+    m = Counter()
+    with nnx.update_context("t"):
+        with nnx.split_context("t") as ctx:
+            graphdef, state = ctx.split(m)
+        with nnx.merge_context("t", inner=True) as ctx:
+            m2 = ctx.merge(graphdef, state)
+        with nnx.split_context("t") as ctx:
+            graphdef, state = ctx.split(m2)
+    with nnx.update_context("t"):  # a new context: it never saw `m`
+        with pytest.raises(nnx.StructureError, match="did no outer split"):
+            with nnx.merge_context("t", inner=False) as ctx:
+                ctx.merge(graphdef, state)
+
+
 # -- to_tree / from_tree ------------------------------------------------------------
 
 
