@@ -138,3 +138,53 @@ def test_worker_import_has_no_side_effects():
     spec.loader.exec_module(module)
     assert os.environ.get("XLA_FLAGS") == before
     assert module.main(["nope"]) == 2
+
+
+# -- per-Variable specs: StateSharding and nnx.prefix results (flax's forms) --------
+
+
+def _tp_reference(m, x):
+    """The same forward pass through plain jax.shard_map on the raw arrays."""
+    f = jax.shard_map(
+        lambda k, b, x: x @ k + b[None],
+        mesh=_mesh(),
+        in_specs=(P(None, "data"), P(), P()),
+        out_specs=P(None, "data"),
+    )
+    return f(m.kernel[...], m.bias[...], x)
+
+
+@pytest.mark.parametrize("form", ["state_sharding", "state", "graph", "tree"])
+def test_per_variable_specs_match_plain_shard_map(form):
+    m = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    specs = {nnx.PathContains("kernel"): P(None, "data"), ...: P()}
+    graph = form != "tree"
+    if form == "state_sharding":
+        spec = nnx.StateSharding(specs)
+    elif form == "state":
+        spec = nnx.StateSharding(nnx.State({"kernel": P(None, "data"), "bias": P()}))
+    else:
+        spec = nnx.prefix(m, specs, graph=graph)
+    x = jnp.ones((2, 3))
+
+    @nnx.shard_map(
+        mesh=_mesh(),
+        in_specs=(spec, P()),
+        out_specs=P(None, "data"),
+        graph=graph,
+        graph_updates=form.startswith("state"),
+    )
+    def forward(m, x):
+        return m(x)
+
+    np.testing.assert_allclose(forward(m, x), _tp_reference(m, x), rtol=1e-6)
+    if form.startswith("state"):  # written back with the spec's placement
+        assert m.kernel.sharding.spec == P(None, "data")
+
+
+def test_per_variable_spec_must_give_a_partition_spec():
+    m = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    spec = nnx.StateSharding({...: 0})
+    f = nnx.shard_map(lambda m: None, mesh=_mesh(), in_specs=(spec,), out_specs=P())
+    with pytest.raises(TypeError, match="StateSharding gives 0 for the Param at"):
+        f(m)

@@ -31,16 +31,28 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jax.sharding import PartitionSpec
 
-from nnxlike import _errors
+from nnxlike import _errors, _graph
 from nnxlike._graph import flatten, is_graph_node
 from nnxlike._transforms import _core
-from nnxlike._transforms.iteration import StateAxes
+from nnxlike._transforms.iteration import StateAxes, _object_prefix
 
 _SPEC_FIX = (
     "Give a jax.sharding.PartitionSpec (applied to every Variable of the object, "
     "e.g. `P()` to replicate) or an nnx.StateAxes mapping filters to "
-    "PartitionSpecs, e.g. `nnx.StateAxes({nnx.BatchStat: P(), ...: P()})`."
+    "PartitionSpecs, e.g. `nnx.StateAxes({nnx.BatchStat: P(), ...: P()})` (an "
+    "nnx.StateSharding or an nnx.prefix result works too)."
 )
+
+
+def _per_var(x: Any) -> bool:
+    """A spec that chooses per Variable: StateAxes, StateSharding, nnx.prefix's."""
+    return isinstance(x, (StateAxes, _graph.Object)) or (
+        not isinstance(x, type) and callable(getattr(type(x), "map_prefix", None))
+    )
+
+
+def _is_obj_spec(x: Any) -> bool:
+    return isinstance(x, PartitionSpec) or _per_var(x)
 
 
 class _Restructured(Exception):
@@ -69,7 +81,7 @@ class _Repeat:
 
 
 def _is_spec_leaf(x: Any) -> bool:
-    return x is None or isinstance(x, (PartitionSpec, StateAxes))
+    return x is None or _is_obj_spec(x)
 
 
 def _broadcast_specs(specs: Any, tree: Any, where: str) -> list:
@@ -100,6 +112,20 @@ def _broadcast_specs(specs: Any, tree: Any, where: str) -> list:
 
 def _spec_of(spec: Any, path: tuple, var: Any, where: str) -> PartitionSpec:
     """The PartitionSpec of the Variable ``var`` at ``path`` under ``spec``."""
+    if isinstance(spec, _graph.Object):  # nnx.prefix(obj, ..., graph=False)
+        spec = _object_prefix(spec)
+    if _per_var(spec) and type(spec) is not StateAxes:
+        pick = getattr(spec, "axis_of", None) or spec.map_prefix
+        s = pick(path, var)
+        s = getattr(s, "spec", s)  # a NamedSharding gives its PartitionSpec
+        if not isinstance(s, PartitionSpec):
+            raise TypeError(
+                f"nnx.shard_map: {where}: {type(spec).__name__} gives {s!r} for "
+                f"the {type(var).__name__} at {_errors.path_str(path)!r}, which "
+                "is not a PartitionSpec. Under shard_map every Variable takes a "
+                "jax.sharding.PartitionSpec, e.g. `P()` to replicate."
+            )
+        return s
     if isinstance(spec, StateAxes):
         for flt, pred, s in zip(spec.filters, spec._preds, spec.axes):
             if pred(path, var):
@@ -171,7 +197,7 @@ def _assign(lifted: _core.Lifted, args: tuple, in_specs: Any, mesh: Any):
     leaf_where: list = []
     for i, (arg, spec) in enumerate(zip(args, per_arg)):
         where = f"in_specs[{i}]"
-        if is_graph_node(arg) and not isinstance(spec, (PartitionSpec, StateAxes)):
+        if is_graph_node(arg) and not _is_obj_spec(spec):
             raise TypeError(
                 f"nnx.shard_map: {where} is {spec!r} for argument {i}, a "
                 f"{type(arg).__name__}. {_SPEC_FIX}"
@@ -184,7 +210,7 @@ def _assign(lifted: _core.Lifted, args: tuple, in_specs: Any, mesh: Any):
     jleaf_specs = []
     for i, (spec, where) in enumerate(zip(leaf_specs, leaf_where)):
         if i in graph_pos:
-            if not isinstance(spec, (PartitionSpec, StateAxes)):
+            if not _is_obj_spec(spec):
                 node = lifted.nodes[lifted.graph_pos.index(i)]
                 raise TypeError(
                     f"nnx.shard_map: {where} gives {spec!r} for a "
@@ -249,7 +275,7 @@ def _new_arr_specs(
             spec, where = node_specs[k], "in_specs"
         else:
             spec, where = out_node_specs[k], "out_specs"
-            if not isinstance(spec, (PartitionSpec, StateAxes)):
+            if not _is_obj_spec(spec):
                 raise TypeError(
                     f"nnx.shard_map: out_specs gives {spec!r} for a returned "
                     f"{type(out_nodes[k]).__name__}. {_SPEC_FIX}"
@@ -263,7 +289,7 @@ def _new_arr_specs(
 def _jax_out_specs(out_specs: Any) -> Any:
     """The user's out_specs for the plain outputs (objects' entries are unused)."""
     return jax.tree.map(
-        lambda s: PartitionSpec() if isinstance(s, StateAxes) else s,
+        lambda s: PartitionSpec() if _per_var(s) else s,
         out_specs,
         is_leaf=_is_spec_leaf,
     )

@@ -116,10 +116,13 @@ class Linear(Module):
 
     def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         shape = _shape(inputs)
-        if shape[-1:] != (self.in_features,):
+        # The kernel's rows, not in_features: under shard_map a kernel sharded
+        # along its input axis holds a slice of them (tensor parallelism).
+        rows = _shape(self.kernel.value)[:1]
+        if shape[-1:] != rows:
             raise ValueError(
                 f"Linear.__call__: expected input with last dimension "
-                f"{self.in_features}, got shape {shape}. "
+                f"{rows[0] if rows else self.in_features}, got shape {shape}. "
                 f"Reshape the input or build Linear({(shape or ('?',))[-1]}, "
                 f"{self.out_features})."
             )
