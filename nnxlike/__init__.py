@@ -67,6 +67,7 @@ from nnxlike._graph import update as update
 from nnxlike._graph import variables as variables
 from nnxlike._module import Module as Module
 from nnxlike._module import iter_children as iter_children
+from nnxlike._module import iter_module_children as iter_module_children
 from nnxlike._module import iter_modules as iter_modules
 from nnxlike._object import Data as Data
 from nnxlike._object import Object as Pytree

@@ -567,8 +567,8 @@ TORCH_MODULE_ATTRS = {
     "nnx.load_torch_state_dict(model, state_dict) for PyTorch weights",
     "modules": "model.iter_modules() (yields (path, module))",
     "named_modules": "model.iter_modules() (yields (path, module))",
-    "children": "model.iter_children() (yields (name, module))",
-    "named_children": "model.iter_children() (yields (name, module))",
+    "children": "nnx.iter_module_children(model) (yields (name, module))",
+    "named_children": "nnx.iter_module_children(model) (yields (name, module))",
     "zero_grad": "nothing: nnx.grad returns fresh gradients on every call",
     "forward": "calling the module: model(x) runs its __call__",
     "to": "jax.device_put: `nnx.update(model, jax.device_put(nnx.state(model), "

@@ -198,11 +198,10 @@ class Module(Object):
         """Yield ``(path, module)`` for every Module in the graph, root last."""
         return iter_modules(self)
 
-    def iter_children(self) -> Iterator[tuple[Any, Module]]:
-        """Yield ``(name, module)`` for the Modules held directly by ``self``."""
-        for key, value in self._nnx_children():
-            if isinstance(value, Module):
-                yield key, value
+    def iter_children(self) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(name, node)`` for the graph nodes (Objects, Variables) held
+        directly by ``self``: flax's alias of ``nnx.iter_children``."""
+        return iter_children(self)
 
     def set_attributes(
         self,
@@ -297,10 +296,39 @@ def iter_modules(
             yield path, value
 
 
-def iter_children(
-    node: Module, /, *, graph: bool | None = None
+def iter_children(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple]:
+    """Yield ``(name, node)`` for the graph nodes held directly by ``node``.
+
+    Graph nodes are Objects (Modules, containers, Rngs, ...) and Variables, as in
+    flax.nnx; static values are skipped. Children come in definition order.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> [(k, type(v).__name__) for k, v in nnx.iter_children(model)]
+    [('kernel', 'Param'), ('bias', 'Param')]
+    """
+    return _children(node, graph, "iter_children", (Object, Variable))
+
+
+def iter_module_children(
+    node: Any, /, *, graph: bool | None = None
 ) -> Iterator[tuple[Any, Module]]:
-    """Yield ``(name, module)`` for the Modules held directly by ``node``."""
+    """Yield ``(name, module)`` for the Modules held directly by ``node``.
+
+    >>> import nnxlike as nnx
+    >>> model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> [(k, type(v).__name__) for k, v in nnx.iter_module_children(model.layers)]
+    [(0, 'Linear')]
+    """
+    return _children(node, graph, "iter_module_children", (Module,))
+
+
+def _children(node: Any, graph: bool | None, fn: str, kinds: tuple) -> Iterator:
+    if not isinstance(node, Object):
+        raise ValueError(
+            f"nnx.{fn}: expected a graph node (a Module or another nnx.Pytree), "
+            f"got {type(node).__name__}. Walk a plain pytree with jax.tree_util."
+        )
     if not _config.resolve(graph, None)[0]:
-        _graph.check_tree(node, "iter_children")
-    return node.iter_children()
+        _graph.check_tree(node, fn)
+    return ((k, v) for k, v in node._nnx_children() if isinstance(v, kinds))

@@ -120,11 +120,18 @@ def test_iter_modules_visits_a_shared_module_once():
     assert ("alias",) not in [p for p, _ in net.iter_modules()]
 
 
-def test_iter_children_yields_direct_submodules_only():
+def test_iter_children_yields_direct_graph_nodes_and_module_children_modules():
     net = Net()
     net.t = 3
-    assert [(k, type(v).__name__) for k, v in net.iter_children()] == [("a", "Scale")]
-    assert [k for k, _ in nnx.iter_children(net.a)] == []
+    names = [(k, type(v).__name__) for k, v in nnx.iter_children(net)]
+    assert names == [("a", "Scale"), ("blocks", "List"), ("heads", "Dict")]
+    assert list(net.iter_children()) == list(nnx.iter_children(net))  # flax alias
+    assert [k for k, _ in nnx.iter_children(net.a)] == ["w"]  # a Variable
+    mods = [(k, type(v).__name__) for k, v in nnx.iter_module_children(net)]
+    assert mods == [("a", "Scale")]
+    assert [k for k, _ in nnx.iter_module_children(net.blocks)] == [0, 1]
+    with pytest.raises(ValueError, match="iter_children: expected a graph node"):
+        list(nnx.iter_children([net]))
 
 
 # -- modes: set_attributes, train, eval, view ----------------------------------------
