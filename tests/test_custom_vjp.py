@@ -309,3 +309,32 @@ def test_simple_mode_errors(kw):
     g.defvjp(lambda m: (g(m), None), lambda res, ct: (None,))
     with pytest.raises(nnx.StructureError, match="changed the structure"):
         g(foo())
+
+
+def test_graph_mode_without_updates_takes_non_pytree_objects():
+    class Opaque(nnx.Object):  # pytree=False: JAX cannot see it, the graph walk can
+        def __init__(self):
+            self.x = nnx.Param(jnp.array(1.0))
+            self.n = nnx.BatchStat(jnp.array(0.0))
+
+    @nnx.custom_vjp(graph=True, graph_updates=False)
+    def f(o):
+        o.n[...] = o.n[...] + 1.0
+        return jnp.sin(o.x[...])
+
+    def f_bwd(res, g, updates_g):
+        ((n_g,),) = [list(s.flat_dict()) for s in updates_g]  # the written path
+        assert n_g == ("n",)
+        (o,) = res
+        o_g = nnx.clone(o)  # an Opaque for an Opaque
+        o_g.x[...] = 5.0 * jnp.cos(o.x[...]) * g
+        o_g.n[...] = jnp.zeros(())
+        return (o_g,)
+
+    f.defvjp(lambda o: (f(o), (o,)), f_bwd)
+    o = Opaque()
+    np.testing.assert_allclose(f(o), jnp.sin(1.0), rtol=1e-6)
+    assert float(o.n[...]) == 1.0
+    grads = nnx.grad(f)(o)
+    np.testing.assert_allclose(grads["x"][...], 5.0 * jnp.cos(1.0), rtol=1e-6)
+    assert float(o.n[...]) == 2.0

@@ -519,7 +519,7 @@ def _label(path: tuple, labels: tuple[str, ...] | None) -> str:
 # as a _Tree (its GraphDef static, its Variables and raw arrays the children).
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Tree:
     graphdef: Any
     leaves: tuple
@@ -614,7 +614,7 @@ def _hole_if_node(x: Any) -> Any:
     return _HOLE if is_graph_node(x) else x
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Updates:
     """Variables written inside, by key path (paths static, Variables children)."""
 
