@@ -235,9 +235,10 @@ class SplitContext:
         return (flat.graphdef, *states)
 
     def flatten(self, node: Any, *filters: Any, with_paths: bool = True) -> tuple:
-        """``(graphdef, flat_state, ...)``: FlatStates, or a list of leaves.
+        """``(graphdef, flat_state, ...)``, or ``(graphdef, leaves)`` without paths.
 
-        The flat states hold snapshots of the Variables, as ``split`` does.
+        The flat states hold snapshots of the Variables, as ``split`` does;
+        ``with_paths=False`` gives the raw leaf values in walk order.
         """
         if not with_paths and filters:
             raise ValueError(
@@ -245,21 +246,10 @@ class SplitContext:
                 "or the filters."
             )
         flat = self._flatten(node)
-        paths = flat.graphdef.paths
         if not with_paths:
-            return flat.graphdef, [
-                _graph._snapshot(v, None) if isinstance(v, Variable) else v
-                for v in flat.leaves
-            ]
+            return flat.graphdef, [getattr(v, "_raw_value", v) for v in flat.leaves]
         states = _graph._partition(flat, filters)
-        return (
-            (flat.graphdef, *(s.flat_state() for s in states))
-            if paths
-            else (
-                flat.graphdef,
-                *(FlatState() for _ in states),
-            )
-        )
+        return (flat.graphdef, *(s.flat_state() for s in states))
 
 
 class split_context:  # noqa: N801  (flax's name; a context manager)

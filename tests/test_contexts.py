@@ -118,6 +118,7 @@ def test_flatten_gives_flat_states_and_leaf_lists():
     assert flat.paths == (("kernel",), ("bias",))
     assert flat[0][1] is not m.kernel  # a snapshot, as split gives
     assert len(jax.tree.leaves(flat)) == 2  # a pytree over its leaves
+    assert [type(x).__name__ for x in leaves] == ["ArrayImpl", "ArrayImpl"]  # raw
     with nnx.merge_context() as ctx:
         m2 = ctx.unflatten(g, flat)
         lin = ctx.unflatten(g2, leaves)
