@@ -144,12 +144,15 @@ def broadcast_prefix(
     >>> import nnxlike as nnx
     >>> nnx.extract.broadcast_prefix((0, 1), ([1, 2], {"a": 3}))
     [0, 0, 1]
+    >>> m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))  # one leaf, not two arrays
+    >>> nnx.extract.broadcast_prefix((0, 1), (m, [m, 5]))
+    [0, 1, 1]
     """
     result: list = []
+    is_leaf = _is_node if tree_is_leaf is None else tree_is_leaf
 
     def count(subtree: Any) -> int:
-        leaves = jtu.tree_leaves(subtree, is_leaf=tree_is_leaf)
-        return len(leaves)
+        return len(jtu.tree_leaves(subtree, is_leaf=is_leaf))
 
     def add(prefix: Any, subtree: Any) -> None:
         result.extend([prefix] * count(subtree))
