@@ -76,6 +76,7 @@ from nnxlike._object import Static as Static
 from nnxlike._object import check_pytree as check_pytree
 from nnxlike._object import data as data
 from nnxlike._object import dataclass as dataclass
+from nnxlike._object import has_data as has_data
 from nnxlike._object import is_data as is_data
 from nnxlike._object import register_data_type as register_data_type
 from nnxlike._object import static as static
@@ -132,6 +133,9 @@ from nnxlike._transforms.misc import pmap as pmap
 from nnxlike._transforms.misc import transform_metadata as transform_metadata
 from nnxlike._transforms.scan import scan as scan
 from nnxlike._transforms.shard_map import shard_map as shard_map
+from nnxlike._variable_names import register_variable_name as register_variable_name
+from nnxlike._variable_names import variable_name_from_type as variable_name_from_type
+from nnxlike._variable_names import variable_type_from_name as variable_type_from_name
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
@@ -158,6 +162,9 @@ from nnxlike._views import with_attributes as with_attributes
 from nnxlike._views import with_vars as with_vars
 from nnxlike.graphlib import GraphState as GraphState
 from nnxlike.graphlib import as_pure as as_pure
+from nnxlike.graphlib import flatten as flatten
+from nnxlike.graphlib import pure as pure
+from nnxlike.graphlib import unflatten as unflatten
 from nnxlike.graphlib import unpack as unpack
 from nnxlike.interop.torch import load_torch_state_dict as load_torch_state_dict
 from nnxlike.interop.torch import to_torch_state_dict as to_torch_state_dict

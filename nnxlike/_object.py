@@ -143,6 +143,33 @@ def is_data(value: Any, /) -> bool:
     )
 
 
+def has_data(value: Any, /) -> list:
+    """The data leaves (arrays, Variables, graph nodes...) found inside ``value``.
+
+    An empty list means ``value`` would be static as a Pytree attribute.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> [type(x).__name__ for x in nnx.has_data(("a", 1, jnp.ones(2), nnx.Param(0)))]
+    ['ArrayImpl', 'Param']
+    >>> nnx.has_data({"lr": 0.1})
+    []
+    """
+    seen: set[int] = set()
+
+    def stop(x: Any) -> bool:
+        if id(x) in seen:
+            return True
+        seen.add(id(x))
+        return is_data(x)
+
+    try:
+        leaves = jtu.tree_leaves(value, is_leaf=stop)
+    except Exception:
+        leaves = [value]
+    return [x for x in leaves if is_data(x)]
+
+
 def _is_array_ref(x: Any) -> bool:
     t = type(x).__name__
     return t in ("ArrayRef", "Ref", "MutableArray")

@@ -84,6 +84,7 @@ __all__ = [
     "iter_graph",
     "merge",
     "pop",
+    "pure",
     "split",
     "state",
     "unflatten",
@@ -446,3 +447,24 @@ def as_pure(tree: Any) -> Any:
         return x
 
     return jtu.tree_map(one, tree, is_leaf=lambda x: isinstance(x, Variable))
+
+
+def pure(tree: Any) -> Any:
+    """Deprecated name of ``as_pure`` (flax.nnx renamed it); warns, then calls it.
+
+    >>> import warnings
+    >>> import nnxlike as nnx
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     out = nnx.pure({"w": nnx.Param(1.0)})
+    >>> out, caught[0].category.__name__
+    ({'w': 1.0}, 'DeprecationWarning')
+    """
+    import warnings
+
+    warnings.warn(
+        "nnx.pure is deprecated; use nnx.as_pure (same arguments).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return as_pure(tree)

@@ -8,6 +8,9 @@ A thin public door onto ``nnxlike._variables`` (``nnx.variablelib.VarDefaults``,
 True
 """
 
+from nnxlike._variable_names import register_variable_name as register_variable_name
+from nnxlike._variable_names import variable_name_from_type as variable_name_from_type
+from nnxlike._variable_names import variable_type_from_name as variable_type_from_name
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache

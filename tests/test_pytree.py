@@ -530,3 +530,17 @@ def test_a_pytree_marked_static_stays_a_value_in_the_graph():
     assert nnx.merge(marked, nnx.state(Net(True))).cfg == Config(4, "relu")
     leaves = jax.tree.leaves(Net(True))  # the config is not a leaf
     assert len(leaves) == 1 and leaves[0].shape == (2,)
+
+
+def test_has_data_lists_the_data_leaves_in_order():
+    p = nnx.Param(jnp.ones(1))
+    x = jnp.zeros(2)
+    found = nnx.has_data({"a": [p, "s", 3], "b": (x, p), "c": 0.5})
+    assert len(found) == 3 and found[0] is p and found[1] is x and found[2] is p
+    assert nnx.has_data(("static", 1, None)) == []
+
+
+def test_pure_is_a_deprecated_as_pure():
+    with pytest.warns(DeprecationWarning, match="use nnx.as_pure"):
+        out = nnx.pure({"w": nnx.Param(jnp.ones(2))})
+    assert type(out["w"]) is type(jnp.ones(2))
