@@ -338,3 +338,47 @@ def test_graph_mode_without_updates_takes_non_pytree_objects():
     grads = nnx.grad(f)(o)
     np.testing.assert_allclose(grads["x"][...], 5.0 * jnp.cos(1.0), rtol=1e-6)
     assert float(o.n[...]) == 2.0
+
+
+@pytest.mark.parametrize("kw", [{}, *SIMPLE])
+def test_symbolic_zeros(kw):
+    from jax.custom_derivatives import SymbolicZero
+
+    graph_updates = not kw
+    seen = {}
+
+    @nnx.custom_vjp(**kw)
+    def f(m, x):
+        return jnp.sum(m(x))
+
+    def f_fwd(m, x):  # objects rebuilt from the primal values
+        return f(m, x), m.kernel[...]
+
+    def f_bwd(kernel, g):
+        if graph_updates:
+            (m_g, _), g = g
+            seen["state_ct"] = m_g["kernel"][...]  # the state is not used after
+        return None, 2.0 * kernel @ jnp.full((kernel.shape[1],), g)
+
+    f.defvjp(f_fwd, f_bwd, symbolic_zeros=True)
+    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    g_x = jax.grad(lambda x: f(m, x))(X)
+    np.testing.assert_allclose(g_x, 2.0 * m.kernel[...] @ jnp.ones(3), rtol=1e-6)
+    if graph_updates:
+        assert isinstance(seen["state_ct"], SymbolicZero)
+
+
+def test_closed_over_object_under_plain_jax_grad_keeps_its_arrays():
+    @nnx.custom_vjp
+    def f(m, x):
+        return jnp.sum(m(x))
+
+    f.defvjp(
+        lambda m, x: (f(m, x), m.kernel[...]),
+        lambda kernel, g: (None, 2.0 * kernel @ jnp.full((3,), g[1])),
+    )
+    m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    kernel = m.kernel[...]
+    g_x = jax.grad(lambda x: f(m, x))(X)
+    np.testing.assert_allclose(g_x, 2.0 * kernel @ jnp.ones(3), rtol=1e-6)
+    assert m.kernel[...] is kernel  # not a tracer of jax.grad's trace

@@ -31,8 +31,9 @@ from typing import Any
 
 import jax
 import jax.tree_util as jtu
+from jax.custom_derivatives import CustomVJPPrimal
 
-from nnxlike import _config, _errors
+from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node, unflatten
 from nnxlike._object import Object
@@ -204,7 +205,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             return check_out(xs, out), updates
 
         def pure_fwd(*xs):
-            xs, result, updates = run(fwd, xs)
+            xs, result, updates = run(fwd, _primal_values(xs))
             out, res = _fwd_pair(result, name)
             masked = jtu.tree_map(lambda _: None, xs, is_leaf=_is_var)
             res = _to_tree(res) if graph else res
@@ -291,6 +292,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             leaves = [x for p in plain for x in jtu.tree_leaves(p, is_leaf=_is_hole)]
             args2, copies = lifted.rebuild(full, leaves)
             result = user_fn(*args2)
+            box["inputs"] = full
             return copies, result
 
         def outputs(copies: Any, out: Any) -> tuple:
@@ -307,6 +309,10 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
                 (p, type(v), v._metadata if isinstance(v, Variable) else None)
                 for p, v in zip(flat.graphdef.paths, flat.leaves)
             ]
+            # Which leaves the function left as they came (structure unchanged).
+            box["same"] = collected.unchanged and tuple(
+                a is b for a, b in zip(collected.arrays, box["inputs"])
+            )
             box["out_treedef"] = collected.out_treedef
             box["out_graph_pos"] = collected.out_graph_pos
             return collected.arrays, collected.out_leaves
@@ -318,6 +324,7 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             return outputs(copies, out)
 
         def pure_fwd(diff_arrays, *plain):
+            diff_arrays, plain = _primal_values((diff_arrays, plain))
             copies, result = run(fwd, diff_arrays, plain)
             out, res = _fwd_pair(result, name)
             return outputs(copies, out), _to_tree(res, every_node=True)
@@ -358,6 +365,19 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
         jfun = jax.custom_vjp(pure, nondiff_argnums=jax_nondiff)
         jfun.defvjp(pure_fwd, pure_bwd, symbolic_zeros=self.symbolic_zeros)
         new_arrays, out_leaves = jfun([arrays[j] for j in diff_idx], *jax_args)
+        if box["same"]:
+            # A Variable of an enclosing trace (an object closed over by a plain
+            # jax.grad) that the function did not change keeps its array: the
+            # output is a tracer of this trace and would escape through it.
+            here = _tracking.get_trace_state()
+            new_arrays = [
+                old
+                if same and (type(v) is _core.RawSlot or v._trace_state != here)
+                else new
+                for v, old, new, same in zip(
+                    lifted.flat.leaves, arrays, new_arrays, box["same"]
+                )
+            ]
         return _core.write_back(lifted, box["static"], new_arrays, out_leaves)
 
     def _tangents(
@@ -473,6 +493,19 @@ def _as_tuple(ct: Any, name: str) -> tuple:
             "a single argument."
         )
     return ct
+
+
+def _primal_values(tree: Any) -> Any:
+    """With ``symbolic_zeros=True`` JAX hands fwd ``CustomVJPPrimal``s: unwrap them.
+
+    The objects are rebuilt from the values; bwd still gets ``SymbolicZero``
+    cotangents where JAX knows them to be zero.
+    """
+    return jtu.tree_map(
+        lambda p: p.value if isinstance(p, CustomVJPPrimal) else p,
+        tree,
+        is_leaf=lambda p: isinstance(p, CustomVJPPrimal),
+    )
 
 
 def _is_var(x: Any) -> bool:
