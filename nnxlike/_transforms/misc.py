@@ -356,11 +356,13 @@ def _annotated_vars(tree: Any) -> list:
 
 
 def _prefix_axes(axes: Any, n: int, what: str) -> tuple:
-    if axes is None or isinstance(axes, int):
-        return (axes,) * n
+    # nnx.Carry (a scan's carry) has no stacked axis: like None, as in flax.
+    carry = iteration._CarryType
+    if axes is None or isinstance(axes, (int, carry)):
+        return (None if isinstance(axes, carry) else axes,) * n
     if isinstance(axes, (tuple, list)) and len(axes) == n:
-        if all(a is None or isinstance(a, int) for a in axes):
-            return tuple(axes)
+        if all(a is None or isinstance(a, (int, carry)) for a in axes):
+            return tuple(None if isinstance(a, carry) else a for a in axes)
     raise ValueError(
         f"nnx.transform_metadata: {what} must be an int, None, or a tuple with "
         f"one int/None per {'argument' if what == 'in_axes' else 'output'} "

@@ -51,7 +51,7 @@ from nnxlike._transforms.iteration import (
     _strip_mapped_names,
     _var_defs,
 )
-from nnxlike._variables import RngKey, RngState, new_variable
+from nnxlike._variables import PARTITION_NAME, RngKey, RngState, new_variable
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic, int, float, bool, complex)
 
@@ -199,7 +199,9 @@ def scan(
             args, graph=graph, graph_updates=graph_updates, fn="scan"
         )
         var_axis, leaf_axis = _assign_axes(lifted, args, axes, "scan")
-        inner, removed = _strip_mapped_names(lifted, var_axis, axis_keys)
+        inner, removed = _strip_mapped_names(
+            lifted, _names_to_strip(lifted, var_axis, transform_metadata), axis_keys
+        )
         spec = _Spec(inner, lifted.mode, args, axes, var_axis, leaf_axis, carry_idx)
 
         # Phase 1: split the arrays into carry, per-iteration slices, constants.
@@ -263,6 +265,25 @@ def scan(
         return _join_out(carry_tree, ys_tree, out_axes)
 
     return wrapper
+
+
+def _names_to_strip(lifted: _core.Lifted, var_axis: list, metadata: Mapping) -> list:
+    """The axes whose ``sharding_names`` entry the body does not see.
+
+    With ``transform_metadata={nnx.PARTITION_NAME: ...}`` every scanned axis; without
+    it only entries that are None (a stack made by ``vmap`` without a name), so a
+    named entry is left for an ``nnx.transform_metadata`` inside to remove, as in
+    flax.
+    """
+    if PARTITION_NAME in metadata:
+        return var_axis
+    out = list(var_axis)
+    for i, (v, a) in enumerate(zip(lifted.flat.leaves, var_axis)):
+        names = getattr(v, "_metadata", {}).get("sharding_names")
+        if isinstance(a, int) and isinstance(names, tuple) and names:
+            if names[a % len(names)] is not None:
+                out[i] = None
+    return out
 
 
 class _NoShape:
