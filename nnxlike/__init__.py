@@ -183,8 +183,19 @@ from nnxlike.spmd import logical_axis_rules as logical_axis_rules
 from nnxlike.spmd import with_metadata as with_metadata
 from nnxlike.spmd import with_partitioning as with_partitioning
 
+_FLAX_SUBMODULES = frozenset(
+    {"deprecations", "helpers", "module", "object", "pytreelib", "rnglib"}
+    | {"training", "transforms", "visualization"}
+)
+
 
 def __getattr__(name: str):
+    # flax's module paths (nnx.rnglib, nnx.training, ...) load on first use: they
+    # import from this package, so it cannot import them while it initialises.
+    if name in _FLAX_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"nnxlike.{name}")
     # Only for names that do not exist: PyTorch names get a pointer to ours.
     from nnxlike._errors import torch_name_hint
 

@@ -307,3 +307,30 @@ def test_module_repr_names_the_class():
     assert "Param: 3 (12 B), BatchStat: 1 (4 B)" in text.splitlines()[0]
     # flax adds the sum over every kind when there are several
     assert "Total: 4 (16 B)" in text.splitlines()[0]
+
+
+def test_flax_module_paths_are_doors_onto_the_same_names():
+    import importlib
+
+    doors = {
+        "module": ["Module", "iter_modules", "iter_module_children", "view"],
+        "pytreelib": ["Pytree", "data", "static", "has_data", "check_pytree"],
+        "object": ["Pytree", "data"],
+        "rnglib": ["Rngs", "RngStream", "split_rngs", "fork_rngs"],
+        "helpers": ["Sequential", "List", "Dict", "TrainState"],
+        "visualization": ["display"],
+        "training.optimizer": ["Optimizer", "OptState"],
+        "transforms.compilation": ["jit", "shard_map"],
+        "transforms.autodiff": ["grad", "value_and_grad", "remat"],
+        "transforms.iteration": ["vmap", "scan", "fori_loop"],
+        "transforms.transforms": ["cond", "eval_shape"],
+    }
+    for path, names in doors.items():
+        module = importlib.import_module(f"nnxlike.{path}")
+        for name in names:
+            assert getattr(module, name) is getattr(nnx, name), (path, name)
+    metrics = importlib.import_module("nnxlike.training.metrics")
+    assert metrics.Average is nnx.metrics.Average
+    assert nnx.rnglib.Rngs is nnx.Rngs  # loaded on first attribute access
+    with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
+        nnx.not_a_module  # noqa: B018

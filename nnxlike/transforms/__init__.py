@@ -1,9 +1,13 @@
-"""flax's ``flax.nnx.transforms`` package path, for code that imports from it.
+"""flax's ``nnx.transforms`` package: the lifted JAX transforms by family.
 
-Only ``general`` (``split_inputs`` / ``merge_inputs``) lives here; every lifted
-transform is ``nnx.jit``, ``nnx.vmap``, ... on the top-level package.
+Doors onto the transforms nnxlike exports at its top level (``nnx.jit``, ...).
 
->>> from nnxlike.transforms import general
->>> callable(general.split_inputs), callable(general.merge_inputs)
-(True, True)
+>>> import nnxlike as nnx
+>>> nnx.transforms.compilation.jit is nnx.jit
+True
 """
+
+from nnxlike.transforms import autodiff as autodiff
+from nnxlike.transforms import compilation as compilation
+from nnxlike.transforms import iteration as iteration
+from nnxlike.transforms import transforms as transforms
