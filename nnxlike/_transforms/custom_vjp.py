@@ -172,17 +172,26 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
         def run(user_fn: Callable, xs: tuple) -> tuple[Any, Any, Any]:
             xs = jtu.tree_map(lambda x: x, xs)  # copies: the caller's stay untouched
             before = _variable_leaves(xs)
-            treedef = jtu.tree_structure(xs, is_leaf=_is_var)
+            treedefs = [jtu.tree_structure(x, is_leaf=_is_var) for x in xs]
             built: list = []
             inner = _from_tree(xs, built=built) if graph else xs
             result = user_fn(*inner)
-            if jtu.tree_structure(xs, is_leaf=_is_var) != treedef or not all(
-                _same_tree(t, obj) for t, obj in built
-            ):
+            changed = [
+                i
+                for i, (x, td) in enumerate(zip(xs, treedefs))
+                if jtu.tree_structure(x, is_leaf=_is_var) != td
+            ]
+            if changed or not all(_same_tree(t, obj) for t, obj in built):
+                where = (
+                    f"argument {changed[0]} ({type(inner[changed[0]]).__name__})"
+                    if changed
+                    else "an object argument"
+                )
                 raise _errors.StructureError(
                     _errors.STRUCTURE_WITHOUT_GRAPH_UPDATES.format(
                         fn="custom_vjp",
-                        what="an attribute was added, removed or changed",
+                        what=f"{where}: a static attribute changed, or an attribute "
+                        "was added or removed",
                     )
                 )
             after = _variable_leaves(xs)
