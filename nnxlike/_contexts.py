@@ -142,6 +142,12 @@ class _RefIndex(Mapping):
     def __len__(self) -> int:
         return len(self.objects)
 
+    def __repr__(self) -> str:
+        kinds = ", ".join(
+            f"{i}: {type(o).__name__}" for i, o in enumerate(self.objects)
+        )
+        return f"RefIndex({{{kinds}}})"
+
 
 class _Stacks(threading.local):
     def __init__(self) -> None:
