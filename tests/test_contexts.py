@@ -147,6 +147,20 @@ def test_lifted_jit_equals_nnx_jit_and_updates_in_place_on_cached_calls():
     assert int(other.count[...]) == 1 and int(ours.count[...]) == 3
 
 
+def test_nested_lifted_transforms_with_one_tag_use_the_innermost_context():
+    inner = lifted_jit(step)
+
+    def outer_fn(m, x):
+        y = inner(m, x)  # a second update_context("lifted_jit") inside the trace
+        m.count[...] += 10
+        return y
+
+    m = Counter()
+    for n in (1, 2):
+        np.testing.assert_allclose(lifted_jit(outer_fn)(m, jnp.ones(3)), 3.0)
+        assert int(m.count[...]) == 11 * n
+
+
 def test_lifted_vmap_equals_nnx_vmap_and_a_jnp_formula():
     class Ensemble(nnx.Module):
         def __init__(self):
