@@ -238,3 +238,47 @@ def test_gradient_through_a_scan_that_creates_nothing_matches_lax_scan():
 
     g = nnx.grad(loss)(w)
     np.testing.assert_allclose(g[...], jax.grad(ref)(w[...]), rtol=1e-6)
+
+
+def test_transform_metadata_inside_a_scan_removes_the_named_axis():
+    w = nnx.Param(jnp.ones((4, 3)), sharding_names=("layers", "model"))
+    seen = []
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
+    @nnx.transform_metadata(
+        in_axes=(0, nnx.Carry), out_axes=nnx.Carry, partition="layers"
+    )
+    def f(w, c):
+        seen.append(w.sharding_names)
+        return c + w[...]
+
+    c = f(w, jnp.zeros(3))
+    assert seen == [("model",)]
+    assert w.sharding_names == ("layers", "model")
+    np.testing.assert_allclose(c, jnp.full(3, 4.0))
+
+
+def test_scan_over_a_module_built_by_vmap_with_state_axes():
+    axes = nnx.StateAxes({(nnx.Param, nnx.RngState): 0, ...: None})
+
+    class MLP(nnx.Module):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(axes, axes))
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(3, 3, rngs=rngs)
+            self.calls = nnx.BatchStat(jnp.array(0))  # axis None: not stacked
+
+        @nnx.scan(in_axes=(axes, nnx.Carry), out_axes=nnx.Carry)
+        def __call__(self, x):
+            self.calls[...] += 1  # broadcast state written inside: carried
+            return jnp.tanh(self.linear(x))
+
+    m = MLP(nnx.Rngs(0))
+    assert m.linear.kernel.shape == (3, 3, 3) and m.calls.shape == ()
+    x = jnp.ones((2, 3))
+    k, b = m.linear.kernel[...], m.linear.bias[...]
+    ref, _ = jax.lax.scan(
+        lambda h, kb: (jnp.tanh(h @ kb[0] + kb[1][None]), None), x, (k, b)
+    )
+    np.testing.assert_allclose(m(x), ref, rtol=1e-6)
+    assert int(m.calls[...]) == 3
