@@ -107,6 +107,13 @@ CUSTOM_VJP_DUPLICATE = (
     "3. Enable graph mode and graph updates:\n\n"
     "  nnx.custom_vjp(..., graph=True, graph_updates=True)"
 )
+CUSTOM_VJP_PERTURBED_NONDIFF = (
+    "custom_vjp({name}): an enclosing transform differentiates {paths}, which "
+    "this custom_vjp does not (nondiff_argnums {filters} leaves them out), so their "
+    "gradient would be lost. Widen the DiffState filter to include them, or "
+    "differentiate the enclosing transform with the same filter: "
+    "`nnx.grad(f, argnums=nnx.DiffState(0, same_filter))`."
+)
 CUSTOM_VJP_BWD_ARITY = (
     "custom_vjp({name}): bwd returned {got} cotangent(s) but the function has "
     "{want} differentiable argument(s) (those not listed as ints in "

@@ -154,6 +154,11 @@ def test_graph_updates_diffstate_selects_part_of_an_object():
     assert sorted(grads) == ["x"]
     np.testing.assert_allclose(grads["x"][...], ref_grads()[0], rtol=1e-6)
 
+    # An enclosing grad differentiating y, which this rule leaves out: refused
+    # (its gradient would be lost), naming it.
+    with pytest.raises(ValueError, match="differentiates argument 0 at y, which"):
+        nnx.grad(f)(foo())
+
     # A cotangent for a Variable the DiffState leaves out is refused, by path.
     f.defvjp(f_fwd, lambda res, g: (g[0][0],))
     with pytest.raises(ValueError, match=r"cotangent at .*y.* not one of its"):

@@ -30,8 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
-from jax.custom_derivatives import CustomVJPPrimal
+import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
+from jax.dtypes import float0
 
 from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import to_predicate
@@ -290,14 +293,16 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
         diff_set = set(diff_idx)
         rest_idx = [j for j in range(len(lifted.flat.leaves)) if j not in diff_set]
         arrays = lifted.arrays()
-        rest_arrays = [arrays[j] for j in rest_idx]
         jax_args = [jtu.tree_map(_hole_if_node, a, is_leaf=is_graph_node) for a in args]
-        jax_nondiff = tuple(1 + i for i in self.jax_nondiff)
+        # JAX's arguments: the differentiated Variables, the other Variables (their
+        # cotangent is zero, and an enclosing transform must not differentiate
+        # them: checked in fwd), then the arguments with holes for the objects.
+        jax_nondiff = tuple(2 + i for i in self.jax_nondiff)
         diff_args = [i for i in range(len(args)) if i not in self.jax_nondiff]
         box: dict[str, Any] = {}
 
-        def run(user_fn: Callable, diff_arrays: list, plain: tuple) -> Any:
-            full = interleave(diff_idx, list(diff_arrays), rest_idx, rest_arrays)
+        def run(user_fn: Callable, diff: list, rest: list, plain: tuple) -> Any:
+            full = interleave(diff_idx, list(diff), rest_idx, list(rest))
             leaves = [x for p in plain for x in jtu.tree_leaves(p, is_leaf=_is_hole)]
             args2, copies = lifted.rebuild(full, leaves)
             result = user_fn(*args2)
@@ -328,18 +333,23 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
 
         fun, fwd, bwd = self.fun, self.fwd, self.bwd
 
-        def pure(diff_arrays, *plain):
-            copies, out = run(fun, diff_arrays, plain)
+        def pure(diff, rest, *plain):
+            copies, out = run(fun, diff, rest, plain)
             return outputs(copies, out)
 
-        def pure_fwd(diff_arrays, *plain):
-            diff_arrays, plain = _primal_values((diff_arrays, plain))
-            copies, result = run(fwd, diff_arrays, plain)
+        def pure_fwd(diff, rest, *plain):
+            perturbed = [j for j, p in zip(rest_idx, rest) if p.perturbed]
+            if perturbed:
+                self._refuse_perturbed(lifted, node_arg, perturbed)
+            diff, rest, plain = _primal_values((diff, rest, plain))
+            copies, result = run(fwd, diff, rest, plain)
             out, res = _fwd_pair(result, name)
             return outputs(copies, out), _to_tree(res, every_node=True)
 
-        def pure_bwd(*rest):
-            *nondiff, res, (ct_arrays, ct_out_leaves) = rest
+        def pure_bwd(*args_in):
+            *nondiff, res, (ct_arrays, ct_out_leaves) = args_in
+            if not self.symbolic_zeros:  # JAX's rule runs with them; the user's not
+                ct_arrays, ct_out_leaves = _instantiate((ct_arrays, ct_out_leaves))
             res = _from_tree(res)
             states = _states_by_root(box["kinds"], ct_arrays)
             args_g = []
@@ -369,11 +379,16 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
                         name=name, got=len(ct), want=len(diff_args)
                     )
                 )
-            return self._tangents(ct, args, arg_defs, diff_args, chosen, diff_idx)
+            var_ct, *plain_ct = self._tangents(
+                ct, args, arg_defs, diff_args, chosen, diff_idx
+            )
+            return (var_ct, [None] * len(rest_idx), *plain_ct)
 
         jfun = jax.custom_vjp(pure, nondiff_argnums=jax_nondiff)
-        jfun.defvjp(pure_fwd, pure_bwd, symbolic_zeros=self.symbolic_zeros)
-        new_arrays, out_leaves = jfun([arrays[j] for j in diff_idx], *jax_args)
+        jfun.defvjp(pure_fwd, pure_bwd, symbolic_zeros=True)
+        new_arrays, out_leaves = jfun(
+            [arrays[j] for j in diff_idx], [arrays[j] for j in rest_idx], *jax_args
+        )
         if box["same"]:
             # A Variable of an enclosing trace (an object closed over by a plain
             # jax.grad) that the function did not change keeps its array: the
@@ -388,6 +403,21 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
                 )
             ]
         return _core.write_back(lifted, box["static"], new_arrays, out_leaves)
+
+    def _refuse_perturbed(self, lifted: Any, node_arg: list, perturbed: list) -> None:
+        """An enclosing transform differentiates Variables this rule does not."""
+        paths = lifted.flat.graphdef.paths  # (node index, *path in the node)
+        shown = [
+            f"argument {node_arg[paths[j][0]]} at {_errors.path_str(paths[j][1:])}"
+            for j in perturbed
+        ]
+        raise ValueError(
+            _errors.CUSTOM_VJP_PERTURBED_NONDIFF.format(
+                name=self._name,
+                paths=", ".join(shown[:8]) + (" ..." if len(shown) > 8 else ""),
+                filters=[a for a in self.nondiff_argnums if isinstance(a, DiffState)],
+            )
+        )
 
     def _tangents(
         self,
@@ -515,6 +545,19 @@ def _primal_values(tree: Any) -> Any:
         tree,
         is_leaf=lambda p: isinstance(p, CustomVJPPrimal),
     )
+
+
+def _instantiate(tree: Any) -> Any:
+    """Zeros in place of JAX's ``SymbolicZero`` cotangents."""
+
+    def zeros(z: Any) -> Any:
+        if not isinstance(z, SymbolicZero):
+            return z
+        if z.aval.dtype == float0:
+            return np.zeros(z.aval.shape, float0)
+        return jnp.zeros(z.aval.shape, z.aval.dtype)
+
+    return jtu.tree_map(zeros, tree, is_leaf=lambda z: isinstance(z, SymbolicZero))
 
 
 def _is_var(x: Any) -> bool:
