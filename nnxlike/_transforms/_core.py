@@ -198,6 +198,15 @@ def collect(lifted: Lifted, copies: Copies, out: Any) -> Collected:
                 what="an attribute was added, removed or replaced by a new object",
             )
         )
+    n_in = len(copies.origin)  # the input nodes (jit's spec keeps no objects)
+    if lifted.mode is not None and origins[:n_in] != tuple(range(n_in)):
+        # Same shapes, other objects: attributes swapped (m.a, m.b = m.b, m.a).
+        raise _errors.StructureError(
+            _errors.STRUCTURE_WITHOUT_GRAPH_UPDATES.format(
+                fn=lifted.mode,
+                what="objects or Variables were moved to other attributes",
+            )
+        )
     unchanged = (
         not out_graph_pos
         and flat.graphdef.tree[3][0] == in_gd.tree

@@ -100,6 +100,14 @@ def make_jaxpr(
     (1, 3)
     """
     _core.refuse_bound_method(f, "make_jaxpr")
+    if graph_updates:
+        # Nothing is written back, so there is no graph update to make (flax
+        # refuses the explicit request the same way; the default works).
+        raise ValueError(
+            "nnx.make_jaxpr does not support graph_updates=True. It only traces "
+            "`f` and writes nothing back to the objects; drop graph_updates=True "
+            "(or pass graph_updates=False)."
+        )
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
