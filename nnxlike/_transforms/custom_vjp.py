@@ -6,9 +6,11 @@ Design note: two modes, as in flax.nnx 0.12.
   arguments are lifted like every transform (``_core.Lifted``). The Variables of
   the differentiated arguments (all of them, or those a ``DiffState`` in
   ``nondiff_argnums`` selects) are the differentiated input of one
-  ``jax.custom_vjp`` call; the other Variables are closed over. The function's
-  result and the new state of its arguments are its outputs, written back outside
-  (``_core.write_back``, structural changes included). ``bwd(res, g)`` receives
+  ``jax.custom_vjp`` call; the other Variables are a second input with a zero
+  cotangent (an enclosing transform that differentiates them is refused: their
+  gradient would be lost). The function's result and the new state of its
+  arguments are its outputs, written back outside (``_core.write_back``,
+  structural changes included). ``bwd(res, g)`` receives
   ``g = (args_g, out_g)``: ``args_g`` holds, per argument, a ``State`` shaped like
   the argument's state after the call (``None`` for plain values); it returns one
   ``State`` per object argument (missing paths count as zero).
