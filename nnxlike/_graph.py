@@ -877,11 +877,15 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
         _errors.warn_unmatched_path_filters(
             "nnx.state", type(node).__name__, filters, flat.graphdef.paths, 4
         )
-    if len(filters) <= 1:
-        if not filters:
-            return _partition(flat, ())[0]
-        return _partition(flat, (filters[0], ...))[0]
-    return tuple(_partition(flat, (*filters, ...))[:-1])
+    if not filters:
+        return _partition(flat, ())[0]
+    # Variables matching no filter are left out: a catch-all last bucket takes
+    # them, unless the last filter already catches everything.
+    if filters[-1] is Ellipsis or filters[-1] is True:
+        states = _partition(flat, filters)
+    else:
+        states = _partition(flat, (*filters, ...))[:-1]
+    return states[0] if len(filters) == 1 else tuple(states)
 
 
 _ARRAY_LIKE: set[type] = set()  # value types seen with .shape and .dtype

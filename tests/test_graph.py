@@ -721,3 +721,13 @@ def test_optimizer_update_takes_graph_state_grads():
     assert isinstance(grads, nnx.GraphState)
     opt.update(model, grads)
     np.testing.assert_allclose(model.kernel[...], before - 0.5)
+
+
+def test_state_with_a_trailing_catch_all_filter():
+    model = Block(2, 3)
+    assert sorted(nnx.state(model, ...).to_pure_dict()) == ["bias", "kernel", "mean"]
+    params, rest = nnx.state(model, nnx.Param, ...)
+    assert sorted(params.to_pure_dict()) == ["bias", "kernel"]
+    assert sorted(rest.to_pure_dict()) == ["mean"]
+    (only,) = nnx.state(model, nnx.BatchStat, nnx.Cache)[:1]
+    assert sorted(only.to_pure_dict()) == ["mean"]
