@@ -41,9 +41,9 @@ import jax.tree_util as jtu
 import numpy as np
 
 from nnxlike import _config, _errors, _graph, _tracking
+from nnxlike._extract import TreeState
 from nnxlike._filters import to_predicate
 from nnxlike._graph import flatten, is_graph_node
-from nnxlike._extract import TreeState
 from nnxlike._state import State
 from nnxlike._transforms import _core
 from nnxlike._variables import (
@@ -686,13 +686,13 @@ def _check_no_aliases(fn: str, args: tuple) -> None:
         if not isinstance(leaf, Variable):
             continue
         path = "args" + jtu.keystr(kp)
-        first = seen.setdefault(id(leaf), path)
-        if first is not path:
+        if id(leaf) in seen:
             raise ValueError(
                 _errors.VARIABLE_ALIASING.format(
-                    var=_var_text(leaf), first=first, second=path, fn=fn
+                    var=_var_text(leaf), first=seen[id(leaf)], second=path, fn=fn
                 )
             )
+        seen[id(leaf)] = path
 
 
 def _output_aliases(fn: str, lifted: _core.Lifted, copies: _core.Copies, out: Any):
