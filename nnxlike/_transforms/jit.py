@@ -78,7 +78,9 @@ def _avals(*trees: Any) -> tuple:
     out = []
     for leaf in jax.tree.leaves(trees):
         aval = jax.typeof(leaf)
-        out.append((aval.shape, aval.dtype, getattr(aval, "weak_type", False)))
+        # a hijax box's aval (a mutable hitype) has no shape or dtype
+        shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
+        out.append((shape, dtype, getattr(aval, "weak_type", False)))
     return tuple(out)
 
 
@@ -339,7 +341,16 @@ class JitWrapped:
                 )
                 new_arrays = [new_arrays[i] for i in changed]
         # Record the output structure for this (spec, avals); see the module note.
-        static = (*collected.static(), changed)
+        out_leaves = collected.out_leaves
+        refs = None
+        if any(isinstance(x, jax.Ref) for x in out_leaves):
+            # jax.jit cannot return array references: an input one comes back
+            # as the caller's own, a new one as its value, re-wrapped outside.
+            out_leaves, refs = _refs_out(out_leaves, leaves, spec.jax_leaf_pos)
+        array_refs = None
+        if any(isinstance(a, jax.Ref) for a in new_arrays):
+            new_arrays, array_refs = _refs_out(new_arrays, arrays, range(len(arrays)))
+        static = (*collected.static(), changed, refs, array_refs)
         variants = self._out_static.setdefault(spec, {})
         variants[_avals(donated, kept, leaves_donated, leaves_kept)] = static
         if len(set(variants.values())) > 1:
@@ -347,7 +358,7 @@ class JitWrapped:
         sink = getattr(self._sink, "out", None)
         if sink is not None:  # the call that is tracing us, in this thread
             sink.append(static)
-        return new_arrays, collected.out_leaves
+        return new_arrays, out_leaves
 
     # -- slow path: full flatten -------------------------------------------------------
     def _build_entry(self, dyn_args, dyn_kwargs, static_args) -> _Entry:
@@ -565,6 +576,12 @@ class JitWrapped:
             if out_static is None:
                 out_static = list(self._out_static[spec].values())[0]
                 entry.out_static = out_static
+        if out_static[7] is not None:  # array references in the output
+            out_leaves = _refs_in(out_static[7], out_leaves, leaves)
+        if out_static[8] is not None:  # Variables holding array references
+            new_arrays = _refs_in(
+                out_static[8], new_arrays, list(map(_get_raw, variables))
+            )
         # Scatter: store results into the same Variables (or rebuild structure).
         if out_static[4]:
             changed = out_static[6]
@@ -763,6 +780,32 @@ def _note_deleted(jw, entry, dyn_args, dyn_kwargs, static_args, error) -> None:
     error.add_note(
         _errors.DONATED_DELETED.format(fn=fn, n=len(names), paths=shown, why=why)
     )
+
+
+def _refs_out(out_leaves: list, leaves: list, jax_leaf_pos: tuple) -> tuple:
+    """Trace time: replace the array references among the output leaves.
+
+    Returns the new leaves and ``((k, pos), ...)``: output leaf ``k`` is the
+    caller's input leaf ``pos``, or a new reference (``pos == -1``) whose value
+    is returned in its place.
+    """
+    pos_of = {id(leaves[i]): i for i in jax_leaf_pos if leaves[i] is not None}
+    out = list(out_leaves)
+    marks = []
+    for k, x in enumerate(out):
+        if isinstance(x, jax.Ref):
+            pos = pos_of.get(id(x), -1)
+            out[k] = None if pos >= 0 else x[...]
+            marks.append((k, pos))
+    return out, tuple(marks)
+
+
+def _refs_in(marks: tuple, out_leaves: list, leaves: list) -> list:
+    """After the call: put the array references back (see ``_refs_out``)."""
+    out = list(out_leaves)
+    for k, pos in marks:
+        out[k] = leaves[pos] if pos >= 0 else jax.new_ref(out[k])
+    return out
 
 
 def _has_tracer(variables: list) -> bool:
