@@ -30,7 +30,7 @@ from nnxlike import _errors, _graph
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._object import Object, data, static
 from nnxlike._state import State
-from nnxlike._variables import OptState, Param, Variable
+from nnxlike._variables import OptState, Param, Variable, _read
 
 __all__ = ["ModelAndOptimizer", "OptArray", "OptState", "OptVariable", "Optimizer"]
 
@@ -89,7 +89,9 @@ def _filter_text(f: Filter) -> str:
 
 
 def _raw(x: Any) -> Any:
-    return x._raw_value if isinstance(x, Variable) else getattr(x, "value", x)
+    # The array a Variable holds (read through a ref=True/hijax=True Variable's
+    # reference or box: optax works on arrays).
+    return _read(x._raw_value) if isinstance(x, Variable) else getattr(x, "value", x)
 
 
 def _is_var(x: Any) -> bool:

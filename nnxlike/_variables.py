@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from nnxlike import _config, _errors, _tracking
+from nnxlike import _config, _errors, _hijax, _tracking
 
 _SLOTS = ("_raw_value", "_metadata", "_trace_state", "_nnx_copy")
 _MISSING: Any = object()  # no default given
@@ -239,13 +239,14 @@ _NOT_REF_TYPES: set[type] = set()  # concrete types seen that are never referenc
 
 
 def _is_ref(x: Any) -> bool:
-    """``isinstance(x, jax.Ref)``, remembered per concrete type (the ABC check costs
-    about a microsecond and sits on every Variable read and write). Tracers are
-    checked each time: whether one is a reference depends on its aval."""
+    """Whether ``x`` holds the value indirectly: a ``jax.Ref`` (``ref=True``) or
+    a hijax box (``hijax=True``). Remembered per concrete type (the ABC check
+    costs about a microsecond and sits on every Variable read and write).
+    Tracers are checked each time: what one is depends on its aval."""
     t = type(x)
     if t in _NOT_REF_TYPES:
         return False
-    if isinstance(x, jax.Ref):
+    if isinstance(x, jax.Ref) or _hijax.is_box(x):
         return True
     if not issubclass(t, jax.core.Tracer):
         _NOT_REF_TYPES.add(t)
@@ -253,8 +254,50 @@ def _is_ref(x: Any) -> bool:
 
 
 def _read(raw: Any) -> Any:
-    """The value held: a reference is read, anything else is returned as is."""
-    return raw[...] if _is_ref(raw) else raw
+    """The value held: a reference or box is read, anything else returned as is."""
+    return _deref(raw) if _is_ref(raw) else raw
+
+
+def _deref(raw: Any) -> Any:
+    """Read an indirect value (``_is_ref(raw)``): a Ref's array, a box's value."""
+    if _hijax.is_box(raw):
+        inner = _hijax.get(raw)
+        return inner[...] if isinstance(inner, jax.Ref) else inner
+    return raw[...]
+
+
+def _unbox(raw: Any) -> Any:
+    """A box's content (a hijax+ref box holds a Ref); anything else as is."""
+    return _hijax.get(raw) if _hijax.is_box(raw) else raw
+
+
+def _with_item(raw: Any, index: Any, value: Any) -> Any:
+    """``raw`` with ``raw[index] = value``, as a new value (arrays or containers)."""
+    if isinstance(raw, (jax.Array, np.ndarray)) or np.isscalar(raw):
+        return jnp.asarray(raw).at[index].set(value)
+    new = type(raw)(raw)  # a dict or list value: item assignment on a copy
+    new[index] = value
+    return new
+
+
+def _write_indirect(raw: Any, index: Any, value: Any) -> None:
+    """``raw[index] = value`` for a Ref or a box (any trace may do it: JAX
+    carries the write out of a plain transform)."""
+    if _hijax.is_box(raw):
+        inner = _hijax.get(raw)
+        if isinstance(inner, jax.Ref):
+            inner[index] = value
+            return
+        if index is not Ellipsis:
+            value = _with_item(inner, index, value)
+        _hijax.set(raw, value)
+    else:
+        raw[index] = value
+
+
+def _boxed(value: Any) -> Any:
+    """``value`` in a new hijax box (a box is kept as is)."""
+    return value if _hijax.is_box(value) else _hijax.new_box(value)
 
 
 class LostWriteWarning(UserWarning):
@@ -463,6 +506,8 @@ class Variable:
         if ref:
             metadata["ref"] = True
             value = jax.new_ref(value)
+        if hijax:
+            value = _hijax.new_box(value)
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
@@ -474,7 +519,7 @@ class Variable:
         if self._nnx_custom_get:
             return self.get_value()
         raw = self._raw_value
-        return raw[...] if _is_ref(raw) else raw
+        return _deref(raw) if _is_ref(raw) else raw
 
     @value.setter
     def value(self, value: Any) -> None:
@@ -484,7 +529,9 @@ class Variable:
         """The value (``index=`` reads ``value[index]``; a reference is read)."""
         raw = self._raw_value
         if index is Ellipsis:
-            return raw[...] if _is_ref(raw) else raw
+            return _deref(raw) if _is_ref(raw) else raw
+        if _hijax.is_box(raw):
+            return _deref(raw)[index]
         return raw[index]
 
     def set_value(self, value: Any, *, index: Any = Ellipsis) -> None:
@@ -496,16 +543,11 @@ class Variable:
         if isinstance(value, Variable):
             value = _read(value._raw_value)
         raw = self._raw_value
-        if _is_ref(raw):
-            raw[index] = value
+        if _is_ref(raw):  # ref=True / hijax=True: written in place, from any trace
+            _write_indirect(raw, index, value)
             return
         if index is not Ellipsis:
-            if isinstance(raw, (jax.Array, np.ndarray)) or np.isscalar(raw):
-                value = jnp.asarray(raw).at[index].set(value)
-            else:  # a dict or list value: item assignment on a copy
-                new = type(raw)(raw)
-                new[index] = value
-                value = new
+            value = _with_item(raw, index, value)
         if self._trace_state != _tracking.get_trace_state():
             raise _errors.TraceContextError(
                 _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
@@ -519,15 +561,19 @@ class Variable:
         if self._nnx_custom_get:
             return self.get_value(index=key)
         raw = self._raw_value
-        if key is Ellipsis and not _is_ref(raw):
-            return raw
+        if not _is_ref(raw):
+            return raw if key is Ellipsis else raw[key]
+        if _hijax.is_box(raw):
+            value = _deref(raw)
+            return value if key is Ellipsis else value[key]
         return raw[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set_value(value, index=key)
 
     def __delitem__(self, key: Any) -> None:
-        value = type(self._raw_value)(self._raw_value)
+        raw = _read(self._raw_value)
+        value = type(raw)(raw)
         del value[key]
         self.set_value(value)
 
@@ -751,7 +797,11 @@ class Variable:
         >>> p.update_from_state(nnx.Param(3.0)); float(p[...])
         3.0
         """
-        object.__setattr__(self, "_raw_value", variable_state._raw_value)
+        raw, new = self._raw_value, variable_state._raw_value
+        if _hijax.is_box(raw) and raw is not new:
+            _hijax.set(raw, _unbox(new))  # a hijax Variable keeps its box
+        else:
+            object.__setattr__(self, "_raw_value", new)
         if self._metadata != variable_state._metadata:
             meta = {
                 k: v
@@ -786,6 +836,8 @@ class Variable:
         if ref:
             value = jax.new_ref(value)
             metadata["ref"] = True
+        if metadata.get("hijax", False):
+            value = _hijax.new_box(value)
         return self.from_metadata(value, metadata)
 
     @classmethod
@@ -803,6 +855,8 @@ class Variable:
             for k, v in attributes.items()
             if not (k in REQUIRED_METADATA and v == REQUIRED_METADATA[k])
         }
+        if metadata.get("hijax", False):  # a hijax Variable holds a box
+            value = _boxed(value)
         return new_variable(cls, value, metadata)
 
     def __class_getitem__(cls, item: Any) -> Any:
@@ -828,10 +882,17 @@ class Variable:
         return type(self)
 
     def get_raw_value(self) -> Any:
-        return self._raw_value
+        """The stored value: an array, a ``jax.Ref`` for ``ref=True`` (for
+        ``hijax=True``: what its box holds)."""
+        return _unbox(self._raw_value)
 
     def set_raw_value(self, value: Any, *, _unsafe_bypass_check: bool = False) -> None:
-        """Store ``value`` as the raw value (a reference replaces the reference)."""
+        """Store ``value`` as the raw value (a reference replaces the reference;
+        a ``hijax=True`` Variable stores it in its box)."""
+        raw = self._raw_value
+        if _hijax.is_box(raw) and not _hijax.is_box(value):
+            _hijax.set(raw, value)  # a hijax Variable keeps its box
+            return
         if (
             not _unsafe_bypass_check
             and self._trace_state != _tracking.get_trace_state()
@@ -846,7 +907,7 @@ class Variable:
 
     @property
     def raw_value(self) -> Any:
-        return self._raw_value
+        return _unbox(self._raw_value)
 
     @raw_value.setter
     def raw_value(self, value: Any) -> None:
@@ -856,11 +917,15 @@ class Variable:
     @property
     def shape(self) -> tuple:
         raw = self._raw_value
-        return tuple(raw.shape) if _is_ref(raw) else np.shape(raw)
+        if not _is_ref(raw):
+            return np.shape(raw)
+        return np.shape(_deref(raw)) if _hijax.is_box(raw) else tuple(raw.shape)
 
     @property
     def dtype(self) -> Any:
         raw = self._raw_value
+        if _hijax.is_box(raw):
+            raw = _deref(raw)
         return getattr(raw, "dtype", None) or np.result_type(raw)
 
     @property
@@ -1182,6 +1247,39 @@ def same_state(a: Variable, b: Variable) -> bool:
 
 VariableState = Variable
 """flax.nnx 0.12's name for the leaves of a ``State``: they are Variables."""
+
+
+class _HijaxMeta(type):
+    def __instancecheck__(cls, x: Any) -> bool:
+        return isinstance(x, Variable) and _hijax.is_box(x._raw_value)
+
+
+class HijaxVariable(metaclass=_HijaxMeta):
+    """What ``isinstance(v, nnx.variablelib.HijaxVariable)`` tests: a Variable made
+    with ``hijax=True`` (or under ``nnx.var_defaults(hijax=True)``).
+
+    In nnxlike such a Variable keeps its kind as its type (``type(v) is
+    nnx.Param``; flax.nnx gives it the type ``HijaxVariable``) and holds its value
+    in a JAX hijax box, so a plain ``jax.jit`` or ``jax.grad`` that writes to
+    it, as an argument or captured by closure, leaves the new value in it, even
+    one of a new structure. Calling ``HijaxVariable(value, **metadata)`` makes a
+    hijax ``nnx.Variable``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> metrics = nnx.Variable({}, hijax=True)
+    >>> @jax.jit
+    ... def f(x, metrics):
+    ...     metrics["x_sum"] = jnp.sum(x)
+    >>> f(jnp.ones((2, 3)), metrics)
+    >>> float(metrics["x_sum"]), isinstance(metrics, nnx.variablelib.HijaxVariable)
+    (6.0, True)
+    >>> type(nnx.Param(1.0, hijax=True)).__name__
+    'Param'
+    """
+
+    def __new__(cls, value: Any, **metadata: Any) -> Variable:  # type: ignore[misc]
+        return Variable(value, **{**metadata, "hijax": True})
 
 
 def variable_type(x: Any) -> type | None:

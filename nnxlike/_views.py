@@ -26,6 +26,7 @@ from nnxlike import _config, _errors, _graph
 from nnxlike._filters import Filter, to_predicate
 from nnxlike._module import Module, has_attribute
 from nnxlike._object import Object
+from nnxlike._state import State
 from nnxlike._variables import Variable
 
 A = TypeVar("A")
@@ -362,6 +363,10 @@ def with_vars(
                 for group in duplicates
             )
             raise ValueError(_errors.WITH_VARS_DUPLICATES.format(groups=groups))
+    if isinstance(node, State):  # a State's leaves (flax maps them too)
+        flat = node.flat_state()
+        leaves = [x.copy(**new_meta) if chosen(p, x) else x for p, x in flat]
+        return State.from_flat(flat.paths, leaves)
     return _graph.recursive_map(
         lambda path, x: x.copy(**new_meta) if chosen(path, x) else x, node
     )

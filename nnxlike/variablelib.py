@@ -14,6 +14,7 @@ from nnxlike._variable_names import variable_type_from_name as variable_type_fro
 from nnxlike._variables import A as A
 from nnxlike._variables import BatchStat as BatchStat
 from nnxlike._variables import Cache as Cache
+from nnxlike._variables import HijaxVariable as HijaxVariable
 from nnxlike._variables import Intermediate as Intermediate
 from nnxlike._variables import Param as Param
 from nnxlike._variables import Perturbation as Perturbation

@@ -8,6 +8,7 @@ import pickle
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import nnxlike as nnx
@@ -487,3 +488,105 @@ def test_set_metadata_only_selects_the_variables():
     assert m.p.get_metadata("differentiable") is False and m.p.foo == "bar"
     nnx.set_metadata(m, "v", only=nnx.Param, note=1)  # both must match: none
     assert not m.v.has_metadata("note") and not m.p.has_metadata("note")
+
+
+# -- hijax=True Variables: the value lives in a JAX hijax box ---------------------
+
+
+def test_hijax_variable_writes_reach_the_caller_through_plain_jax():
+    v = nnx.Param(jnp.array(1), note="hi", hijax=True)
+    assert v.hijax and type(v) is nnx.Param and isinstance(v, nnx.Param)
+    assert isinstance(v, nnx.variablelib.HijaxVariable)
+    assert not isinstance(nnx.Param(1), nnx.variablelib.HijaxVariable)
+
+    @jax.jit
+    def step(v, a):
+        assert v.note == "hi" and v.hijax
+        v[...] = a
+        v[...] += 5
+        return v + 2
+
+    assert int(step(v, 10)) == 17 and int(v[...]) == 15  # plain jax.jit: kept
+    low = nnx.with_vars(v, hijax=False)
+    assert not low.hijax and int(low[...]) == 15
+    assert not isinstance(low.get_raw_value(), jax.Ref)
+
+    # a pytree value whose structure changes inside the trace (a new key)
+    metrics = nnx.Variable({"a": jnp.array(0)}, hijax=True)
+
+    @jax.jit
+    def log(x, metrics):
+        metrics["a"] += 1
+        metrics["x_sum"] = jnp.sum(x)
+
+    log(jnp.ones((2, 3)), metrics)
+    assert sorted(metrics[...]) == ["a", "x_sum"] and "x_sum" in metrics
+    assert int(metrics["a"]) == 1 and float(metrics["x_sum"]) == 6.0
+
+
+def test_hijax_variable_captured_by_closure_under_grad_and_nnx_jit():
+    v = nnx.Variable(jnp.array(2.0), hijax=True)
+
+    def loss(x):  # writes a captured hijax Variable: allowed, and kept
+        v[...] = jax.lax.stop_gradient(x * 3)
+        return x**2 + v[...]
+
+    np.testing.assert_allclose(jax.grad(loss)(jnp.array(4.0)), 8.0)  # d(x^2)/dx
+    np.testing.assert_allclose(v[...], 12.0)
+    plain = nnx.Variable(jnp.array(2.0))
+    with pytest.raises(nnx.TraceContextError):  # a plain one keeps the guard
+        jax.grad(lambda x: (plain.set_value(x), x)[1])(jnp.array(1.0))
+
+    @nnx.jit
+    def inc(v):
+        v[...] += 1.0
+        return v[...] * 2
+
+    np.testing.assert_allclose(inc(v), 26.0)
+    np.testing.assert_allclose(inc(v), 28.0)
+    np.testing.assert_allclose(v[...], 14.0)
+
+
+@pytest.mark.parametrize("hijax", [True, False])
+@pytest.mark.parametrize("ref", [True, False])
+def test_hijax_and_ref_flags_from_every_constructor(hijax, ref):
+    made = [
+        nnx.Variable(jnp.array(1), hijax=hijax, ref=ref),
+        nnx.Variable(jnp.array(1)).copy(hijax=hijax, ref=ref),
+        nnx.with_vars(nnx.Variable(jnp.array(1)), hijax=hijax, ref=ref),
+    ]
+    for v in made:
+        assert (v.hijax, v.ref) == (hijax, ref)
+        assert isinstance(v, nnx.variablelib.HijaxVariable) == hijax
+        assert isinstance(v.get_raw_value(), jax.Ref) == ref
+        assert int(v[...]) == 1 and v.shape == () and v.dtype == jnp.int32
+    with nnx.var_defaults(hijax=True):
+        assert nnx.Param(1.0).hijax and not nnx.Param(1.0, hijax=False).hijax
+
+
+def test_optimizer_over_hijax_model_inside_plain_jit_matches_optax():
+    with nnx.var_defaults(hijax=True):
+        w = nnx.Variable(jnp.asarray(np.linspace(0.0, 1.0, 8, dtype=np.float32)))
+        model = nnx.Dict(w=w, count=nnx.Variable(jnp.array(0)))
+        wrt = lambda path, x: path[-1] == "w"  # noqa: E731
+        optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=wrt)
+    w0 = np.asarray(model["w"][...])
+
+    @jax.jit
+    def train_step(model, optimizer):
+        graphdef, params, rest = nnx.split(model, wrt, ...)
+
+        def loss_fn(params):
+            m = nnx.merge(graphdef, params, rest)
+            m["count"][...] += 1
+            return jnp.sum(m["w"][...] ** 2)
+
+        low = nnx.with_vars(params, hijax=False)
+        grads = jax.grad(loss_fn)(low)
+        optimizer.update(params, grads)
+
+    train_step(model, optimizer)
+    tx = optax.adam(0.1)
+    updates, _ = tx.update({"w": 2 * w0}, tx.init({"w": w0}), {"w": w0})
+    np.testing.assert_allclose(model["w"][...], w0 + updates["w"], rtol=1e-6)
+    assert int(model["count"][...]) == 1 and int(optimizer.step[...]) == 1
