@@ -94,3 +94,18 @@ def test_aliasing_errors_follow_flax():
         nnx.pmap(lambda a, b: a[...], in_axes=(0, None))(v, v)
     with pytest.raises(ValueError, match="Variables prefixes are not supported"):
         nnx.pmap(lambda a: a, in_axes=(nnx.Variable(0),))
+
+
+def test_ensemble_on_eight_devices_matches_jax_pmap():
+    from pathlib import Path
+
+    from multidevice import DEVICES, run_worker
+
+    worker = Path(__file__).resolve().parent / "pmap_worker.py"
+    facts = run_worker(worker, ["pmap"], "PMAP")["pmap"]
+    assert facts["kernel_shape"] == [DEVICES, 3, 4]
+    assert facts["distinct_kernels"] == DEVICES  # split streams: one init each
+    assert facts["max_abs_diff"] < 1e-5
+    assert facts["y_devices"] == DEVICES
+    # The broadcast Variable got the psum of every device's output, once.
+    np.testing.assert_allclose(facts["total"], facts["want_total"], rtol=1e-5)
