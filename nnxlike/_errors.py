@@ -435,7 +435,7 @@ UNMATCHED_PATH_FILTER = (
 )
 
 
-def unmatched_path_strings(filters: tuple, paths: list) -> list:
+def unmatched_path_strings(filters: tuple, paths: list, tags: tuple | set = ()) -> list:
     """The string filters (also inside tuples and lists) that match no path.
 
     A plain string matches a path with a component equal to it, a string with
@@ -456,7 +456,7 @@ def unmatched_path_strings(filters: tuple, paths: list) -> list:
             if "/" in f or "*" in f:
                 hit = any(fnmatch.fnmatchcase("/".join(map(str, p)), f) for p in paths)
             else:
-                hit = any(f in p for p in paths)
+                hit = f in tags or any(f in p for p in paths)
             if not hit and f not in out:
                 out.append(f)
 
@@ -466,12 +466,18 @@ def unmatched_path_strings(filters: tuple, paths: list) -> list:
 
 
 def warn_unmatched_path_filters(
-    op: str, what: str, filters: tuple, paths: list, stacklevel: int = 3
+    op: str,
+    what: str,
+    filters: tuple,
+    paths: list,
+    stacklevel: int = 3,
+    tags: tuple | set = (),
 ) -> None:
-    """Warn (``FilterWarning``) for each string filter that matches no path."""
+    """Warn (``FilterWarning``) for each string filter that matches no path
+    (nor an RNG stream ``tag``)."""
     import warnings
 
-    for f in unmatched_path_strings(filters, paths):
+    for f in unmatched_path_strings(filters, paths, tags):
         glob = "/" in f or "*" in f
         how = (
             f"a /-joined path matching the glob {f!r}"

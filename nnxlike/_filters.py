@@ -5,8 +5,9 @@ Design note: every filter form is turned once into a predicate
 ``VariableState`` (both answer ``variable_type``). Forms:
 
 - a Variable type (``nnx.Param``): ``isinstance`` on the kind;
-- a string: a path component equal to it (``"kernel"``), or a ``/``-joined glob
-  when it contains ``/`` or ``*`` (``"layers/*/kernel"``);
+- a string: a path component or an RNG stream tag equal to it (``"kernel"``,
+  ``"dropout"``), or a ``/``-joined glob when it contains ``/`` or ``*``
+  (``"layers/*/kernel"``);
 - ``...``/``True`` everything, ``None``/``False`` nothing;
 - a callable ``(path, value) -> bool``; a tuple or list (any of);
 - the combinators ``All``, ``Any``, ``Not``, ``PathContains``, ``OfType``,
@@ -48,7 +49,7 @@ def to_predicate(filter: Filter) -> Predicate:
     if isinstance(filter, str):
         if "/" in filter or "*" in filter:
             return PathGlob(filter)
-        return PathContains(filter)
+        return PathOrTag(filter)
     if isinstance(filter, (tuple, list)):
         return Any(*filter)
     if callable(filter):
@@ -102,6 +103,28 @@ class PathContains(_FilterBase):
             return self.key in path
         key = str(self.key)
         return any(key in str(part) for part in path)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathOrTag(_FilterBase):
+    """A plain string filter: a path component equal to it, or a tag equal to it.
+
+    flax.nnx reads a string as a tag (``WithTag``: the RNG streams of that name,
+    wherever they live, e.g. a Dropout's own ``'dropout'`` stream); nnxlike also
+    matches path components (``'kernel'``).
+
+    >>> import nnxlike as nnx
+    >>> f = nnx.filterlib.to_predicate("dropout")
+    >>> f(("drop", "rngs", "key"), nnx.RngKey(nnx.Rngs(0)(), tag="dropout"))
+    True
+    >>> f(("dropout", "count"), None), f(("linear", "kernel"), nnx.Param(0.0))
+    (True, False)
+    """
+
+    name: str
+
+    def __call__(self, path, value):
+        return self.name in path or getattr(value, "tag", None) == self.name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -874,8 +874,9 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "state"))
     if filters:  # a path string matching nothing is most likely a typo
+        tags = {getattr(v, "tag", None) for v in flat.leaves}
         _errors.warn_unmatched_path_filters(
-            "nnx.state", type(node).__name__, filters, flat.graphdef.paths, 4
+            "nnx.state", type(node).__name__, filters, flat.graphdef.paths, 4, tags
         )
     if not filters:
         return _partition(flat, ())[0]

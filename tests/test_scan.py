@@ -282,3 +282,28 @@ def test_scan_over_a_module_built_by_vmap_with_state_axes():
     )
     np.testing.assert_allclose(m(x), ref, rtol=1e-6)
     assert int(m.calls[...]) == 3
+
+
+def test_per_step_dropout_keys_selected_by_tag():
+    # flax's recurrent-dropout recipe: the string 'dropout' selects the Dropout's
+    # own stream by its tag; with_rngs gives it one key per step, scanned along 0.
+    drop = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1))
+    axes = nnx.prefix(drop, {"dropout": 0, ...: None})
+    key = drop.rngs.key[...]
+
+    @nnx.with_rngs(broadcast={"dropout": 4})
+    @nnx.scan(in_axes=(axes, 0), out_axes=0)
+    def run(drop, x):
+        return drop(x)
+
+    ys = run(drop, jnp.ones((4, 8)))
+    assert set(np.unique(ys[0]).tolist()) == {0.0, 2.0}
+    for t in range(1, 4):  # one broadcast key: the same mask in every step
+        np.testing.assert_array_equal(ys[t], ys[0])
+    # The caller's stream is as before, one draw on: the next call draws anew.
+    assert drop.rngs.key.shape == () and int(drop.rngs.count[...]) == 1
+    np.testing.assert_array_equal(
+        jax.random.key_data(drop.rngs.key[...]), jax.random.key_data(key)
+    )
+    assert not np.array_equal(run(drop, jnp.ones((4, 8))), ys)
+    assert "dropout" in str(nnx.state(drop, "dropout"))  # no FilterWarning either
