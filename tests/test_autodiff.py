@@ -483,3 +483,129 @@ def test_jvp_vjp_errors():
         nnx.vjp(lin_out, model, XB, has_aux=True)
     with pytest.raises(TypeError, match="aux output"):
         nnx.vjp(lambda m: m, model)
+
+
+# -- tree mode (graph=False / graph_updates=False) and pytree-shaped gradients ------
+
+
+class WithStat(nnx.Module):
+    def __init__(self):
+        self.lin = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+        self.stat = nnx.BatchStat(jnp.ones(3))
+
+    def __call__(self, x):
+        return self.lin(x) * self.stat.value
+
+
+def with_stat_ref(p, s, x, y):
+    return jnp.sum((linear_ref(p, x) * s - y) ** 2)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_tree_mode_grad_is_shaped_like_the_argument_and_covers_every_leaf(graph):
+    model = WithStat()
+    p, s = params_of(model.lin), model.stat.value
+    grads = nnx.grad(
+        lambda m, x, y: jnp.sum((m(x) - y) ** 2), graph=graph, graph_updates=False
+    )(model, X, Y)
+    # As jax.grad of the pytree: a WithStat of gradients, the BatchStat included.
+    assert type(grads) is WithStat and grads is not model
+    assert type(grads.stat) is nnx.BatchStat and type(grads.lin.kernel) is nnx.Param
+    want_p, want_s = jax.grad(with_stat_ref, argnums=(0, 1))(p, s, X, Y)
+    np.testing.assert_allclose(grads.lin.kernel.value, want_p["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(grads.lin.bias.value, want_p["bias"], rtol=1e-6)
+    np.testing.assert_allclose(grads.stat.value, want_s, rtol=1e-6)
+    # The model itself is untouched.
+    np.testing.assert_allclose(model.lin.kernel.value, p["kernel"])
+
+
+def test_tree_mode_value_and_grad_writes_back_and_keeps_aux():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+
+    def loss_fn(m, x):
+        loss = jnp.sum(m(x) ** 2)
+        m.bias.value = jnp.full(3, 7.0)
+        return loss, {"n": 1}
+
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True, graph=False)(
+        model, X
+    )
+    want_loss, want = jax.value_and_grad(lambda p, x: jnp.sum(linear_ref(p, x) ** 2))(
+        p, X
+    )
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(grads.kernel.value, want["kernel"], rtol=1e-6)
+    assert aux == {"n": 1}
+    np.testing.assert_allclose(model.bias.value, jnp.full(3, 7.0))
+
+
+def test_graph_mode_pytree_argument_gives_a_state_per_object_and_shared_once():
+    p1, p2 = nnx.Param(jnp.array(10.0)), nnx.Param(jnp.array(20.0))
+    tree = {"a": [p1, p2], "b": p1}
+    grads = nnx.grad(lambda t: t["a"][0].value * t["a"][1].value + t["b"].value)(tree)
+    # d/dp1 (p1 * p2 + p1) = p2 + 1, given once (where p1 is first reached).
+    assert isinstance(grads, dict) and isinstance(grads["a"][0], nnx.Param)
+    np.testing.assert_allclose(grads["a"][0].value, 21.0)
+    np.testing.assert_allclose(grads["a"][1].value, 10.0)
+    assert isinstance(grads["b"], nnx.State) and len(grads["b"]) == 0
+
+
+def test_graph_updates_false_shared_variable_is_one_gradient_at_both_places():
+    p1, p2 = nnx.Param(jnp.array(10.0)), nnx.Param(jnp.array(20.0))
+    tree = {"a": [p1, p2], "b": p1}
+    grads = nnx.grad(
+        lambda t: t["a"][0].value * t["a"][1].value + t["b"].value,
+        graph=True,
+        graph_updates=False,
+    )(tree)
+    assert grads["b"] is grads["a"][0]
+    np.testing.assert_allclose(grads["b"].value, 21.0)
+
+
+def test_tree_mode_refuses_diffstate_and_graph_mode_refuses_objects_as_argnums():
+    with pytest.raises(ValueError, match="cannot contain `DiffState` objects"):
+        nnx.grad(lambda m: 0.0, argnums=nnx.DiffState(0, nnx.Param), graph=False)
+    with pytest.raises(ValueError, match="Graph nodes are not allowed as prefixes"):
+        nnx.grad(lambda m: 0.0, argnums=nnx.Dict(a=nnx.Param(1.0)))
+
+
+def test_tree_mode_grad_refuses_returning_an_input_variable():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    f = nnx.grad(lambda m: (jnp.sum(m.bias.value), m.bias), has_aux=True, graph=False)
+    with pytest.raises(ValueError, match="does not support Variable aliasing"):
+        f(model)
+
+
+def test_vjp_tree_mode_cotangent_is_shaped_like_the_primal_and_decorator_form():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+
+    @nnx.vjp(graph=False)
+    def f(m, x):
+        return m(x)
+
+    y, vjp_fn = f(model, X)
+    g_m, g_x = vjp_fn(jnp.ones(3))
+    want_y, pull = jax.vjp(linear_ref, p, X)
+    want_p, want_x = pull(jnp.ones(3))
+    np.testing.assert_allclose(y, want_y, rtol=1e-6)
+    assert type(g_m) is nnx.Linear
+    np.testing.assert_allclose(g_m.kernel.value, want_p["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(g_x, want_x, rtol=1e-6)
+
+
+def test_jvp_decorator_forms_match_jax_jvp():
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    p = params_of(model)
+    t_model = jax.tree.map(jnp.ones_like, model)
+    want, want_dot = jax.jvp(
+        linear_ref, (p, X), (jax.tree.map(jnp.ones_like, p), jnp.zeros(2))
+    )
+    for f in (
+        nnx.jvp(lambda m, x: m(x), graph=False),
+        nnx.jvp(graph=False)(lambda m, x: m(x)),
+    ):
+        out, out_dot = f((model, X), (t_model, jnp.zeros(2)))
+        np.testing.assert_allclose(out, want, rtol=1e-6)
+        np.testing.assert_allclose(out_dot, want_dot, rtol=1e-6)
