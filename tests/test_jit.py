@@ -635,3 +635,98 @@ def test_donate_argnums_on_bound_method():
     x, w = jnp.array([1.0, 1.0]), c.w.value
     np.testing.assert_allclose(nnx.jit(c.times, donate_argnums=1)(2.0, x), [3.0, 5.0])
     assert x.is_deleted() and not w.is_deleted()
+
+
+# -- tree mode, aliasing, jit_partial, array references ------------------------------
+
+
+def test_tree_mode_jit_refuses_returning_an_input_variable():
+    v = nnx.Param(jnp.array(1.0))
+    f = nnx.jit(lambda v: v, graph=False)
+    with pytest.raises(ValueError, match="does not support Variable aliasing"):
+        f(v)
+    # A new Variable is fine, and its value is computed.
+    out = nnx.jit(lambda x: nnx.Param(x + 1), graph=False)(jnp.array(1.0))
+    assert type(out) is nnx.Param and float(out.value) == 2.0
+
+
+def test_graph_updates_false_swap_is_refused_not_lost():
+    class Pair(nnx.Module):
+        def __init__(self):
+            self.a = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+            self.b = nnx.Linear(2, 2, rngs=nnx.Rngs(1))
+
+    m = Pair()
+    a, b = m.a, m.b
+
+    @nnx.jit(graph_updates=False)
+    def swap(m):
+        m.a, m.b = m.b, m.a
+
+    with pytest.raises(nnx.StructureError, match="moved to other attributes"):
+        swap(m)
+    assert m.a is a and m.b is b
+    nnx.jit(swap.fun)(m)  # with graph updates the swap reaches the caller
+    assert m.a is b and m.b is a
+
+
+def test_jit_partial_lower_compile_writes_back_and_tree_mode_refuses_duplicates():
+    model = Counter()
+    f = nnx.jit_partial(lambda m, x: m.scale(x), model, graph=False)
+    compiled = f.lower(X).compile()
+    np.testing.assert_allclose(compiled(X), jnp.array([1.0, 2.0]) * X, rtol=1e-6)
+    assert int(model.calls.value) == 1
+    np.testing.assert_allclose(f(X), jnp.array([1.0, 2.0]) * X, rtol=1e-6)
+    assert int(model.calls.value) == 2
+
+    v = nnx.Param(jnp.array(1.0))
+    c1, c2 = nnx.Dict(v=v), nnx.Dict(v=v)
+    with pytest.raises(ValueError, match="Duplicate Param"):
+        nnx.jit_partial(lambda a, b, x: x, c1, c2, graph=False)
+    # Graph mode keeps the sharing: both see one Variable, written once.
+    g = nnx.jit_partial(
+        lambda a, b, x: (a["v"].set_value(a["v"].value + x), b["v"].value)[1],
+        c1,
+        c2,
+        graph=True,
+        graph_updates=False,
+    )
+    np.testing.assert_allclose(g(jnp.array(2.0)), 3.0)
+    np.testing.assert_allclose(v.value, 3.0)
+
+
+def test_one_variable_with_two_in_shardings_is_refused():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    P = jax.sharding.PartitionSpec
+    s1 = jax.sharding.NamedSharding(mesh, P())
+    s2 = jax.sharding.NamedSharding(mesh, P("x"))
+    v = nnx.Param(jnp.ones(1))
+    f = nnx.jit(lambda a, b: a.value + b.value, in_shardings=(s1, s2))
+    with pytest.raises(ValueError, match="Inconsistent aliasing"):
+        f(v, v)
+    np.testing.assert_allclose(f(v, nnx.Param(jnp.ones(1))), [2.0])
+
+
+def test_jit_array_references_in_and_out():
+    r = jax.new_ref(jnp.array(1.0))
+
+    @nnx.jit
+    def f(r):
+        r[...] += 1.0
+        return jax.new_ref(jnp.array(10.0)), r
+
+    new, same = f(r)
+    assert same is r and float(r[...]) == 2.0
+    assert isinstance(new, jax.Ref) and float(new[...]) == 10.0
+    new2, _ = f(r)  # the cached path gives the same answers
+    assert float(r[...]) == 3.0 and new2 is not new and float(new2[...]) == 10.0
+
+
+def test_out_shardings_by_path_state_sharding():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("d",))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sh = nnx.StateSharding({nnx.PathContains("kernel"): rep, ...: None})
+    model = nnx.jit(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)), out_shardings=sh)()
+    assert model.kernel.value.sharding == rep
+    ref = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model.kernel.value, ref.kernel.value)
