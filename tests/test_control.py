@@ -310,3 +310,50 @@ def test_eval_shape_with_an_argument_leaves_the_caller_untouched():
 
 
 # custom_vjp: tests/test_custom_vjp.py
+
+
+# -- loops keep Variable identity; eval_shape/make_jaxpr without graph updates ------
+
+
+def test_while_loop_body_replacing_a_variable_is_refused():
+    m = Model()
+
+    def body(val):
+        m, c = val
+        m.lin.kernel = nnx.Param(jnp.zeros_like(m.lin.kernel.value))
+        return m, c - 1.0
+
+    with pytest.raises(ValueError, match="Variable identity must be preserved"):
+        nnx.while_loop(lambda val: val[1] > 0, body, (m, 2.0))
+
+    # In place is the way: the loop runs and the caller sees the result.
+    def body_ok(val):
+        m, c = val
+        m.lin.kernel[...] = m.lin.kernel[...] * 2.0
+        return m, c - 1.0
+
+    k = m.lin.kernel.value
+    nnx.while_loop(lambda val: val[1] > 0, body_ok, (m, 2.0))
+    np.testing.assert_allclose(m.lin.kernel.value, 4.0 * k)
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_eval_shape_without_graph_updates_refuses_aliasing(graph):
+    v = nnx.Param(jnp.array(1.0))
+    with pytest.raises(ValueError, match="does not support Variable aliasing"):
+        nnx.eval_shape(lambda v: v, v, graph=graph, graph_updates=False)
+    with pytest.raises(ValueError, match="Duplicate Param"):
+        nnx.eval_shape(lambda a, b: None, v, v, graph=graph, graph_updates=False)
+    out = nnx.eval_shape(lambda v: v.value * 2, v, graph=graph, graph_updates=False)
+    assert out.shape == () and float(v.value) == 1.0
+
+
+def test_make_jaxpr_refuses_explicit_graph_updates():
+    with pytest.raises(ValueError, match="does not support graph_updates=True"):
+        nnx.make_jaxpr(lambda m: m, graph=True, graph_updates=True)
+    m = nnx.Dict(a=nnx.Param(jnp.array(1.0)))
+    jaxpr = nnx.make_jaxpr(lambda m: m["a"][...] * 3.0, graph_updates=False)(m)
+    # One input (the Param's array), computing 3 * a.
+    assert len(jaxpr.jaxpr.invars) == 1
+    outs = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts, jnp.array(2.0))
+    np.testing.assert_allclose(outs[-1], 6.0)  # after the Variables' arrays
