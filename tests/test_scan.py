@@ -307,3 +307,11 @@ def test_per_step_dropout_keys_selected_by_tag():
     )
     assert not np.array_equal(run(drop, jnp.ones((4, 8))), ys)
     assert "dropout" in str(nnx.state(drop, "dropout"))  # no FilterWarning either
+
+
+def test_scanning_a_python_number_is_refused_with_its_path():
+    f = nnx.scan(lambda c, x: (c, x))
+    with pytest.raises(
+        ValueError, match=r"Expected an array to scan over at args\[1\]"
+    ):
+        f(jnp.zeros(()), {"a": [1, 2]})

@@ -206,7 +206,8 @@ def scan(
 
         # Phase 1: split the arrays into carry, per-iteration slices, constants.
         arrays = lifted.arrays()
-        jleaves = [x for i, x in enumerate(lifted.leaves) if i not in spec.graph_pos]
+        gp = set(spec.graph_pos)
+        jleaves = [x for i, x in enumerate(lifted.leaves) if i not in gp]
         init = (
             spec,
             [arrays[i] for i in spec.carried],
@@ -217,8 +218,8 @@ def scan(
         xs = (
             [_to_front(arrays[i], var_axis[i]) for i in spec.scanned],
             [
-                _to_front(_scanned_leaf(jleaves[p], spec.x_paths[k]), leaf_axis[p])
-                for k, p in enumerate(spec.x_leaves)
+                _to_front(_scanned_leaf(jleaves[p], args, p), leaf_axis[p])
+                for p in spec.x_leaves
             ],
         )
         # Phase 2: one jax.lax.scan over the pure body.
@@ -318,8 +319,11 @@ def _from_front(x: Any, axis: int) -> Any:
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, axis), x)
 
 
-def _scanned_leaf(x: Any, where: str) -> Any:
+def _scanned_leaf(x: Any, args: tuple, p: int) -> Any:
     if not isinstance(x, (jax.Array, np.ndarray)):
+        paths = jtu.tree_flatten_with_path(args, is_leaf=is_graph_node)[0]
+        plain = [kp for kp, leaf in paths if not is_graph_node(leaf)]
+        where = jtu.keystr(plain[p])
         raise ValueError(
             f"nnx.scan: Expected an array to scan over at args{where}, got "
             f"{type(x).__name__}. Give it in_axes None (the same value in every "
@@ -360,7 +364,8 @@ class _Spec:
         # Plain JAX leaves (in order, graph positions left out).
         template = []
         self.c_leaves, self.x_leaves, self.b_leaves = [], [], []
-        jpos = [i for i in range(len(lifted.leaves)) if i not in set(self.graph_pos)]
+        gp = set(self.graph_pos)
+        jpos = [i for i in range(len(lifted.leaves)) if i not in gp]
         for p, (i, ax) in enumerate(zip(jpos, leaf_axis)):
             x = lifted.leaves[i]
             if isinstance(ax, _CarryType):
@@ -377,13 +382,6 @@ class _Spec:
         self.c_leaves = tuple(self.c_leaves)
         self.x_leaves = tuple(self.x_leaves)
         self.b_leaves = tuple(self.b_leaves)
-        paths = jtu.tree_flatten_with_path(args, is_leaf=is_graph_node)[0]
-        jpaths = [
-            jtu.keystr(kp)
-            for i, (kp, _) in enumerate(paths)
-            if i not in set(self.graph_pos)
-        ]
-        self.x_paths = tuple(jpaths[p] for p in self.x_leaves)
         self.node_axis = tuple(_node_axes(args, axes))
         self.node_arg = tuple(_node_args(args))
         # Input object index -> lifted leaf index, and path -> leaf index.
