@@ -498,7 +498,9 @@ class Variable:
             metadata["hijax"] = True
         if not eager:
             metadata["eager_sharding"] = False
-        elif "sharding_names" in metadata and _PLACEMENT:
+        elif ("sharding_names" in metadata or "out_sharding" in metadata) and (
+            _PLACEMENT
+        ):
             # Only annotated Variables pay for this (merge/unflatten never come
             # here): under a mesh the value is placed as annotated. nnxlike.spmd
             # registers the placement (it sits above this layer).
@@ -596,12 +598,15 @@ class Variable:
             return self._metadata.get("sharding_names")
         # Anything else is the value's (``v.at``, ``v.reshape``, ``v.sharding``),
         # as flax.nnx forwards it.
+        raw = self._raw_value
+        if _hijax.is_box(raw):
+            raw = _deref(raw)
         try:
-            return getattr(self._raw_value, name)
+            return getattr(raw, name)
         except AttributeError:
             raise AttributeError(
                 f"{type(self).__name__} has no attribute or metadata {name!r}, and "
-                f"its value ({type(self._raw_value).__name__}) has no such "
+                f"its value ({type(raw).__name__}) has no such "
                 f"attribute; its metadata keys are {sorted(self.get_metadata())}."
             ) from None
 
@@ -769,6 +774,37 @@ class Variable:
             )
         self._metadata.pop(name, None)
         _tracking.bump_structure_version()
+
+    def add_axis(self, axis_index: int, axis_name: Any) -> None:
+        """Called by ``nnx.vmap``/``nnx.scan`` after they stack this Variable along
+        a new axis ``axis_index`` (named ``axis_name``, their
+        ``transform_metadata[nnx.PARTITION_NAME]``, or None).
+
+        The metadata tuples (``sharding_names``) are already updated by then;
+        this runs the ``on_add_axis`` metadata hook(s), ``hook(variable,
+        axis_index, axis_name)``. Subclasses override it to keep their own
+        per-axis state, as in flax.nnx.
+
+        >>> import nnxlike as nnx
+        >>> seen = []
+        >>> p = nnx.Param(1.0, on_add_axis=lambda v, i, n: seen.append((i, n)))
+        >>> p.add_axis(0, "layers"); seen
+        [(0, 'layers')]
+        """
+        _run_axis_hooks(self, "on_add_axis", axis_index, axis_name)
+
+    def remove_axis(self, axis_index: int, axis_name: Any) -> None:
+        """Called by ``nnx.vmap``/``nnx.scan`` on the copy a traced function sees,
+        without the mapped axis ``axis_index``; runs the ``on_remove_axis``
+        hook(s) (see ``add_axis``).
+
+        >>> import nnxlike as nnx
+        >>> seen = []
+        >>> p = nnx.Param(1.0, on_remove_axis=(lambda v, i, n: seen.append(n),))
+        >>> p.remove_axis(0, "layers"); seen
+        ['layers']
+        """
+        _run_axis_hooks(self, "on_remove_axis", axis_index, axis_name)
 
     def copy_from(self, other: Variable) -> None:
         """Take ``other``'s value and metadata (same kind required), in place.
@@ -1010,6 +1046,14 @@ class Variable:
 
     def __treescope_repr__(self, path, subtree_renderer):
         return _tracking.render_treescope(self, path, subtree_renderer)
+
+
+def _run_axis_hooks(var: Variable, key: str, axis_index: int, axis_name: Any) -> None:
+    hooks = var._metadata.get(key)
+    if hooks is None:
+        return
+    for hook in hooks if isinstance(hooks, tuple) else (hooks,):
+        hook(var, axis_index, axis_name)
 
 
 def _binary(name: str, fn, reflected: bool = False):

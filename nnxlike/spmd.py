@@ -336,9 +336,12 @@ def shard_value(value: Any, metadata: dict, cls: type = Variable) -> Any:
     one set with ``jax.set_mesh``; with none, ``value`` is returned unchanged.
     ``eager_sharding=False`` metadata opts a Variable out.
     """
-    names = metadata["sharding_names"]
+    names = metadata.get("sharding_names")
     if names is None:
-        return value
+        sharding = metadata.get("out_sharding")
+        if sharding is None or metadata.get("eager_sharding", True) is False:
+            return value
+        return _place_on(value, sharding, cls)
     # Lists become tuples: the metadata is part of the (hashable) GraphDef.
     names = metadata["sharding_names"] = _normalize_names(
         names, f"{cls.__name__}(sharding_names=...)"
@@ -353,6 +356,7 @@ def shard_value(value: Any, metadata: dict, cls: type = Variable) -> Any:
     if shape is None:
         return value
     where = f"creating {cls.__name__} of shape {shape} (not yet attached to a model)"
+    _check_axis_types(context, where)
     rules = _compose_rules(metadata.get("sharding_rules"), _RULES.get(), where)
     spec = _resolve(names, shape, rules=rules, mesh=context, where=where)
     if isinstance(value, jax.ShapeDtypeStruct):
@@ -372,6 +376,33 @@ def shard_value(value: Any, metadata: dict, cls: type = Variable) -> Any:
     if _all_explicit(context):
         return jax.sharding.reshard(value, target)
     return jax.lax.with_sharding_constraint(value, target)
+
+
+def _check_axis_types(mesh: Any, where: str) -> None:
+    types = set(getattr(mesh, "axis_types", ()) or ())
+    if AxisType.Explicit in types and len(types) > 1:
+        raise _errors.ShardingError(
+            f"{where}: Mesh must have all axes as Explicit or all axes as Auto. "
+            f"Got mixed axis types: {mesh.axis_types} (axes {mesh.axis_names}), "
+            "so it is unclear whether to reshard or to constrain the value. Make "
+            "the mesh with one kind: `jax.make_mesh(shape, names, "
+            "axis_types=(AxisType.Explicit,) * len(names))`."
+        )
+
+
+def _place_on(value: Any, sharding: Any, cls: type) -> Any:
+    """``value`` placed on a concrete ``out_sharding`` (a ``Sharding`` or a
+    ``jax.sharding.Format``): put there outside a trace, constrained inside."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+    if not isinstance(value, jax.core.Tracer):
+        return jax.device_put(value, sharding)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None:
+        _check_axis_types(mesh, f"creating {cls.__name__}")
+        if _all_explicit(mesh):
+            return jax.sharding.reshard(value, sharding)
+    return jax.lax.with_sharding_constraint(value, sharding)
 
 
 # -- trees of shardings --------------------------------------------------------------
@@ -563,6 +594,92 @@ def as_abstract(tree: Any, graph: bool | None = None) -> Any:
         )
 
     return _graph.map_graph(one, tree, graph=graph)
+
+
+# -- axis bookkeeping for transforms that stack Variables -------------------------
+
+
+def _axis_entries(transform_metadata: Any) -> tuple[Any, dict]:
+    meta = dict(transform_metadata)
+    name = meta.pop(PARTITION_NAME, None)
+    return name, meta
+
+
+def _tuple_metadata(x: Variable) -> dict[str, tuple]:
+    return {k: v for k, v in x._metadata.items() if isinstance(v, tuple) and v}
+
+
+def add_axis(tree: Any, index: int, transform_metadata: Any) -> Any:
+    """Record a new axis ``index`` on every Variable of ``tree`` (in place).
+
+    flax.nnx's ``nnx.spmd.add_axis``, for code that stacks Variables itself:
+    ``sharding_names`` gets ``transform_metadata[nnx.PARTITION_NAME]`` (else
+    None) inserted at ``index``, every other key of ``transform_metadata``
+    whose Variable metadata is a tuple gets its entry inserted, then
+    ``Variable.add_axis(index, name)`` runs (the ``on_add_axis`` hooks).
+    ``nnx.vmap``/``nnx.scan`` do the same for the Variables they stack.
+
+    >>> import jax.numpy as jnp
+    >>> import nnxlike as nnx
+    >>> p = nnx.Param(jnp.ones((3, 4)), sharding_names=("a", "b"), tag=("x", "y"))
+    >>> _ = nnx.spmd.add_axis([p], 0, {nnx.PARTITION_NAME: "layers", "tag": "t"})
+    >>> p.sharding_names, p.tag
+    (('layers', 'a', 'b'), ('t', 'x', 'y'))
+    >>> _ = nnx.spmd.remove_axis([p], 0, {nnx.PARTITION_NAME: "layers", "tag": "t"})
+    >>> p.sharding_names, p.tag
+    (('a', 'b'), ('x', 'y'))
+    """
+    name, others = _axis_entries(transform_metadata)
+
+    def insert(fields: tuple, value: Any) -> tuple:
+        out = list(fields)
+        out.extend([None] * (index - len(out)))
+        out.insert(index, value)
+        return tuple(out)
+
+    for x in jtu.tree_leaves(tree, is_leaf=_is_variable):
+        if not isinstance(x, Variable):
+            continue
+        tuples = _tuple_metadata(x)
+        updates = {k: insert(tuples[k], v) for k, v in others.items() if k in tuples}
+        if "sharding_names" in tuples:
+            updates["sharding_names"] = insert(tuples["sharding_names"], name)
+        if updates:
+            x.set_metadata(**updates)
+        x.add_axis(index, name)
+    return tree
+
+
+def remove_axis(tree: Any, index: int, transform_metadata: Any) -> Any:
+    """Undo ``add_axis``: remove entry ``index`` from the same metadata, checking
+    it is the one ``transform_metadata`` names, then run
+    ``Variable.remove_axis(index, name)`` (the ``on_remove_axis`` hooks)."""
+    name, others = _axis_entries(transform_metadata)
+
+    def remove(key: str, fields: tuple, value: Any) -> tuple:
+        out = list(fields)
+        removed = out.pop(index)
+        if removed != value:
+            raise ValueError(
+                f"nnx.spmd.remove_axis: expected to remove {value!r} at index "
+                f"{index} from the {key} metadata {fields!r}, but found "
+                f"{removed!r}. Give the transform_metadata the axis was added with."
+            )
+        return tuple(out)
+
+    for x in jtu.tree_leaves(tree, is_leaf=_is_variable):
+        if not isinstance(x, Variable):
+            continue
+        tuples = _tuple_metadata(x)
+        updates = {k: remove(k, tuples[k], v) for k, v in others.items() if k in tuples}
+        if "sharding_names" in tuples:
+            updates["sharding_names"] = remove(
+                "sharding_names", tuples["sharding_names"], name
+            )
+        if updates:
+            x.set_metadata(**updates)
+        x.remove_axis(index, name)
+    return tree
 
 
 _variables.register_placement(shard_value)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental.layout import Format, Layout
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from multidevice import run_worker
@@ -575,3 +576,60 @@ def test_transform_metadata_decorator_moves_only_metadata():
     assert v.sharding_names == ("din", "dout")  # untouched by the refused call
     with pytest.raises(ValueError, match="also an argument"):
         nnx.transform_metadata(lambda v: v, partition="din")(v)
+
+
+def test_out_sharding_as_a_sharding_object_places_the_value():
+    mesh = _mesh1("data", "model", auto=True)
+    ns = NamedSharding(mesh, P("data", None))
+    v = nnx.Variable(jnp.ones((4, 4)), out_sharding=ns)  # no mesh context needed
+    assert v.sharding.is_equivalent_to(ns, 2) and v.out_sharding == ns
+    fmt = Format(Layout(major_to_minor=(1, 0)), ns)
+    assert nnx.Variable(jnp.ones((4, 4)), out_sharding=fmt).sharding == ns
+    lazy = nnx.Variable(jnp.ones((4, 4)), out_sharding=ns, eager_sharding=False)
+    assert not isinstance(lazy.sharding, NamedSharding)
+
+
+def test_mixed_axis_types_are_refused_with_flax_phrase():
+    types = (AxisType.Auto, AxisType.Explicit)
+    mixed = jax.make_mesh((1, 1), ("row", "col"), axis_types=types)
+    with pytest.raises(ValueError, match="all axes as Explicit or all axes as Auto"):
+        nnx.Variable(jnp.ones((4, 4)), out_sharding=("row", "col"), mesh=mixed)
+    v = nnx.Variable(
+        jnp.ones((4, 4)), out_sharding=("row", "col"), mesh=_mesh1("row", "col")
+    )
+    assert v.sharding.spec == P("row", "col")
+
+
+def test_dropout_mask_follows_the_input_sharding_on_an_explicit_mesh():
+    with jax.set_mesh(_mesh1("X", "Y")):
+        x = jax.sharding.reshard(jnp.arange(8.0).reshape(2, 4), P("X", None))
+        for layer in (
+            nnx.Dropout(0.5, deterministic=False, rngs=nnx.Rngs(0)),
+            nnx.Dropout(
+                0.5, broadcast_dims=(1,), deterministic=False, rngs=nnx.Rngs(0)
+            ),
+        ):
+            y = layer(x)
+            assert jax.typeof(y).sharding.spec == P("X", None)
+            kept = np.asarray(y) != 0  # kept entries are x / keep
+            np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] * 2)
+
+
+def test_spmd_add_remove_axis_update_metadata_and_call_the_variable_hooks():
+    calls = []
+
+    class Tracked(nnx.Param):
+        def add_axis(self, axis_index, axis_name):
+            calls.append(("add", axis_index, axis_name))
+            super().add_axis(axis_index, axis_name)
+
+    hook = lambda v, i, n: calls.append(("hook", i, n))  # noqa: E731
+    p = Tracked(jnp.ones((2, 3)), sharding_names=("a", "b"), on_add_axis=hook)
+    meta = {nnx.PARTITION_NAME: "layers"}
+    nnx.spmd.add_axis({"p": p}, 1, meta)
+    assert p.sharding_names == ("a", "layers", "b")
+    assert calls == [("add", 1, "layers"), ("hook", 1, "layers")]
+    nnx.spmd.remove_axis([p], 1, meta)
+    assert p.sharding_names == ("a", "b")
+    with pytest.raises(ValueError, match="expected to remove 'layers' at index 0"):
+        nnx.spmd.remove_axis([p], 0, meta)

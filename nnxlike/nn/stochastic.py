@@ -128,7 +128,11 @@ class Dropout(Module):
         shape = list(jnp.shape(inputs))
         for d in self.broadcast_dims:
             shape[d] = 1
-        mask = jax.random.bernoulli(key, p=keep, shape=shape)
+        # The mask takes the input's sharding: on a mesh of Explicit axes a
+        # replicated mask could not be combined with a sharded input (flax).
+        mask = jax.random.bernoulli(
+            key, p=keep, shape=shape, out_sharding=jax.typeof(inputs).sharding
+        )
         mask = jnp.broadcast_to(mask, jnp.shape(inputs))
         return jnp.where(mask, inputs / keep, jnp.zeros_like(inputs))
 
