@@ -606,3 +606,23 @@ def test_scan_axes_it_cannot_honour_are_refused_when_decorated():
             in_axes=(nnx.Carry, 0),
             out_axes=(nnx.Carry, nnx.StateAxes({...: None})),
         )
+
+
+def test_repeated_vmap_calls_trace_once_and_follow_python_state():
+    traces = []
+    mode = {"pair": False}
+
+    def f(x):
+        traces.append(1)
+        return (x * 2, x + 1) if mode["pair"] else x * 2
+
+    g = nnx.vmap(f)
+    x = jnp.arange(3.0)
+    g(x)
+    assert len(traces) == 2  # probe + run
+    np.testing.assert_array_equal(g(x), x * 2)
+    assert len(traces) == 3  # cached out axes: one trace per call
+    mode["pair"] = True  # the output structure changes: redone in full
+    a, b = g(x)
+    np.testing.assert_array_equal(a, x * 2)
+    np.testing.assert_array_equal(b, x + 1)

@@ -109,3 +109,24 @@ def test_ensemble_on_eight_devices_matches_jax_pmap():
     assert facts["y_devices"] == DEVICES
     # The broadcast Variable got the psum of every device's output, once.
     np.testing.assert_allclose(facts["total"], facts["want_total"], rtol=1e-5)
+
+
+def test_repeated_calls_reuse_the_compiled_program():
+    traces = []
+    w = nnx.Param(jnp.ones((N, 2)))
+
+    @nnx.pmap
+    def step(w):
+        traces.append(1)
+        w[...] = w[...] + 1.0
+        return w[...].sum()
+
+    step(w)
+    step(w)  # w now holds the first call's per-device output: JAX may retrace
+    seen = len(traces)
+    for _ in range(3):
+        step(w)
+    np.testing.assert_allclose(w[...], np.full((N, 2), 6.0))
+    assert len(traces) == seen  # cached: no probe, no new trace
+    step(nnx.Param(jnp.ones((N, 3))))  # a new shape: probed and traced again
+    assert len(traces) == seen + 2

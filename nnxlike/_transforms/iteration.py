@@ -17,6 +17,12 @@ iteration to the next (RNG counters and BatchNorm statistics keep advancing);
 state with an int axis is sliced per iteration and the per-iteration results are
 stacked back (scan over a stack of layers). The structure must not change inside.
 
+Calls: the first call with a given structure traces twice (an abstract probe
+learns the output structure and so each output array's axis, then the real map);
+later eager calls with the same structure, axes and shapes reuse that map and its
+out axes (``_MapEntry``), so ``nnx.pmap`` compiles once, like ``jax.pmap``.
+``pmap`` (``misc.py``) is this machinery with ``jax.pmap`` as the map.
+
 Sharding metadata (``sharding_names``, one entry per array axis) follows the
 arrays: a Variable mapped into the transform along axis ``a`` sees its names
 without entry ``a`` inside, and gets that entry back afterwards; a Variable
@@ -566,6 +572,10 @@ def map_transform(
     partition_name = _partition_name(transform_metadata, fn)
     _check_prefix(in_axes, "in_axes", fn, graph, graph_updates)
     _check_prefix(out_axes, "out_axes", fn, graph, graph_updates)
+    # Eager calls with the structure, axes and shapes of an earlier call reuse
+    # its JAX map and out axes (see _MapEntry): no probe trace, and jax.pmap's
+    # compiled program is reused instead of compiled again on every call.
+    cache: dict = {}
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -591,6 +601,15 @@ def map_transform(
         lanes = (
             _lanes(axis_size, lifted, var_axis, leaf_axis, jleaves) if fold else None
         )
+        key = None
+        if not _tracking.under_trace():
+            key = _cache_key(lifted, var_axis, leaf_axis, fold, lanes, jleaves)
+            entry = cache.get(key)
+            if entry is not None:
+                out = entry.call(lifted, removed, partition_name, jleaves, lanes)
+                if out is not _MISS:
+                    return out
+                del cache[key]  # the function's output structure changed
         statics: list = []
         leaf_axes_box: list = []
         aliases_box: list = []
@@ -604,10 +623,12 @@ def map_transform(
             leaves = _merge_jax_leaves(lifted, jleaves)
             tree, copies = lifted.rebuild(arrays, leaves)
             out = f(*tree)
-            aliases_box.append(_output_aliases(fn, lifted, copies, out))
+            # One entry per box, the latest trace's (a cached map traces again).
+            aliases_box[:] = [_output_aliases(fn, lifted, copies, out)]
             collected = _core.collect(lifted, copies, out)
             statics.append(collected.static())
-            leaf_axes_box.append(_broadcast_prefix(out_axes, out))
+            del statics[:-1]
+            leaf_axes_box[:] = [_broadcast_prefix(out_axes, out)]
             new_arrays = list(collected.arrays)
             if fold:  # give back the caller's unfolded keys
                 origin_of = collected.origins
@@ -638,14 +659,102 @@ def map_transform(
         except ValueError as e:
             _explain_out_axes(fn, e, statics[-1])
             raise
-        static = statics[-1]
-        if not static[4]:  # structure changed: the GraphDef carries the metadata
-            static = _restack_names(
-                static, arr_axes, probe_arrays, removed, partition_name
-            )
-        return _core.write_back(lifted, static, new_arrays, out_leaves)
+        if key is not None:
+            if len(cache) >= _CACHE_SIZE:
+                del cache[next(iter(cache))]
+            cache[key] = _MapEntry(mapped, statics, arr_axes, probe_arrays)
+        return _finish(
+            lifted,
+            statics[-1],
+            arr_axes,
+            probe_arrays,
+            removed,
+            partition_name,
+            new_arrays,
+            out_leaves,
+        )
 
     return wrapper
+
+
+def _finish(
+    lifted, static, arr_axes, probe_arrays, removed, partition_name, arrays, leaves
+) -> Any:
+    if not static[4]:  # structure changed: the GraphDef carries the metadata
+        static = _restack_names(static, arr_axes, probe_arrays, removed, partition_name)
+    return _core.write_back(lifted, static, arrays, leaves)
+
+
+_CACHE_SIZE = 8
+_MISS = object()
+
+
+class _MapEntry:
+    """A JAX map built for one call structure, reused by later eager calls.
+
+    Its pure function closes over the first call's ``Lifted`` only for the
+    structure (GraphDef, treedef, positions), which the cache key pins; the
+    arrays always come from the current call. ``jax.vmap`` traces again on every
+    call: if the output structure then differs from the cached one (Python
+    state in the function), the entry is dropped and the call redone fully.
+    ``jax.pmap`` reuses its compiled program, as ``jax.jit`` does.
+    """
+
+    __slots__ = ("mapped", "statics", "static", "arr_axes", "probe_arrays")
+
+    def __init__(self, mapped, statics, arr_axes, probe_arrays):
+        self.mapped, self.statics = mapped, statics  # statics: [latest trace's]
+        self.static = statics[-1]
+        self.arr_axes, self.probe_arrays = arr_axes, probe_arrays
+
+    def _changed(self) -> bool:
+        traced = self.statics[-1]
+        return traced is not None and traced != self.static
+
+    def call(self, lifted, removed, partition_name, jleaves, lanes) -> Any:
+        self.statics[:] = [None]
+        try:
+            new_arrays, out_leaves = self.mapped(lifted.arrays(), jleaves, lanes)
+        except (ValueError, TypeError):
+            if self._changed():  # the cached out axes no longer fit
+                return _MISS
+            raise
+        if self._changed():
+            return _MISS
+        return _finish(
+            lifted,
+            self.static,
+            self.arr_axes,
+            self.probe_arrays,
+            removed,
+            partition_name,
+            new_arrays,
+            out_leaves,
+        )
+
+
+def _cache_key(lifted, var_axis, leaf_axis, fold, lanes, jleaves) -> Any:
+    """Everything the map and its out axes depend on, or None if unhashable."""
+    avals = tuple(
+        (np.shape(x), getattr(x, "dtype", type(x)))
+        for x in itertools.chain(lifted.arrays(), jleaves)
+    )
+    key = (
+        lifted.flat.graphdef,
+        lifted.treedef,
+        lifted.graph_pos,
+        lifted.mode,
+        tuple(var_axis),
+        tuple(leaf_axis),
+        tuple(fold),
+        None if lanes is None else lanes.shape,
+        avals,
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _check_prefix(
