@@ -315,3 +315,9 @@ def test_scanning_a_python_number_is_refused_with_its_path():
         ValueError, match=r"Expected an array to scan over at args\[1\]"
     ):
         f(jnp.zeros(()), {"a": [1, 2]})
+
+
+def test_state_axes_for_a_plain_array_output_is_refused():
+    f = nnx.scan(lambda x: x, in_axes=0, out_axes=nnx.StateAxes({...: 0}))
+    with pytest.raises(ValueError, match="out_axes gives a plain array output"):
+        f(XS)

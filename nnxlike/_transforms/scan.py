@@ -493,6 +493,13 @@ def _make_body(f: Callable, out_axes: Any) -> Callable:
         per_leaf = _broadcast_prefix(ys_axes, ys)
         graph_out = set(collected.out_graph_pos)
         leaf_axes = tuple(None if i in graph_out else a for i, a in enumerate(per_leaf))
+        for a in leaf_axes:
+            if a is not None and (not isinstance(a, int) or isinstance(a, bool)):
+                raise ValueError(
+                    f"nnx.scan: out_axes gives a plain array output the axis {a!r}; "
+                    "arrays are stacked along an int axis (StateAxes and prefixes "
+                    "apply to objects). Use e.g. `out_axes=(nnx.Carry, 0)`."
+                )
         info = (collected.static(), routing, leaf_axes)
         return (
             (spec, c_new, new_c_leaves, b_vars, b_leaves),
