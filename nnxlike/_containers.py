@@ -85,6 +85,7 @@ class List(Object, MutableSequence):
         _bump(self)
 
     def __delitem__(self, index) -> None:
+        _object.check_trace(self)
         del self._nnx_items[index]
         _bump(self)
 
@@ -153,6 +154,7 @@ class Dict(Object, MutableMapping):
         _bump(self)
 
     def __delitem__(self, key) -> None:
+        _object.check_trace(self)
         del self._nnx_items[key]
         _bump(self)
 

@@ -52,6 +52,13 @@ TRACE_CONTEXT = (
     "`step(model, x)` rather than closing over `model`."
 )
 
+OBJECT_TRACE_CONTEXT = (
+    "Cannot mutate '{cls}' from different trace level: it was created outside "
+    "the JAX transform now tracing ({transform}) and captured by closure, so the "
+    "change would happen once while tracing, not on every call (and a traced "
+    "value would leak out). Pass the object as an argument of an nnx transform "
+    "(`@nnx.jit` on `step(model, x)`), or change it outside the transform."
+)
 RAW_ARRAY_ATTRIBUTE = (
     "{where}: cannot hold a raw array ({what}) as an attribute or item; it would "
     "be invisible to nnx.split/state/jit and silently not trained or saved. Wrap it "

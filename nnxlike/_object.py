@@ -241,6 +241,14 @@ class Object:
     _nnx_is_pytree = True
     _nnx_class_fields: dict = {}
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Remember the JAX trace the object was created in: mutating it from
+        # another one (a closure under jax.jit) is refused, as in flax.nnx.
+        # Objects rebuilt by merge/unflatten skip this and accept any trace.
+        obj = object.__new__(cls)
+        obj.__dict__["_nnx_trace"] = _tracking.get_trace_state()
+        return obj
+
     def __init_subclass__(cls, *, pytree: bool = True, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if slots := cls.__dict__.get("__slots__", ()):
@@ -271,6 +279,8 @@ class Object:
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
+        if not name.startswith(INTERNAL_PREFIX):
+            check_trace(self)
         object.__delattr__(self, name)
         fields = self.__dict__.get("_nnx_fields")
         if fields and name in fields:
@@ -488,6 +498,7 @@ def check_attribute(
 
     ``wrapped`` is True when the value came inside ``nnx.data``/``nnx.static``.
     """
+    check_trace(obj)
     t = type(value)
     explicit = _explicit(obj, name) if not name.startswith("[") else None
     if t is list and explicit is not False:
@@ -509,6 +520,17 @@ def check_attribute(
             template.format(type=t.__name__, name=name, cls=type(obj).__name__)
         )
     return value
+
+
+def check_trace(obj: Object) -> None:
+    """Refuse a structural change from a JAX trace other than the object's own."""
+    created = obj.__dict__.get("_nnx_trace")
+    if created is not None and created != _tracking.get_trace_state():
+        raise _errors.TraceContextError(
+            _errors.OBJECT_TRACE_CONTEXT.format(
+                cls=type(obj).__name__, transform=_tracking.current_transform_name()
+            )
+        )
 
 
 def check_pytree(pytree: Any) -> None:

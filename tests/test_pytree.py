@@ -544,3 +544,40 @@ def test_pure_is_a_deprecated_as_pure():
     with pytest.warns(DeprecationWarning, match="use nnx.as_pure"):
         out = nnx.pure({"w": nnx.Param(jnp.ones(2))})
     assert type(out["w"]) is type(jnp.ones(2))
+
+
+def test_objects_refuse_structural_changes_from_another_trace():
+    m = nnx.Dict(a=nnx.Param(jnp.array(1.0)))
+    holder = nnx.List([1, 2])
+    mod = nnx.Module()
+    mod.x = 1
+    seen = []
+
+    @jax.jit
+    def closure(y):
+        for change in (
+            lambda: setattr(m, "a", 2),
+            lambda: m.__setitem__("b", 3),
+            lambda: holder.append(y),
+            lambda: holder.__delitem__(0),
+            lambda: delattr(mod, "x"),
+        ):
+            with pytest.raises(nnx.TraceContextError, match="Cannot mutate '"):
+                change()
+            seen.append(True)
+        inner = nnx.Module()  # created in this trace: free to change here
+        inner.y = y
+        return inner.y
+
+    assert float(closure(jnp.array(2.0))) == 2.0
+    assert len(seen) == 5
+    assert sorted(m) == ["a"] and list(holder) == [1, 2] and mod.x == 1
+
+    @nnx.jit
+    def passed(obj):  # an argument of an nnx transform is a copy: allowed
+        obj.x = 5
+
+    passed(mod)
+    assert mod.x == 5
+    mod.x = 6  # and outside any transform as usual
+    assert mod.x == 6
