@@ -434,3 +434,21 @@ def test_spectralnorm_under_jit_writes_stats_back():
     # Gradients reach the raw kernel (u and sigma are not differentiated).
     grads = nnx.grad(lambda m, x: jnp.sum(m(x)))(jitted, x)
     assert set(grads.to_pure_dict()) == {"layer_instance"}
+
+
+def test_batchnorm_with_hijax_stats_under_plain_grad_matches_plain_batchnorm():
+    x = jnp.asarray(rand(12, 6, 3))
+    plain = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(plain)
+    boxed = nnx.with_vars(nnx.clone(plain), hijax=True)
+    assert boxed.mean.hijax
+
+    # boxed is captured by closure; its statistics are written in place while
+    # jax.grad differentiates the input (the write carries no tangent).
+    g_boxed = jax.grad(lambda x: jnp.sum(boxed(x) ** 2))(x)
+    g_plain = jax.grad(lambda x: jnp.sum(nnx.merge(graphdef, state)(x) ** 2))(x)
+    close(g_boxed, g_plain, tol=1e-5)
+    plain(x)  # the reference statistics: one eager call
+    close(boxed.mean.value, plain.mean.value)
+    close(boxed.var.value, plain.var.value)
+    assert not np.allclose(boxed.mean.value, 0.0)

@@ -386,8 +386,16 @@ class BatchNorm(Module):
             axis_index_groups=self.axis_index_groups,
             use_fast_variance=self.use_fast_variance,
         )
-        self.mean.value = _ema(self.mean.value, mean, self.momentum)
-        self.var.value = _ema(self.var.value, var, self.momentum)
+        new_mean = _ema(self.mean.value, mean, self.momentum)
+        new_var = _ema(self.var.value, var, self.momentum)
+        if self.mean.ref or self.mean.hijax or self.var.ref or self.var.hijax:
+            # A ref/hijax Variable is written in place, also under a plain
+            # jax.grad that differentiates the parameters: JAX cannot carry a
+            # tangent into it (flax stops the gradient there too).
+            new_mean = jax.lax.stop_gradient(new_mean)
+            new_var = jax.lax.stop_gradient(new_var)
+        self.mean.value = new_mean
+        self.var.value = new_var
         return y
 
     def set_view(self, use_running_average: bool | None = None) -> None:
