@@ -626,3 +626,26 @@ def test_repeated_vmap_calls_trace_once_and_follow_python_state():
     a, b = g(x)
     np.testing.assert_array_equal(a, x * 2)
     np.testing.assert_array_equal(b, x + 1)
+
+
+def test_state_axes_from_a_state_of_axes_stacks_each_path_on_its_axis():
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(2, 3, rngs=rngs)
+
+    state = nnx.state(Model(nnx.Rngs(0)))
+    state["linear"]["kernel"] = 0
+    state["linear"]["bias"] = 1
+    axes = nnx.StateAxes(state)
+    assert dict(axes.items()) == {k: v for k, v in zip(axes, axes.axes)}
+    assert len(axes) == 2 and axes.map_prefix(("linear", "bias"), None) == 1
+
+    @nnx.vmap(in_axes=None, out_axes=axes, axis_size=4, split_rngs=False)
+    def make(rngs):
+        return Model(rngs)
+
+    m = make(nnx.Rngs(0))
+    one = Model(nnx.Rngs(0))
+    assert m.linear.kernel.shape == (4, 2, 3) and m.linear.bias.shape == (3, 4)
+    np.testing.assert_allclose(m.linear.kernel[...][2], one.linear.kernel[...])
+    np.testing.assert_allclose(m.linear.bias[...][:, 1], one.linear.bias[...])
