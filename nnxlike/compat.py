@@ -24,6 +24,7 @@ from nnxlike import spmd as _spmd
 from nnxlike._transforms import autodiff, control, iteration, linearize
 from nnxlike._transforms import custom_vjp as _custom_vjp
 from nnxlike._transforms import jit as _jit
+from nnxlike._transforms import misc as _misc
 from nnxlike._transforms import scan as _scan
 from nnxlike._transforms import shard_map as _shard_map
 
@@ -55,6 +56,7 @@ vjp = functools.partial(linearize.vjp, **_BOTH)
 jvp = functools.partial(linearize.jvp, **_BOTH)
 remat = functools.partial(control.remat, **_BOTH)
 vmap = functools.partial(iteration.vmap, **_BOTH)
+pmap = functools.partial(_misc.pmap, **_BOTH)
 scan = functools.partial(_scan.scan, **_BOTH)
 while_loop = functools.partial(control.while_loop, **_BOTH)
 fori_loop = functools.partial(control.fori_loop, **_BOTH)

@@ -130,3 +130,16 @@ def test_repeated_calls_reuse_the_compiled_program():
     assert len(traces) == seen  # cached: no probe, no new trace
     step(nnx.Param(jnp.ones((N, 3))))  # a new shape: probed and traced again
     assert len(traces) == seen + 2
+
+
+def test_compat_pmap_forces_graph_updates():
+    m = Block(nnx.Rngs(0))
+    axes = nnx.StateAxes({nnx.BatchStat: None, ...: None})  # refused in tree mode
+    with pytest.raises(ValueError, match="cannot contain `StateAxes` objects"):
+        nnx.pmap(lambda m, x: m(x), in_axes=(axes, 0), graph=False)
+    with nnx.set_graph_mode(False):
+        f = nnx.compat.pmap(lambda m, x: m(x), in_axes=(axes, 0))
+    x = jnp.ones((N, 2, 3))
+    want = jax.pmap(lambda x: x @ m.linear.kernel[...] + m.linear.bias[...][None])(x)
+    np.testing.assert_allclose(f(m, x), want, rtol=1e-6)
+    assert int(m.count[...]) == 1
