@@ -357,3 +357,11 @@ def test_make_jaxpr_refuses_explicit_graph_updates():
     assert len(jaxpr.jaxpr.invars) == 1
     outs = jax.core.eval_jaxpr(jaxpr.jaxpr, jaxpr.consts, jnp.array(2.0))
     np.testing.assert_allclose(outs[-1], 6.0)  # after the Variables' arrays
+
+
+def test_eval_shape_of_hijax_variables_gives_abstract_values():
+    with nnx.var_defaults(hijax=True):
+        abstract = nnx.eval_shape(lambda: nnx.Linear(1, 2, rngs=nnx.Rngs(0)))
+    value = abstract.kernel.get_value()
+    assert isinstance(value, jax.ShapeDtypeStruct)
+    assert value.shape == (1, 2) and value.dtype == jnp.float32

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.tree_util as jtu
 
-from nnxlike import _config, _errors
+from nnxlike import _config, _errors, _hijax
 from nnxlike._graph import unflatten
 from nnxlike._transforms import _core
 from nnxlike._variables import Variable
@@ -200,8 +200,19 @@ def eval_shape(
         a, k = tree
         return f(*a, **k)
 
-    pure = _lifted_call(lifted, call, statics, unpack=False)
+    inner = _lifted_call(lifted, call, statics, unpack=False)
+    boxed: list = []
+
+    def pure(arrays, jleaves):
+        # hijax Variables hold a box: its contents get the abstract value, and
+        # the result is boxed again below (eval_shape would give a BoxTy).
+        new, out = inner(arrays, jleaves)
+        boxed[:] = [i for i, a in enumerate(new) if _hijax.is_box(a)]
+        return [_hijax.get(a) if _hijax.is_box(a) else a for a in new], out
+
     new_arrays, out_leaves = jax.eval_shape(pure, lifted.arrays(), _jax_leaves(lifted))
+    for i in boxed:
+        new_arrays[i] = _hijax.new_box(new_arrays[i])
     graphdef, _origins, out_treedef, out_graph_pos, _ = statics[-1][:5]
     # Abstract results never overwrite the caller's objects: build new ones.
     _, out_nodes = unflatten(graphdef, new_arrays)
