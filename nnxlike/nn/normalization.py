@@ -1002,7 +1002,7 @@ class SpectralNorm(Module):
     as ``BatchStat`` Variables (or a Variable type named after another
     ``collection_name``). Unlike flax.nnx, the wrapped layer keeps its
     unnormalized weights (flax overwrites them with the normalized ones on each
-    call, so a second call normalizes twice).
+    call, so later updates apply to the normalized weights).
 
     >>> import jax.numpy as jnp
     >>> import nnxlike as nnx
