@@ -109,7 +109,7 @@ def count_by_kind(node: Any) -> dict[str, tuple[int, int]]:
         if isinstance(leaf, Variable):
             # flax counts RNG keys and counters together, as RngState
             name = "RngState" if isinstance(leaf, RngState) else type(leaf).__name__
-            value = leaf._raw_value
+            value = leaf.get_raw_value()
         else:
             name, value = "array", leaf
         size = getattr(value, "size", None)
@@ -220,7 +220,8 @@ def render_variable(var: Any, path: Any, subtree_renderer: Any):
             return _shared_marker(var, first, path)
         seen[id(var)] = _where(path, len(seen))
         cls = type(var)
-        items = [("value", var._raw_value), *var._metadata.items()]
+        # get_raw_value: a hijax Variable shows what its box holds
+        items = [("value", var.get_raw_value()), *var._metadata.items()]
         return _constructor(cls, items, path, subtree_renderer, color=_color(cls))
 
 

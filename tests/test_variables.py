@@ -590,3 +590,10 @@ def test_optimizer_over_hijax_model_inside_plain_jit_matches_optax():
     updates, _ = tx.update({"w": 2 * w0}, tx.init({"w": w0}), {"w": w0})
     np.testing.assert_allclose(model["w"][...], w0 + updates["w"], rtol=1e-6)
     assert int(model["count"][...]) == 1 and int(optimizer.step[...]) == 1
+
+
+def test_hijax_variable_displays_and_counts_its_boxed_value():
+    v = nnx.Param(jnp.ones(2), hijax=True, tag="x")
+    text = repr(nnx.Dict(a=v))
+    assert "Param: 2 (8 B)" in text and "value=<jax.Array([1., 1.]" in text
+    assert "Box" not in text
