@@ -321,3 +321,30 @@ def test_state_axes_for_a_plain_array_output_is_refused():
     f = nnx.scan(lambda x: x, in_axes=0, out_axes=nnx.StateAxes({...: 0}))
     with pytest.raises(ValueError, match="out_axes gives a plain array output"):
         f(XS)
+
+
+def test_axis_hooks_run_once_per_trace_with_a_partition_name():
+    seen = []
+    w = nnx.Param(
+        jnp.ones((4, 3)),
+        sharding_names=("layers", "model"),
+        on_remove_axis=lambda v, i, n: seen.append(("remove", i, n, v.shape)),
+        on_add_axis=lambda v, i, n: seen.append(("add", i, n)),
+    )
+
+    @nnx.scan(
+        in_axes=(0, nnx.Carry),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def f(w, c):
+        assert w.sharding_names == ("model",)
+        return c + w[...]
+
+    np.testing.assert_allclose(f(w, jnp.zeros(3)), jnp.full(3, 4.0))
+    assert seen == [("remove", 0, "layers", (3,)), ("add", 0, "layers")]
+    f(w, jnp.zeros(3))  # the cached trace: no hook runs again
+    assert len(seen) == 2
+    assert w.sharding_names == ("layers", "model")
+    nnx.scan(lambda w, c: c, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(w, 0.0)
+    assert len(seen) == 2  # no partition name: no hooks (as in flax)

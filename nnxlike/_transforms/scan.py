@@ -51,7 +51,13 @@ from nnxlike._transforms.iteration import (
     _strip_mapped_names,
     _var_defs,
 )
-from nnxlike._variables import PARTITION_NAME, RngKey, RngState, new_variable
+from nnxlike._variables import (
+    PARTITION_NAME,
+    RngKey,
+    RngState,
+    Variable,
+    new_variable,
+)
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic, int, float, bool, complex)
 
@@ -180,7 +186,8 @@ def scan(
     _core.refuse_bound_method(f, "scan")
     _check_scan_axes(in_axes, out_axes)
     axis_keys = _partition_name(transform_metadata, "scan")  # keys to strip
-    body = _make_body(f, out_axes)  # one per decoration: JAX caches its trace
+    # One body per decoration: JAX caches its trace.
+    body = _make_body(f, out_axes, transform_metadata.get(PARTITION_NAME, _NO_HOOKS))
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -293,6 +300,11 @@ class _NoShape:
 
 _NO_SHAPE = _NoShape()
 _MISSING = object()
+_NO_HOOKS = object()  # no PARTITION_NAME in transform_metadata: no axis hooks
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, Variable) and not isinstance(x, _core.RawSlot)
 
 
 def _name(f: Any) -> str:
@@ -459,8 +471,13 @@ def _node_args(args: tuple) -> list:
 # -- the loop body ------------------------------------------------------------------
 
 
-def _make_body(f: Callable, out_axes: Any) -> Callable:
+def _make_body(f: Callable, out_axes: Any, axis_name: Any) -> Callable:
+    """The pure loop body. With ``transform_metadata={nnx.PARTITION_NAME: name}``
+    it runs the Variables' axis hooks as flax does, once per trace:
+    ``remove_axis(axis, name)`` on each scanned Variable the function sees, and
+    ``add_axis(axis, name)`` on each Variable stacked on the way out."""
     out_carry = _carry_index(out_axes)
+    hooks = axis_name is not _NO_HOOKS
 
     def body(carry, xs):
         spec, c_vars, c_leaves, b_vars, b_leaves = carry
@@ -480,7 +497,15 @@ def _make_body(f: Callable, out_axes: Any) -> Callable:
         for i in range(len(full)):
             if i not in gp:
                 full[i] = next(it)
-        tree, copies = spec.lifted.rebuild(arrays, full)
+        built: dict = {}
+        nodes = _graph.unflatten(spec.lifted.flat.graphdef, arrays, built=built)
+        copies = _core.Copies(nodes, {id(o): i for i, o in built.items()})
+        tree = spec.lifted.rebuild_with(nodes, full)
+        if hooks:
+            for o, i in enumerate(spec.obj_leaf):
+                v = built.get(o)
+                if i >= 0 and isinstance(spec.var_axis[i], int) and _is_variable(v):
+                    v.remove_axis(spec.var_axis[i], axis_name)
         out = f(*tree)
         carry_out, ys, ys_axes = _split_out(out, out_axes, out_carry)
         new_c_leaves: list = []
@@ -490,6 +515,16 @@ def _make_body(f: Callable, out_axes: Any) -> Callable:
         collected = _core.collect(spec.lifted, copies, ys)
         _check_no_aliases(collected, ys)
         routing, c_new, y_vals = _route(spec, collected, ys, ys_axes)
+        if hooks:
+            out_nodes = [
+                x
+                for x in jtu.tree_leaves(ys, is_leaf=is_graph_node)
+                if is_graph_node(x)
+            ]
+            walked = _graph.flatten((copies.nodes, tuple(out_nodes))).leaves
+            for (kind, ax), v in zip(routing, walked):
+                if kind == "s" and _is_variable(v):
+                    v.add_axis(ax, axis_name)
         per_leaf = _broadcast_prefix(ys_axes, ys)
         graph_out = set(collected.out_graph_pos)
         leaf_axes = tuple(None if i in graph_out else a for i, a in enumerate(per_leaf))
