@@ -5,9 +5,17 @@ the differentiated arguments that match the ``wrt`` filter (``Param`` by default
 or ``DiffState(argnum, filter)``) become the differentiated input of one
 ``jax.value_and_grad`` call, everything else (BatchNorm statistics, RNG counters,
 other arguments) rides along undifferentiated and is written back like in
-``jit``. Gradients of an object argument come back as a ``State`` keyed by paths
-inside that argument, the form ``Optimizer.update`` takes. Arguments without
-objects are differentiated as plain pytrees, as ``jax.grad`` would.
+``jit``. Gradients keep each differentiated argument's pytree shape, with a
+``State`` keyed by paths for every object in it (a Variable for a Variable), the
+form ``Optimizer.update`` takes; a Variable shared by two objects gets its
+gradient once, where it is first reached. Plain leaves are differentiated as
+``jax.grad`` would.
+
+Tree mode (``graph=False`` or ``graph_updates=False``), as flax.nnx: every array
+leaf of a differentiated argument is differentiated (``wrt`` and ``DiffState``
+do not apply; a ``DiffState`` is refused) and the gradients are objects of the
+arguments' structure (a ``Linear`` of gradients), rebuilt from the one GraphDef
+so that sharing between them is kept.
 """
 
 from __future__ import annotations
