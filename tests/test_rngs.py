@@ -462,3 +462,15 @@ def test_rngs_mapping_iteration_and_dunders():
     assert nnx.Rngs(default=3).default.tag == "default"
     with pytest.raises(AttributeError):
         rngs.__json__  # noqa: B018
+
+
+def test_hijax_rngs_advance_through_plain_jax_jit():
+    with nnx.var_defaults(hijax=True):
+        rngs = nnx.Rngs(0)
+    assert rngs.default.key.hijax and rngs.default.count.hijax
+    draw = jax.jit(lambda r: r())
+    k1, k2 = draw(rngs), draw(rngs)
+    assert int(rngs.default.count[...]) == 2  # the count came back both times
+    reference = nnx.Rngs(0)  # the same draws, eagerly
+    assert jax.random.key_data(k1).tolist() == jax.random.key_data(reference()).tolist()
+    assert jax.random.key_data(k2).tolist() == jax.random.key_data(reference()).tolist()
