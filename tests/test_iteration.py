@@ -649,3 +649,37 @@ def test_state_axes_from_a_state_of_axes_stacks_each_path_on_its_axis():
     assert m.linear.kernel.shape == (4, 2, 3) and m.linear.bias.shape == (3, 4)
     np.testing.assert_allclose(m.linear.kernel[...][2], one.linear.kernel[...])
     np.testing.assert_allclose(m.linear.bias[...][:, 1], one.linear.bias[...])
+
+
+def test_vmap_runs_the_axis_hooks_with_the_partition_name():
+    calls = []
+
+    class Tracked(nnx.Param):
+        def add_axis(self, axis_index, axis_name):
+            calls.append(("add", axis_index, axis_name, self.shape))
+            super().add_axis(axis_index, axis_name)
+
+        def remove_axis(self, axis_index, axis_name):
+            calls.append(("remove", axis_index, axis_name, self.shape))
+            super().remove_axis(axis_index, axis_name)
+
+    meta = {nnx.PARTITION_NAME: "layers"}
+    make = nnx.vmap(
+        lambda x: Tracked(x * 2), in_axes=0, out_axes=1, transform_metadata=meta
+    )
+    v = make(jnp.ones((3, 2)))
+    assert v.shape == (2, 3)
+    assert calls == [("add", 1, "layers", (2, 3))]  # created inside: added once
+
+    calls.clear()
+    step = nnx.vmap(lambda v: v[...].sum(), in_axes=1, transform_metadata=meta)
+    step(v)
+    # Mapped in: the copy inside loses the axis (once per trace: the first call
+    # traces twice), the caller's Variable gets it back once.
+    removes = [c for c in calls if c[0] == "remove"]
+    assert removes and set(removes) == {("remove", 1, "layers", (2,))}
+    assert calls[len(removes) :] == [("add", 1, "layers", (2, 3))]
+
+    calls.clear()
+    nnx.vmap(lambda v: v[...].sum(), in_axes=1)(v)  # no partition name: no hooks
+    assert calls == []

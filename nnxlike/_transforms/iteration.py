@@ -570,6 +570,13 @@ def map_transform(
     """The lifted ``vmap``/``pmap``: ``make_map(pure, in_axes, out_axes, probe)``
     returns the JAX map (``probe=True``: the abstract first pass, always a vmap)."""
     partition_name = _partition_name(transform_metadata, fn)
+    # Variable.add_axis/remove_axis hooks run when a partition name is given
+    # (flax.nnx's rule), with that name.
+    hook = (
+        (transform_metadata[PARTITION_NAME],)
+        if PARTITION_NAME in transform_metadata
+        else None
+    )
     _check_prefix(in_axes, "in_axes", fn, graph, graph_updates)
     _check_prefix(out_axes, "out_axes", fn, graph, graph_updates)
     # Eager calls with the structure, axes and shapes of an earlier call reuse
@@ -606,7 +613,7 @@ def map_transform(
             key = _cache_key(lifted, var_axis, leaf_axis, fold, lanes, jleaves)
             entry = cache.get(key)
             if entry is not None:
-                out = entry.call(lifted, removed, partition_name, jleaves, lanes)
+                out = entry.call(lifted, removed, partition_name, hook, jleaves, lanes)
                 if out is not _MISS:
                     return out
                 del cache[key]  # the function's output structure changed
@@ -622,6 +629,8 @@ def map_transform(
                     arrays[i] = _fold_key(arrays[i], lanes)
             leaves = _merge_jax_leaves(lifted, jleaves)
             tree, copies = lifted.rebuild(arrays, leaves)
+            if hook is not None:
+                _remove_axis_hooks(lifted, copies, var_axis, hook[0])
             out = f(*tree)
             # One entry per box, the latest trace's (a cached map traces again).
             aliases_box[:] = [_output_aliases(fn, lifted, copies, out)]
@@ -670,6 +679,7 @@ def map_transform(
             probe_arrays,
             removed,
             partition_name,
+            hook,
             new_arrays,
             out_leaves,
         )
@@ -678,11 +688,54 @@ def map_transform(
 
 
 def _finish(
-    lifted, static, arr_axes, probe_arrays, removed, partition_name, arrays, leaves
+    lifted,
+    static,
+    arr_axes,
+    probe_arrays,
+    removed,
+    partition_name,
+    hook,
+    arrays,
+    leaves,
 ) -> Any:
     if not static[4]:  # structure changed: the GraphDef carries the metadata
         static = _restack_names(static, arr_axes, probe_arrays, removed, partition_name)
-    return _core.write_back(lifted, static, arrays, leaves)
+    out = _core.write_back(lifted, static, arrays, leaves)
+    if hook is not None:
+        _add_axis_hooks(lifted, static, arr_axes, out, hook[0])
+    return out
+
+
+def _remove_axis_hooks(lifted, copies, var_axis: list, name: Any) -> None:
+    """``remove_axis(axis, name)`` on each copy of a Variable mapped in."""
+    pos = {id(v): j for j, v in enumerate(lifted.flat.leaves)}
+    leaf_of_obj = {
+        k: pos[id(o)] for k, o in enumerate(lifted.flat.objects) if id(o) in pos
+    }
+    for _, v in _graph.iter_graph(copies.nodes, graph=True):
+        if isinstance(v, Variable) and not isinstance(v, _core.RawSlot):
+            j = leaf_of_obj.get(copies.origin.get(id(v)))
+            if j is not None and isinstance(var_axis[j], int):
+                v.remove_axis(var_axis[j], name)
+
+
+def _add_axis_hooks(lifted, static, arr_axes: list, out: Any, name: Any) -> None:
+    """``add_axis(axis, name)`` on each Variable the map stacked, once written back.
+
+    The written-back objects (the arguments, then the output's objects) have the
+    collected structure, so their Variables line up with ``arr_axes``.
+    """
+    if static[4]:
+        leaves = lifted.flat.leaves
+    else:
+        out_nodes = tuple(
+            x for x in jtu.tree_leaves(out, is_leaf=is_graph_node) if is_graph_node(x)
+        )
+        leaves = flatten((lifted.nodes, out_nodes)).leaves
+    for v, ax in zip(leaves, arr_axes):
+        if isinstance(v, Variable) and not isinstance(v, _core.RawSlot):
+            if isinstance(ax, int):
+                v.add_axis(ax, name)
 
 
 _CACHE_SIZE = 8
@@ -711,7 +764,7 @@ class _MapEntry:
         traced = self.statics[-1]
         return traced is not None and traced != self.static
 
-    def call(self, lifted, removed, partition_name, jleaves, lanes) -> Any:
+    def call(self, lifted, removed, partition_name, hook, jleaves, lanes) -> Any:
         self.statics[:] = [None]
         try:
             new_arrays, out_leaves = self.mapped(lifted.arrays(), jleaves, lanes)
@@ -728,6 +781,7 @@ class _MapEntry:
             self.probe_arrays,
             removed,
             partition_name,
+            hook,
             new_arrays,
             out_leaves,
         )
