@@ -609,3 +609,10 @@ def test_jvp_decorator_forms_match_jax_jvp():
         out, out_dot = f((model, X), (t_model, jnp.zeros(2)))
         np.testing.assert_allclose(out, want, rtol=1e-6)
         np.testing.assert_allclose(out_dot, want_dot, rtol=1e-6)
+
+
+def test_tree_mode_refuses_wrt_instead_of_ignoring_it():
+    with pytest.raises(ValueError, match="wrt=BatchStat.*cannot apply"):
+        nnx.grad(lambda m: 0.0, wrt=nnx.BatchStat, graph=False)
+    with pytest.raises(ValueError, match="cannot apply"):
+        nnx.vjp(lambda m: 0.0, nnx.Param(1.0), wrt=nnx.Param, graph_updates=False)

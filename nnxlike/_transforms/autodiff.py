@@ -68,6 +68,21 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+def _wrt(wrt: Filter | None, tree_mode: bool, fn: str) -> Filter:
+    """The ``wrt`` filter (``Param`` by default); tree mode differentiates all."""
+    if wrt is not None and tree_mode:
+        # Ignoring it would differentiate other Variables than asked, silently.
+        raise ValueError(
+            f"nnx.{fn}(wrt={_errors.filter_repr(wrt)}) with graph=False or "
+            "graph_updates=False: without graph updates every array leaf of the "
+            "differentiated arguments is differentiated, so `wrt` cannot apply. "
+            f"Split the Variables to differentiate into their own argument "
+            f"(`graphdef, params, rest = nnx.split(model, {_errors.filter_repr(wrt)}, "
+            "...)`), or use graph mode with graph updates (the defaults)."
+        )
+    return Param if wrt is None else wrt
+
+
 def _specs(argnums: int | DiffState | Sequence[int | DiffState], wrt: Filter):
     single = isinstance(argnums, (int, DiffState))
     items = (argnums,) if single else tuple(argnums)
@@ -91,7 +106,7 @@ def value_and_grad(
     has_aux: bool = False,
     holomorphic: bool = False,
     allow_int: bool = False,
-    wrt: Filter = Param,
+    wrt: Filter | None = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
@@ -124,6 +139,7 @@ def value_and_grad(
     # arguments as pytrees, every array leaf, and returns gradients shaped like
     # the arguments (a Linear of gradients for a Linear).
     tree_mode = not (graph and graph_updates)
+    wrt = _wrt(wrt, tree_mode, "grad")
     single, specs = _specs(argnums, wrt)
     explicit_filters = [
         isinstance(a, DiffState)
@@ -281,7 +297,7 @@ def grad(
     has_aux: bool = False,
     holomorphic: bool = False,
     allow_int: bool = False,
-    wrt: Filter = Param,
+    wrt: Filter | None = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:

@@ -32,11 +32,12 @@ from nnxlike._transforms import _core
 from nnxlike._transforms.autodiff import (
     _contains_graph,
     _describe,
+    _wrt,
     interleave,
     select_variables,
     state_of,
 )
-from nnxlike._variables import Param, Variable
+from nnxlike._variables import Variable
 
 
 class _Plan:
@@ -50,9 +51,10 @@ class _Plan:
     """
 
     def __init__(
-        self, primals: tuple, wrt: Filter, modes: tuple = (None, None), fn="jvp"
+        self, primals: tuple, wrt: Filter | None, modes: tuple = (None, None), fn="jvp"
     ):
         graph, graph_updates = _config.resolve(*modes)
+        wrt = _wrt(wrt, not (graph and graph_updates), fn)
         self.lifted = _core.Lifted.from_args(
             (primals, {}), graph=graph, graph_updates=graph_updates, fn=fn
         )
@@ -205,7 +207,7 @@ def jvp(
     tangents: tuple | list | None = None,
     *,
     has_aux: bool = False,
-    wrt: Filter = Param,
+    wrt: Filter | None = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
@@ -282,7 +284,7 @@ def vjp(
     f: Callable | None = None,
     *primals: Any,
     has_aux: bool = False,
-    wrt: Filter = Param,
+    wrt: Filter | None = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
