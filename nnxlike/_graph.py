@@ -355,6 +355,7 @@ class Flat:
 # chain of isinstance checks (jax.Array's ABC check alone costs ~0.5 us).
 _K_STATIC, _K_VAR, _K_OBJ, _K_CUSTOM, _K_LIST, _K_DICT, _K_TUPLE, _K_ARRAY = range(8)
 _K_PYTREE = 8
+_K_AREF = 9  # a bare array reference (jax.new_ref): a leaf shared by identity
 _KIND: dict[type, int] = {}
 
 
@@ -387,6 +388,8 @@ def _classify(t: type, x: Any = None) -> int:
         k = _K_DICT
     elif t is tuple:
         k = _K_TUPLE
+    elif x is not None and is_array_ref(x):
+        k = _K_AREF
     elif issubclass(t, _ARRAY_TYPES):
         k = _K_ARRAY
     elif x is not None and _is_pytree_node(x):
@@ -460,6 +463,10 @@ def flatten(
         i = len(objects)
         index_of[id(x)] = i
         objects.append(x if origin is None else (x, origin.get(id(x), -1)))
+        if k == _K_AREF:  # (LEAF, index): a leaf that later REFs point to
+            leaves.append(x)
+            paths.append(path)
+            return (LEAF, i)
         if k == _K_VAR:
             leaves.append(x)
             paths.append(path)
@@ -650,7 +657,11 @@ def unflatten(
         if kind == LEAF:
             value = values[pos]
             pos += 1
-            return value._raw_value if isinstance(value, Variable) else value
+            if isinstance(value, Variable):
+                value = value._raw_value
+            if len(d) > 1:  # an array reference: later REFs are this object
+                built[d[1]] = value
+            return value
         if kind == PYTREE:
             return d[1].unflatten([build(c) for _, c in d[2]])
         # NODE

@@ -731,3 +731,21 @@ def test_state_with_a_trailing_catch_all_filter():
     assert sorted(rest.to_pure_dict()) == ["mean"]
     (only,) = nnx.state(model, nnx.BatchStat, nnx.Cache)[:1]
     assert sorted(only.to_pure_dict()) == ["mean"]
+
+
+def test_bare_array_refs_are_leaves_shared_by_identity():
+    class Foo(nnx.Module):
+        def __init__(self):
+            self.a = jax.new_ref(jnp.array(1.0))
+            self.b = self.a
+
+    m = Foo()
+    refs = nnx.graphlib.RefMap()
+    graphdef, flat = nnx.graphlib.flatten(m, ref_index=refs)
+    assert flat.paths == (("a",),) and flat[0][1] is m.a
+    assert len(refs) == 2 and m.a in refs  # the Module and the reference
+    graphdef, state = nnx.split(m)
+    m2 = nnx.merge(graphdef, state)
+    assert m2 is not m and m2.a is m2.b and m2.a is m.a
+    m2.a[...] = 5.0  # one reference: seen through both attributes
+    assert float(m.b[...]) == 5.0
