@@ -36,7 +36,7 @@ from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, filters_to_predicates, to_predicate
 from nnxlike._object import Object
 from nnxlike._state import FlatState, State, check_value_fits
-from nnxlike._variables import Variable, is_array_ref, new_variable
+from nnxlike._variables import Variable, fresh_indirect, is_array_ref, new_variable
 
 # GraphDef node kinds (first element of every node tuple). PYTREE is any other
 # registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
@@ -1033,6 +1033,12 @@ def clone(
             values,
             reuse=lambda i: objects[i] if isinstance(objects[i], Variable) else None,
         )
+    # New Variables get new references/boxes (ref=True/hijax=True), as flax's
+    # copies do: a write to the clone must not reach the original.
+    values = [
+        fresh_indirect(x) if isinstance(v, Variable) else x
+        for v, x in zip(flat.leaves, values)
+    ]
     return unflatten(flat.graphdef, values)
 
 

@@ -295,6 +295,17 @@ def _write_indirect(raw: Any, index: Any, value: Any) -> None:
         raw[index] = value
 
 
+def fresh_indirect(raw: Any) -> Any:
+    """A new reference or box holding what ``raw`` holds (``raw`` itself when it
+    is a plain value): what a copy of a ``ref=True``/``hijax=True`` Variable
+    stores, so that writes to the copy do not reach the original."""
+    if not _is_ref(raw):
+        return raw
+    if _hijax.is_box(raw):
+        return _hijax.new_box(fresh_indirect(_hijax.get(raw)))
+    return jax.new_ref(raw[...])
+
+
 def _boxed(value: Any) -> Any:
     """``value`` in a new hijax box (a box is kept as is)."""
     return value if _hijax.is_box(value) else _hijax.new_box(value)

@@ -597,3 +597,16 @@ def test_hijax_variable_displays_and_counts_its_boxed_value():
     text = repr(nnx.Dict(a=v))
     assert "Param: 2 (8 B)" in text and "value=<jax.Array([1., 1.]" in text
     assert "Box" not in text
+
+
+@pytest.mark.parametrize("kind", ["ref", "hijax"])
+def test_clone_gives_ref_and_hijax_variables_their_own_storage(kind):
+    model = nnx.Dict(a=nnx.Param(jnp.zeros(2), **{kind: True}))
+    copy_ = nnx.clone(model)
+    assert getattr(copy_["a"], kind)
+    copy_["a"][...] = jnp.ones(2)
+    np.testing.assert_array_equal(model["a"][...], np.zeros(2))  # untouched
+    np.testing.assert_array_equal(copy_["a"][...], np.ones(2))
+    shared = nnx.clone(model, variables=False)  # same Variables: same storage
+    shared["a"][...] = jnp.full(2, 3.0)
+    np.testing.assert_array_equal(model["a"][...], np.full(2, 3.0))
