@@ -185,7 +185,7 @@ from nnxlike.spmd import with_partitioning as with_partitioning
 
 _FLAX_SUBMODULES = frozenset(
     {"deprecations", "helpers", "module", "object", "pytreelib", "rnglib"}
-    | {"training", "transforms", "visualization"}
+    | {"tracers", "training", "transforms", "visualization"}
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -334,3 +335,22 @@ def test_flax_module_paths_are_doors_onto_the_same_names():
     assert nnx.rnglib.Rngs is nnx.Rngs  # loaded on first attribute access
     with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
         nnx.not_a_module  # noqa: B018
+
+
+def test_tracers_trace_state_is_valid_only_in_its_trace():
+    import pickle
+
+    outside = nnx.tracers.TraceState()
+    inside = []
+
+    @jax.jit
+    def f(x):
+        here = nnx.tracers.TraceState()
+        inside.append((outside.is_valid(), here.is_valid(), here == outside))
+        return x
+
+    f(1.0)
+    assert inside == [(False, True, False)]
+    assert outside.is_valid() and outside == nnx.tracers.TraceState()
+    assert pickle.loads(pickle.dumps(outside)).is_valid()
+    assert jax.tree.leaves(outside) == []
