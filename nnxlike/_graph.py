@@ -225,7 +225,8 @@ def _node_defs(d: tuple, outer: tuple | None, out: list) -> None:
         o = outer[d[2]] if outer is not None and outer[d[2]] >= 0 else None
         out.append(VariableDef(d[1], d[2], o, dict(d[3])))
     elif kind == PYTREE:
-        out.append(NodeDef(d[1], None, None, len(d[2])))
+        node_data = d[1].node_data()  # (the pytree's type, its aux data)
+        out.append(NodeDef(node_data[0] if node_data else None, None, None, len(d[2])))
         for _, c in d[2]:
             _node_defs(c, outer, out)
     elif kind == NODE:

@@ -749,3 +749,17 @@ def test_bare_array_refs_are_leaves_shared_by_identity():
     assert m2 is not m and m2.a is m2.b and m2.a is m.a
     m2.a[...] = 5.0  # one reference: seen through both attributes
     assert float(m.b[...]) == 5.0
+
+
+def test_graphdef_nodes_name_pytree_attributes_by_type():
+    import collections
+
+    Pair = collections.namedtuple("Pair", ["w", "n"])
+    m = nnx.Module()
+    m.pair = Pair(nnx.Param(jnp.ones(1)), 3)
+    kinds = [(type(n).__name__, n.type) for n in nnx.graphdef(m).nodes]
+    assert kinds == [
+        ("NodeDef", nnx.Module),
+        ("NodeDef", Pair),
+        ("VariableDef", nnx.Param),
+    ]
