@@ -23,6 +23,7 @@ import inspect
 from typing import Any
 
 import jax.tree_util as jtu
+from jax.sharding import PartitionSpec, Sharding
 
 from nnxlike import _config, _errors, _graph
 from nnxlike._containers import Dict, List
@@ -262,6 +263,12 @@ def check_prefix(prefix: Any, name: str, fn: str, graph: bool, updates: bool) ->
     for path, leaf in jtu.tree_flatten_with_path(prefix, is_leaf=is_leaf)[0]:
         where = jtu.keystr(path) or "<root>"
         kind = type(leaf).__name__
+        # A Variable holding a sharding is an entry of what nnx.get_named_sharding
+        # returns (nnxlike's documented in_shardings for an object argument).
+        if isinstance(leaf, Variable) and isinstance(
+            leaf._raw_value, (Sharding, PartitionSpec)
+        ):
+            continue
         if isinstance(leaf, Variable):
             raise ValueError(
                 _errors.PREFIX_VARIABLE.format(type=kind, path=where, name=name, fn=fn)
