@@ -41,14 +41,19 @@ from nnxlike._graph import TreeNodeDef as TreeNodeDef
 from nnxlike._graph import VariableDef as VariableDef
 from nnxlike._graph import call as call
 from nnxlike._graph import clone as clone
+from nnxlike._graph import find_duplicates as find_duplicates
 from nnxlike._graph import graphdef as graphdef
 from nnxlike._graph import is_graph_node as is_graph_node
 from nnxlike._graph import iter_graph as iter_graph
+from nnxlike._graph import map_graph as map
 from nnxlike._graph import merge as merge
 from nnxlike._graph import pop as pop
+from nnxlike._graph import recursive_map as recursive_map
+from nnxlike._graph import set_metadata as set_metadata
 from nnxlike._graph import split as split
 from nnxlike._graph import state as state
 from nnxlike._graph import update as update
+from nnxlike._graph import variables as variables
 from nnxlike._object import Object
 from nnxlike._state import FlatState as FlatState
 from nnxlike._state import State
@@ -74,22 +79,36 @@ __all__ = [
     "FlatState",
     "GraphDef",
     "GraphState",
+    "IndexMap",
     "Key",
+    "NodeDef",
+    "NodeRef",
     "PathParts",
+    "PureState",
     "RefMap",
+    "TreeNodeDef",
+    "VariableDef",
+    "as_pure",
+    "call",
     "clone",
+    "find_duplicates",
     "flatten",
     "graphdef",
     "is_graph_node",
     "iter_graph",
+    "map",
     "merge",
+    "merge_graph_state",
     "pop",
     "pure",
+    "recursive_map",
+    "set_metadata",
     "split",
     "state",
     "unflatten",
     "unpack",
     "update",
+    "variables",
 ]
 
 

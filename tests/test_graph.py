@@ -763,3 +763,9 @@ def test_graphdef_nodes_name_pytree_attributes_by_type():
         ("NodeDef", Pair),
         ("VariableDef", nnx.Param),
     ]
+
+
+def test_graphlib_exports_every_name_it_lists():
+    for name in nnx.graphlib.__all__:
+        assert getattr(nnx.graph, name) is getattr(nnx.graphlib, name), name
+    assert nnx.graphlib.map is nnx.map and nnx.graphlib.IndexMap is not None
