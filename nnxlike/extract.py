@@ -16,6 +16,7 @@ from nnxlike._extract import MISSING as MISSING
 from nnxlike._extract import NodeStates as NodeStates
 from nnxlike._extract import PrefixMapping as PrefixMapping
 from nnxlike._extract import TreeState as TreeState
+from nnxlike._extract import __all__ as __all__
 from nnxlike._extract import broadcast_prefix as broadcast_prefix
 from nnxlike._extract import check_consistent_aliasing as check_consistent_aliasing
 from nnxlike._extract import clear_non_graph_nodes as clear_non_graph_nodes
@@ -25,19 +26,3 @@ from nnxlike._extract import is_tree_node as is_tree_node
 from nnxlike._extract import merge_tree_node as merge_tree_node
 from nnxlike._extract import to_tree as to_tree
 from nnxlike._extract import tree_prefix as tree_prefix
-
-__all__ = [
-    "MISSING",
-    "NodeStates",
-    "PrefixMapping",
-    "TreeState",
-    "broadcast_prefix",
-    "check_consistent_aliasing",
-    "clear_non_graph_nodes",
-    "default_split_fn",
-    "from_tree",
-    "is_tree_node",
-    "merge_tree_node",
-    "to_tree",
-    "tree_prefix",
-]

@@ -221,12 +221,12 @@ def pmap(
             axis_size=axis_size,
         )
 
-    if not static:
+    def lift(fun: Callable, axes: Any) -> Callable:
         return iteration.map_transform(
-            f,
+            fun,
             "pmap",
             make_map,
-            in_axes=in_axes,
+            in_axes=axes,
             out_axes=out_axes,
             axis_size=axis_size,
             split_rngs=True,
@@ -234,6 +234,9 @@ def pmap(
             graph=graph,
             graph_updates=graph_updates,
         )
+
+    if not static:
+        return lift(f, in_axes)
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
@@ -252,18 +255,7 @@ def pmap(
             ]
             return f(*full)
 
-        return iteration.map_transform(
-            call,
-            "pmap",
-            make_map,
-            in_axes=axes,
-            out_axes=out_axes,
-            axis_size=axis_size,
-            split_rngs=True,
-            transform_metadata=transform_metadata,
-            graph=graph,
-            graph_updates=graph_updates,
-        )(*dyn)
+        return lift(call, axes)(*dyn)
 
     return wrapper
 
