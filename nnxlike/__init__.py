@@ -174,6 +174,7 @@ from nnxlike.metrics import MultiMetric as MultiMetric
 from nnxlike.nn import *  # noqa: F403
 from nnxlike.nn import initializers as initializers
 from nnxlike.spmd import PARTITION_NAME as PARTITION_NAME
+from nnxlike.spmd import abstract_with_sharding as abstract_with_sharding
 from nnxlike.spmd import as_abstract as as_abstract
 from nnxlike.spmd import get_abstract_model as get_abstract_model
 from nnxlike.spmd import get_logical_axis_rules as get_logical_axis_rules

@@ -53,6 +53,7 @@ from nnxlike._transforms.control import eval_shape
 from nnxlike._variables import PARTITION_NAME as PARTITION_NAME
 from nnxlike._variables import Variable, VariableMetadata
 from nnxlike._variables import normalize_sharding_names as _normalize_names
+from nnxlike.deprecations import deprecated
 
 # Key of ``transform_metadata`` (``nnx.vmap``/``nnx.scan``): the sharding name of
 # the axis the transform adds to the Variables it stacks.
@@ -597,6 +598,10 @@ def as_abstract(tree: Any, graph: bool | None = None) -> Any:
 
 
 # -- axis bookkeeping for transforms that stack Variables -------------------------
+
+
+#: flax's deprecated name for :func:`as_abstract` (warns, then calls it).
+abstract_with_sharding = deprecated(as_abstract)
 
 
 def _axis_entries(transform_metadata: Any) -> tuple[Any, dict]:

@@ -633,3 +633,21 @@ def test_spmd_add_remove_axis_update_metadata_and_call_the_variable_hooks():
     assert p.sharding_names == ("a", "b")
     with pytest.raises(ValueError, match="expected to remove 'layers' at index 0"):
         nnx.spmd.remove_axis([p], 0, meta)
+
+
+def test_abstract_with_sharding_is_as_abstract_with_a_deprecation_warning():
+    mesh = jax.make_mesh((1,), ("model",), (jax.sharding.AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        abstract = nnx.eval_shape(
+            lambda: nnx.Linear(
+                4,
+                8,
+                kernel_metadata={"sharding_names": (None, "model")},
+                rngs=nnx.Rngs(0),
+            )
+        )
+        with pytest.warns(DeprecationWarning, match="use as_abstract"):
+            old = nnx.abstract_with_sharding(abstract)
+        new = nnx.as_abstract(abstract)
+    assert old.kernel.value.sharding == new.kernel.value.sharding
+    assert old.kernel.value.sharding.spec == jax.sharding.PartitionSpec(None, "model")
