@@ -1,8 +1,8 @@
 """``State``: the arrays of an object graph as a nested mapping and a JAX pytree.
 
 Design note: a State maps keys (attribute names, list indices, dict keys) to
-either a sub-State or a leaf: a Variable or a raw array. It is the currency between objects and
-JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
+either a sub-State or a leaf: a Variable or a raw array. It is the currency
+between objects and JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
 maps over its arrays, optax updates it. Keys keep insertion order (the order of
 the model's definition). As in flax.nnx 0.12, the leaves of ``nnx.state(model)``
 are the model's own (live) Variables, so the State follows later training; keep

@@ -51,12 +51,10 @@ def test_merge_split_round_trip_types_values_and_statics():
         if isinstance(var, nnx.Variable):
             other, shared = copy, same
             for key in path:
-                get = (
-                    (lambda o: o[key])
-                    if isinstance(key, int)
-                    else (lambda o: getattr(o, key))
-                )
-                other, shared = get(other), get(shared)
+                if isinstance(key, int):
+                    other, shared = other[key], shared[key]
+                else:
+                    other, shared = getattr(other, key), getattr(shared, key)
             assert other is not var and shared is var
             assert_variables_equal(var, other)
     b = copy.blocks[1]
