@@ -2,12 +2,13 @@
 
 Design note: a State maps keys (attribute names, list indices, dict keys) to
 either a sub-State or a leaf: a Variable or a raw array. It is the currency
-between objects and JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
-maps over its arrays, optax updates it. Keys keep insertion order (the order of
-the model's definition). As in flax.nnx 0.12, the leaves of ``nnx.state(model)``
-are the model's own (live) Variables, so the State follows later training; keep
-values for later with a copy, ``nnx.clone(nnx.state(model))`` (``nnx.update``
-from a live State warns: ``nnx.StaleStateWarning``).
+between objects and JAX: ``split`` produces it, ``merge``/``update`` consume
+it, ``jax.tree.map`` maps over its arrays, optax updates it. Keys keep insertion
+order (the order of the model's definition). As in flax.nnx 0.12, the leaves of
+``nnx.state(model)`` are the model's own (live) Variables, so the State follows
+later training; keep values for later with a copy,
+``nnx.clone(nnx.state(model))`` (``nnx.update`` from a live State warns:
+``nnx.StaleStateWarning``).
 """
 
 from __future__ import annotations
