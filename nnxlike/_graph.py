@@ -867,8 +867,13 @@ def merge(
             "State(s) split returned: `nnx.merge(graphdef, state)`."
         )
     if graphdef.paths == ((),) and len(states) == 1:
-        if not isinstance(states[0], (State, dict, FlatState)):
-            return states[0]  # a root Variable or leaf: nothing to rebuild
+        root = states[0]
+        if not isinstance(root, (State, dict, FlatState)):
+            if copy and isinstance(root, Variable):
+                raw = fresh_indirect(root._raw_value)
+                ts = _tracking.get_trace_state()
+                return new_variable(type(root), raw, root._metadata, ts)
+            return root  # a root Variable or leaf: nothing to rebuild
     values = _values_in_order(graphdef, states)
     if copy:  # new Variables (and new references/boxes, as flax's copies)
         values = [

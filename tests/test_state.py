@@ -99,6 +99,9 @@ def test_root_leaf_state_uses_the_empty_path():
     graphdef, s = nnx.split(v)
     assert s is v  # the root Variable itself, as flax: no State
     assert nnx.merge(graphdef, s) is v
+    c = nnx.merge(graphdef, s, copy=True)
+    assert type(c) is nnx.Param and c is not v and c.get_metadata() == v.get_metadata()
+    np.testing.assert_array_equal(c[...], v[...])
     assert nnx.State.from_flat([()], [1]).flat_state() == [((), 1)]
 
 
