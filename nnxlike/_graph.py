@@ -768,7 +768,8 @@ def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple:
 
     With several filters every Variable goes to the first filter it matches; a
     Variable matching none is an error naming its path (end with ``...`` to catch
-    the rest). ``graph=False`` (tree mode) refuses shared references.
+    the rest). ``graph=False`` (tree mode) refuses shared references. The
+    States hold the object's own Variables (as flax.nnx's do).
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "split"))
     states = _partition(flat, filters)
@@ -898,12 +899,19 @@ def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
 def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """The ``State`` of ``node``; with several filters, one State per filter.
 
-    Unlike ``split``, Variables matching no filter are simply left out.
+    Unlike ``split``, Variables matching no filter are simply left out. The
+    leaves are the model's own Variables (as in flax.nnx, and like PyTorch's
+    ``state_dict``), so the State follows later training; keep values for
+    later with a copy: ``nnx.clone(nnx.state(model))``.
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> sorted(nnx.state(model, nnx.Param).to_pure_dict())
     ['bias', 'kernel']
+    >>> nnx.state(model)["kernel"] is model.kernel
+    True
+    >>> nnx.clone(nnx.state(model))["kernel"] is model.kernel
+    False
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "state"))
     if filters:  # a path string matching nothing is most likely a typo
@@ -930,7 +938,9 @@ def update(node: Any, *states: Any) -> None:
     """Write the values of ``states`` into the Variables of ``node`` in place.
 
     Paths in the State must exist in ``node``, except the last step of a path
-    naming a new attribute of an Object, which is created.
+    naming a new attribute of an Object, which is created. A State whose every
+    leaf is the very Variable of ``node`` it would write (``nnx.state(node)``
+    itself, live) writes nothing and warns (``nnx.StaleStateWarning``).
     """
     flat = flatten(node)
     by_path = dict(zip(flat.graphdef.paths, flat.leaves))
