@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax  # noqa: E402
+
 import nnxlike as nnx  # noqa: E402
 
 try:
@@ -57,10 +59,13 @@ def main():
             for name, ns in libs:
                 m = models[name]
                 gd, st = ns.split(m)
+                # update from a copy: the State's leaves are the model's own
+                # Variables (as in flax.nnx), so updating from them writes nothing
+                st_copy = jax.tree.map(lambda x: x, st)
                 ops = {
                     "split": lambda ns=ns, m=m: ns.split(m),
                     "merge": lambda ns=ns, gd=gd, st=st: ns.merge(gd, st),
-                    "update": lambda ns=ns, m=m, st=st: ns.update(m, st),
+                    "update": lambda ns=ns, m=m, st=st_copy: ns.update(m, st),
                 }
                 for op, fn in ops.items():
                     times[name][op].append(bench(fn, inner))

@@ -35,6 +35,7 @@ from nnxlike._display import display as display
 from nnxlike._errors import FilterWarning as FilterWarning
 from nnxlike._errors import NnxError as NnxError
 from nnxlike._errors import ShardingError as ShardingError
+from nnxlike._errors import StaleStateWarning as StaleStateWarning
 from nnxlike._errors import StructureError as StructureError
 from nnxlike._errors import TraceContextError as TraceContextError
 from nnxlike._errors import ViewWarning as ViewWarning

@@ -243,7 +243,7 @@ class SplitContext:
     def flatten(self, node: Any, *filters: Any, with_paths: bool = True) -> tuple:
         """``(graphdef, flat_state, ...)``, or ``(graphdef, leaves)`` without paths.
 
-        The flat states hold snapshots of the Variables, as ``split`` does;
+        The flat states hold the live Variables, as ``split`` does;
         ``with_paths=False`` gives the raw leaf values in walk order.
         """
         if not with_paths and filters:

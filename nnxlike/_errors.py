@@ -433,6 +433,41 @@ class FilterWarning(UserWarning):
     """A path-string filter matched no path at all: most likely a typo."""
 
 
+class StaleStateWarning(UserWarning):
+    """``nnx.update(model, state)`` where the State holds ``model``'s own Variables.
+
+    ``nnx.state``/``nnx.split`` return the model's live Variables (as flax.nnx,
+    and as PyTorch's ``state_dict`` aliases the parameters), so such a State
+    follows every later write and updating from it restores nothing. Keep
+    values for later with a copy: ``best = nnx.clone(nnx.state(model))``.
+
+    >>> import warnings
+    >>> import nnxlike as nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> best = nnx.state(model)  # live: not a copy
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     nnx.update(model, best)
+    >>> [w.category.__name__ for w in caught]
+    ['StaleStateWarning']
+    >>> nnx.update(model, nnx.clone(best))  # a copy: restores, no warning
+    """
+
+
+STALE_STATE = (
+    "nnx.update({what}): every leaf of the State is {what}'s own Variable "
+    "({n} of them, e.g. {first}), so this writes nothing: nnx.state/nnx.split "
+    "return the live Variables (as flax.nnx does, and as PyTorch's state_dict "
+    "aliases the parameters), and such a State follows every later change to "
+    "the model; it cannot restore earlier values. To keep values for later, "
+    "take a copy: `best = nnx.clone(nnx.state(model))`, then "
+    "`nnx.update(model, best)`. If the State was changed in place on purpose "
+    "(its changes are already in the model), drop the update call. (See "
+    "docs/errors.md#stale_state; silence with `warnings.filterwarnings("
+    "'ignore', category=nnx.StaleStateWarning)`.)"
+)
+
+
 UNMATCHED_PATH_FILTER = (
     "{op}: the filter {filter!r} matches no path of {what}: no Variable has "
     "{how}. Probably a typo; the paths are: {paths}. (Filters that can "

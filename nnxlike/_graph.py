@@ -25,6 +25,7 @@ import functools
 import gc
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -617,12 +618,17 @@ def unflatten(
     reuse: Callable[[int], Any] | None = None,
     built: dict[int, Any] | None = None,
     keep_variables: bool = False,
+    reuse_variables: bool = False,
 ) -> Any:
     """Rebuild the graph from ``graphdef`` and leaf ``values`` (walk order).
 
-    ``values`` are raw values or ``VariableState``s. ``reuse(index)`` may return an
+    ``values`` are raw values or Variables. ``reuse(index)`` may return an
     existing object to update in place for the node with that index (or None).
     ``built``, if given, receives ``{index: object}`` for every indexed node.
+    ``reuse_variables=True`` (``nnx.merge``'s default, as flax's): a Variable
+    in ``values`` becomes the node's Variable itself; a raw value gets a new
+    Variable. Otherwise every Variable is new (``keep_variables=True``: every
+    leaf is used as given, raw values stay raw).
     """
     trace_state = _tracking.get_trace_state()
     if built is None:
@@ -642,9 +648,12 @@ def unflatten(
             if keep_variables:  # merge(recreate_variables=False): leaves as given
                 built[d[2]] = value
                 return value
-            if isinstance(value, Variable):
-                value = value._raw_value
             old = reuse(d[2]) if reuse is not None else None
+            if isinstance(value, Variable):
+                if reuse_variables and old is None:  # merge: the State's own
+                    built[d[2]] = value
+                    return value
+                value = value._raw_value
             if old is not None:
                 object.__setattr__(old, "_raw_value", value)
                 meta = dict(d[3])
@@ -713,18 +722,22 @@ def _same_items(old: list, new: list) -> bool:
 
 
 def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
-    """Split the leaves of ``flat`` into one State per filter (first match wins)."""
+    """Split the leaves of ``flat`` into one State per filter (first match wins).
+
+    The leaves are the graph's own Variables (live, as flax.nnx's and PyTorch's
+    ``state_dict``): a State follows later writes to the model. Keep values for
+    later with a copy: ``nnx.clone(nnx.state(model))``.
+    """
     gd = flat.graphdef
-    ts = _tracking.get_trace_state()
     if not filters:
-        return [State.from_flat(gd.paths, [_snapshot(v, ts) for v in flat.leaves])]
+        return [State.from_flat(gd.paths, list(flat.leaves))]
     predicates = filters_to_predicates(filters)  # `...` only last, as flax
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     for path, leaf in zip(gd.paths, flat.leaves):
         for pred, bucket in zip(predicates, buckets):
             if pred(path, leaf):
                 bucket[0].append(path)
-                bucket[1].append(_snapshot(leaf, ts))
+                bucket[1].append(leaf)
                 break
         else:
             raise _errors.StructureError(
@@ -736,18 +749,6 @@ def _partition(flat: Flat, filters: tuple[Filter, ...]) -> list[State]:
                 )
             )
     return [State.from_flat(p, v) for p, v in buckets]
-
-
-def _snapshot(x: Any, trace_state: Any) -> Any:
-    """A State leaf: a new Variable of the same kind sharing the (immutable) array.
-
-    flax.nnx 0.12 puts the graph's own Variables in a State, so a State kept as
-    "the best weights" silently follows later training; here it does not.
-    ``trace_state`` is read once per split by the caller.
-    """
-    if isinstance(x, Variable):
-        return new_variable(type(x), x._raw_value, x._metadata, trace_state)
-    return x
 
 
 def _tree_mode(graph: bool | None, fn: str) -> str | None:
@@ -767,7 +768,8 @@ def split(node: Any, *filters: Filter, graph: bool | None = None) -> tuple:
 
     With several filters every Variable goes to the first filter it matches; a
     Variable matching none is an error naming its path (end with ``...`` to catch
-    the rest). ``graph=False`` (tree mode) refuses shared references.
+    the rest). ``graph=False`` (tree mode) refuses shared references. The
+    States hold the object's own Variables (as flax.nnx's do).
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "split"))
     states = _partition(flat, filters)
@@ -823,11 +825,18 @@ def merge(
 ) -> Any:
     """Rebuild objects from a GraphDef and the States ``split`` produced.
 
+    As flax.nnx: the State's Variables become the new object's Variables (a
+    raw array leaf gets a new Variable, or stays raw with
+    ``recreate_variables=False``), so the merged object and the State share
+    them; ``copy=True`` gives the new object new Variables.
+
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    >>> copy = nnx.merge(*nnx.split(model))
-    >>> type(copy).__name__, copy is model, copy.kernel is model.kernel
-    ('Linear', False, False)
+    >>> same = nnx.merge(*nnx.split(model))
+    >>> type(same).__name__, same is model, same.kernel is model.kernel
+    ('Linear', False, True)
+    >>> nnx.merge(*nnx.split(model), copy=True).kernel is model.kernel
+    False
     """
     if hasattr(graphdef, "_graphdef") and hasattr(graphdef, "_state"):
         # nnx.merge(graph_state, ...): GraphStates carry their GraphDef.
@@ -859,12 +868,25 @@ def merge(
             "State(s) split returned: `nnx.merge(graphdef, state)`."
         )
     if graphdef.paths == ((),) and len(states) == 1:
-        if not isinstance(states[0], (State, dict, FlatState)):
-            return states[0]  # a root Variable or leaf: nothing to rebuild
+        root = states[0]
+        if not isinstance(root, (State, dict, FlatState)):
+            if copy and isinstance(root, Variable):
+                raw = fresh_indirect(root._raw_value)
+                ts = _tracking.get_trace_state()
+                return new_variable(type(root), raw, root._metadata, ts)
+            return root  # a root Variable or leaf: nothing to rebuild
+    values = _values_in_order(graphdef, states)
+    if copy:  # new Variables (and new references/boxes, as flax's copies)
+        values = [
+            fresh_indirect(v._raw_value) if isinstance(v, Variable) else v
+            for v in values
+        ]
+        return unflatten(graphdef, values)
     return unflatten(
         graphdef,
-        _values_in_order(graphdef, states),
-        keep_variables=not recreate_variables and not copy,
+        values,
+        keep_variables=not recreate_variables,
+        reuse_variables=True,
     )
 
 
@@ -877,12 +899,19 @@ def graphdef(node: Any, /, *, graph: bool | None = None) -> GraphDef:
 def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
     """The ``State`` of ``node``; with several filters, one State per filter.
 
-    Unlike ``split``, Variables matching no filter are simply left out.
+    Unlike ``split``, Variables matching no filter are simply left out. The
+    leaves are the model's own Variables (as in flax.nnx, and like PyTorch's
+    ``state_dict``), so the State follows later training; keep values for
+    later with a copy: ``nnx.clone(nnx.state(model))``.
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> sorted(nnx.state(model, nnx.Param).to_pure_dict())
     ['bias', 'kernel']
+    >>> nnx.state(model)["kernel"] is model.kernel
+    True
+    >>> nnx.clone(nnx.state(model))["kernel"] is model.kernel
+    False
     """
     flat = flatten(node, tree_mode=_tree_mode(graph, "state"))
     if filters:  # a path string matching nothing is most likely a typo
@@ -909,11 +938,14 @@ def update(node: Any, *states: Any) -> None:
     """Write the values of ``states`` into the Variables of ``node`` in place.
 
     Paths in the State must exist in ``node``, except the last step of a path
-    naming a new attribute of an Object, which is created.
+    naming a new attribute of an Object, which is created. A State whose every
+    leaf is the very Variable of ``node`` it would write (``nnx.state(node)``
+    itself, live) writes nothing and warns (``nnx.StaleStateWarning``).
     """
     flat = flatten(node)
     by_path = dict(zip(flat.graphdef.paths, flat.leaves))
     writes = []  # checked first, written after: a refused value changes nothing
+    own, first = 0, ()  # leaves that are the very Variable they would write
     for s in states:
         if not isinstance(s, State):
             if isinstance(s, Variable) or not hasattr(s, "items"):
@@ -927,6 +959,9 @@ def update(node: Any, *states: Any) -> None:
                 # A second path to a shared Variable (weight tying) is not in
                 # by_path: write through it rather than replace the Variable.
                 target = _lookup(node, path)
+            if leaf is target and isinstance(leaf, Variable):
+                own, first = own + 1, first if own else path
+                continue  # a live State's own Variable: nothing to write
             value = leaf._raw_value if isinstance(leaf, Variable) else leaf
             if isinstance(target, Variable):
                 old = target._raw_value
@@ -942,6 +977,14 @@ def update(node: Any, *states: Any) -> None:
                     kind = type(target).__name__
                     check_value_fits("update", path, kind, old, value)
             writes.append((path, leaf, target, value))
+    if own and not writes:
+        warnings.warn(
+            _errors.STALE_STATE.format(
+                what=type(node).__name__, n=own, first=_errors.path_str(first)
+            ),
+            _errors.StaleStateWarning,
+            stacklevel=3,
+        )
     for path, leaf, target, value in writes:
         if isinstance(target, Variable):
             target.set_value(value)
@@ -1072,14 +1115,13 @@ def pop(node: Any, *filters: Filter) -> Any:
     predicates = [to_predicate(f) for f in filters]
     buckets: list[tuple[list, list]] = [([], []) for _ in filters]
     to_remove = []
-    ts = _tracking.get_trace_state()
     for path, leaf in zip(flat.graphdef.paths, flat.leaves):
         if not path:
             continue  # the root itself cannot be removed from itself
         for pred, bucket in zip(predicates, buckets):
             if pred(path, leaf):
                 bucket[0].append(path)
-                bucket[1].append(_snapshot(leaf, ts))
+                bucket[1].append(leaf)  # the removed Variable itself, as flax
                 to_remove.append(path)
                 break
     # Remove last-first: deleting a list item shifts the indices of later ones.
@@ -1150,7 +1192,7 @@ def iter_graph(
 
 
 def variables(node: Any, *filters: Filter) -> State:
-    """Like ``state`` but the leaves are the live Variables (not copies)."""
+    """Like ``state`` (whose leaves are the live Variables too), Variables only."""
     flat = flatten(node)
     pred = (
         to_predicate(filters[0] if len(filters) == 1 else filters) if filters else None

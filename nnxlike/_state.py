@@ -1,13 +1,14 @@
 """``State``: the arrays of an object graph as a nested mapping and a JAX pytree.
 
 Design note: a State maps keys (attribute names, list indices, dict keys) to
-either a sub-State or a leaf: a Variable (a copy sharing the array: flax.nnx
-0.12's ``VariableState``) or a raw array. It is the currency between objects and
-JAX: ``split`` produces it, ``merge``/``update`` consume it, ``jax.tree.map``
-maps over its arrays, optax updates it. Keys keep insertion order (the order of
-the model's definition). The leaves of ``nnx.state(model)`` are new Variables
-sharing the model's arrays (a snapshot: later training does not change it); flax
-.nnx 0.12 hands out the model's own Variables instead (``nnx.variables`` does).
+either a sub-State or a leaf: a Variable or a raw array. It is the currency
+between objects and JAX: ``split`` produces it, ``merge``/``update`` consume
+it, ``jax.tree.map`` maps over its arrays, optax updates it. Keys keep insertion
+order (the order of the model's definition). As in flax.nnx 0.12, the leaves of
+``nnx.state(model)`` are the model's own (live) Variables, so the State follows
+later training; keep values for later with a copy,
+``nnx.clone(nnx.state(model))`` (``nnx.update`` from a live State warns:
+``nnx.StaleStateWarning``).
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ class _Recorder:
         # and records its nested calls, exactly once).
         @functools.partial(jax.jit, static_argnums=0)
         def run(key, state):
-            (obj, *args), kwargs = _graph.merge(key[0], state)
+            (obj, *args), kwargs = _graph.merge(key[0], state, copy=True)
             return fn(obj, *args, **kwargs)
 
         @functools.wraps(fn)
@@ -280,7 +280,7 @@ class _Recorder:
     @staticmethod
     def _vjp_flops(fn: Callable, graphdef: Any, state: Any) -> int:
         def pure(state):
-            (obj, *args), kwargs = _graph.merge(graphdef, state)
+            (obj, *args), kwargs = _graph.merge(graphdef, state, copy=True)
             return fn(obj, *args, **kwargs)
 
         def do_vjp(state):

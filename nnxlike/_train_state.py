@@ -245,9 +245,16 @@ class TrainState:
         )
 
     def merge(self, params: State | None = None) -> Any:
-        """A new Module from ``graphdef``, ``params`` (or its own) and ``other``."""
+        """A new Module from ``graphdef``, ``params`` (or its own) and ``other``.
+
+        The Module has new Variables (``nnx.merge(..., copy=True)``): a call that
+        writes to it leaves this (immutable) TrainState's States unchanged.
+        """
         return _graph.merge(
-            self.graphdef, self.params if params is None else params, self.other
+            self.graphdef,
+            self.params if params is None else params,
+            self.other,
+            copy=True,
         )
 
     @property
@@ -324,7 +331,7 @@ class _Caller:
         return _Caller(self._graphdef, self._states, (*self._names, name))
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple:
-        module = _graph.merge(self._graphdef, *self._states)
+        module = _graph.merge(self._graphdef, *self._states, copy=True)
         fn = module
         for name in self._names:
             fn = getattr(fn, name)

@@ -57,7 +57,7 @@ from nnxlike._graph import variables as variables
 from nnxlike._object import Object
 from nnxlike._state import FlatState as FlatState
 from nnxlike._state import State
-from nnxlike._variables import Variable, is_array_ref
+from nnxlike._variables import Variable, fresh_indirect, is_array_ref
 
 Key = Hashable
 """A path component: an attribute name, dict key or list index (flax's ``Key``)."""
@@ -248,15 +248,16 @@ def unflatten(
     ``index_ref``, if given, receives ``{index: object}`` for every node built.
     With ``outer_index_outer_ref`` (``{outer index: object}``) and a GraphDef
     that recorded outer indices (``flatten(..., ref_outer_index=...)``), the
-    nodes that are those outer objects are updated in place, not created.
+    nodes that are those outer objects are updated in place, not created. As
+    flax's, a Variable leaf becomes the new node's Variable itself;
+    ``copy_variables=True`` gives new Variables.
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    >>> copy = nnx.graphlib.unflatten(*nnx.graphlib.flatten(model))
-    >>> type(copy).__name__, copy is model
-    ('Linear', False)
+    >>> same = nnx.graphlib.unflatten(*nnx.graphlib.flatten(model))
+    >>> type(same).__name__, same is model, same.kernel is model.kernel
+    ('Linear', False, True)
     """
-    del copy_variables  # Variables are always rebuilt (a State is a snapshot)
     if isinstance(flat_state, State):
         pairs = list(flat_state.flat_state())
     elif isinstance(flat_state, FlatState) or (
@@ -295,7 +296,18 @@ def unflatten(
             j = outer[i] if i < len(outer) else -1
             return outer_index_outer_ref.get(j) if j >= 0 else None
 
-    return _graph.unflatten(graphdef, leaves, reuse=reuse, built=index_ref)
+    if copy_variables:  # new Variables (and references), as flax's copies
+        leaves = [
+            fresh_indirect(x._raw_value) if isinstance(x, Variable) else x
+            for x in leaves
+        ]
+    return _graph.unflatten(
+        graphdef,
+        leaves,
+        reuse=reuse,
+        built=index_ref,
+        reuse_variables=not copy_variables,
+    )
 
 
 def _flatten_pytree(pytree: Any) -> tuple[list, tuple]:

@@ -352,8 +352,9 @@ def test_jvp_tangent_forms_state_object_and_partial():
     tp = tangent_dict(3, p)
     zx = jnp.zeros_like(XB)
     _, want = jax.jvp(ref_out, (p, XB), (tp, zx))
-    # A State mapped from nnx.state(model, Param), with VariableState leaves.
-    state = nnx.state(model, nnx.Param)
+    # A State copied from nnx.state(model, Param) (live: a copy, or the writes
+    # below would reach the model), with VariableState leaves.
+    state = nnx.clone(nnx.state(model, nnx.Param))
     state["kernel"].value, state["bias"].value = tp["kernel"], tp["bias"]
     _, got = nnx.jvp(lin_out, (model, XB), (state, zx))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

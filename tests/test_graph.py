@@ -43,15 +43,19 @@ def assert_variables_equal(a, b):
 
 def test_merge_split_round_trip_types_values_and_statics():
     m = Model()
-    copy = nnx.merge(*nnx.split(m))
-    assert type(copy) is Model and copy is not m
+    copy = nnx.merge(*nnx.split(m), copy=True)
+    same = nnx.merge(*nnx.split(m))  # as flax: the State's own Variables
+    assert type(copy) is Model and copy is not m and same is not m
     assert type(copy.blocks) is nnx.List and type(copy.heads) is nnx.Dict
     for path, var in nnx.iter_graph(m):
         if isinstance(var, nnx.Variable):
-            other = copy
+            other, shared = copy, same
             for key in path:
-                other = other[key] if isinstance(key, int) else getattr(other, key)
-            assert other is not var
+                if isinstance(key, int):
+                    other, shared = other[key], shared[key]
+                else:
+                    other, shared = getattr(other, key), getattr(shared, key)
+            assert other is not var and shared is var
             assert_variables_equal(var, other)
     b = copy.blocks[1]
     assert (b.din, b.dout, b.act, b.shape) == (3, 1, "relu", (3, 1))
@@ -612,8 +616,11 @@ def test_graphdef_apply_reaches_items_and_returns_the_new_state():
     assert gd2 == graphdef
     np.testing.assert_array_equal(state2["blocks"]["b"]["mean"][...], jnp.ones(2))
     np.testing.assert_array_equal(state2["blocks"]["a"]["mean"][...], jnp.zeros(1))
-    # the original object is untouched (apply works on a merged copy)
-    np.testing.assert_array_equal(nodes["b"].mean[...], jnp.zeros(2))
+    # as flax: apply merges the State's own (live) Variables, so the write reaches
+    # the original object; a copied State keeps it untouched
+    np.testing.assert_array_equal(nodes["b"].mean[...], jnp.ones(2))
+    graphdef.apply(nnx.clone(state)).run("b", x)
+    np.testing.assert_array_equal(nodes["b"].mean[...], jnp.ones(2))
 
 
 def test_graphlib_unflatten_updates_outer_objects_in_place():
@@ -666,8 +673,12 @@ def test_update_takes_the_state_of_a_root_variable():
     v = nnx.Param(jnp.array(1))
     graphdef, params, rest = nnx.split(v, nnx.Param, ...)
     assert isinstance(params, nnx.Param) and len(rest) == 0
+    assert params is v  # live, as flax: the write is already in v
     params[...] = 7
-    nnx.update(v, params, rest)
+    assert int(v[...]) == 7
+    with pytest.warns(nnx.StaleStateWarning, match="writes nothing"):
+        nnx.update(v, params, rest)
+    nnx.update(v, nnx.clone(params), rest)  # a copy writes, without a warning
     assert int(v[...]) == 7
 
 

@@ -292,13 +292,20 @@ def test_merge_of_split_reproduces_the_graph(recipe):
     g = build(recipe)
     graphdef, state = nnx.split(g)
     state = as_state(state)
-    copy = nnx.merge(graphdef, state)
+    copy = nnx.merge(graphdef, state, copy=True)
     same_graph(g, copy)
     # one State entry per distinct Variable (and raw array): ties stored once
     assert len(state.leaves()) == len(collect_leaves(g))
     assert nnx.graphdef(copy) == graphdef
-    # merging twice gives two independent graphs
-    same_graph(copy, nnx.merge(graphdef, state))
+    # merging twice with copy=True gives two independent graphs
+    same_graph(copy, nnx.merge(graphdef, state, copy=True))
+    # without copy (flax's default) the State's own Variables are reused: the
+    # merged graph holds g's Variables themselves, the same structure around them
+    own = {id(v) for v in collect_leaves(g) if isinstance(v, nnx.Variable)}
+    live = nnx.merge(graphdef, state)
+    got = [v for v in collect_leaves(live) if isinstance(v, nnx.Variable)]
+    assert len(got) == len(own) and all(id(v) in own for v in got)
+    same_graph(g, live, fresh=False)
 
 
 @SETTINGS
@@ -405,7 +412,7 @@ def test_split_with_filters_partitions(recipe, chosen, rnd: random.Random):
     assert set(merged_state.flat_dict()) == set(full_flat)
     order = list(range(len(states)))
     rnd.shuffle(order)
-    copy = nnx.merge(graphdef, *(states[i] for i in order))
+    copy = nnx.merge(graphdef, *(states[i] for i in order), copy=True)
     same_graph(g, copy)
 
 

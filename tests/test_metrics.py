@@ -209,11 +209,14 @@ def test_metric_split_merge_keeps_totals():
     acc.update(logits=jnp.array([[0.0, 1.0], [1.0, 0.0]]), labels=jnp.array([1, 1]))
     graphdef, state = acc.split()
     assert graphdef == nnx.split(acc)[0]
-    copy = nnx.merge(graphdef, state)
+    copy = nnx.merge(graphdef, state, copy=True)
     assert float(copy.compute()) == 0.5
     copy.update(logits=jnp.array([[0.0, 1.0]]), labels=jnp.array([1]))
     np.testing.assert_allclose(copy.compute(), 2 / 3, rtol=1e-6)
-    assert float(acc.compute()) == 0.5  # the original is a separate object
+    assert float(acc.compute()) == 0.5  # copy=True: new Variables
+    live = nnx.merge(graphdef, state)  # flax's default: the same Variables
+    live.update(logits=jnp.array([[0.0, 1.0]]), labels=jnp.array([1]))
+    np.testing.assert_allclose(acc.compute(), 2 / 3, rtol=1e-6)
     _, totals, rest = metrics.Welford().split(metrics.MetricState, ...)
     assert sorted(totals.flat_dict()) == [("count",), ("m2",), ("mean",)]
     assert not rest.flat_dict()

@@ -19,7 +19,10 @@ def test_graphlib_flatten_gives_the_models_own_variables_and_refmap():
     assert model in refs and model.kernel in refs and nnx.Param(1.0) not in refs
     _, leaves = nnx.graphlib.flatten(model, with_paths=False)
     assert leaves[0] is model.kernel
-    copy = nnx.graphlib.unflatten(*nnx.graphlib.flatten(model))
+    same = nnx.graphlib.unflatten(*nnx.graphlib.flatten(model))
+    assert same is not model and same.kernel is model.kernel  # flax: reused
+    gd, flat = nnx.graphlib.flatten(model)
+    copy = nnx.graphlib.unflatten(gd, flat, copy_variables=True)
     np.testing.assert_array_equal(copy.kernel[...], model.kernel[...])
     assert copy.kernel is not model.kernel
     assert nnx.graph.flatten is nnx.graphlib.flatten and nnx.graph.Key is not None

@@ -446,7 +446,11 @@ def test_batchnorm_with_hijax_stats_under_plain_grad_matches_plain_batchnorm():
     # boxed is captured by closure; its statistics are written in place while
     # jax.grad differentiates the input (the write carries no tangent).
     g_boxed = jax.grad(lambda x: jnp.sum(boxed(x) ** 2))(x)
-    g_plain = jax.grad(lambda x: jnp.sum(nnx.merge(graphdef, state)(x) ** 2))(x)
+    # copy=True: a merge reuses plain's own Variables, which the closure may not
+    # write inside jax.grad
+    g_plain = jax.grad(
+        lambda x: jnp.sum(nnx.merge(graphdef, state, copy=True)(x) ** 2)
+    )(x)
     close(g_boxed, g_plain, tol=1e-5)
     plain(x)  # the reference statistics: one eager call
     close(boxed.mean.value, plain.mean.value)

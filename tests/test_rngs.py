@@ -177,10 +177,13 @@ def test_rngs_state_and_round_trip():
         ("dropout", "key"),
         ("dropout", "count"),
     )
-    copy = nnx.merge(*nnx.split(rngs))
+    copy = nnx.merge(*nnx.split(rngs), copy=True)
     assert copy is not rngs
     np.testing.assert_array_equal(data(copy.dropout()), data(rngs.dropout()))
     assert nnx.state(rngs, nnx.RngCount).dropout.count.value == 2
+    live = nnx.merge(*nnx.split(rngs))  # flax's default: the same counters
+    live.dropout()
+    assert int(rngs.dropout.count.value) == 3
 
 
 def test_repr_does_not_advance_the_stream():

@@ -97,8 +97,11 @@ def test_flat_state_paths_and_leaves(state):
 def test_root_leaf_state_uses_the_empty_path():
     v = nnx.Param(jnp.ones(2))
     graphdef, s = nnx.split(v)
-    assert type(s) is nnx.Param and s is not v  # the root Variable, as flax: no State
-    assert type(nnx.merge(graphdef, s)) is nnx.Param
+    assert s is v  # the root Variable itself, as flax: no State
+    assert nnx.merge(graphdef, s) is v
+    c = nnx.merge(graphdef, s, copy=True)
+    assert type(c) is nnx.Param and c is not v and c.get_metadata() == v.get_metadata()
+    np.testing.assert_array_equal(c[...], v[...])
     assert nnx.State.from_flat([()], [1]).flat_state() == [((), 1)]
 
 

@@ -294,9 +294,12 @@ def eval_step(model, x, y):
 #   accuracy wanders by a few points from one epoch to the next. As PyTorch
 #   users often do with `best = copy.deepcopy(model.state_dict())`, we keep the
 #   parameters of the best validation epoch. `nnx.state(model, nnx.Param)` is a
-#   `state_dict()`; it needs no deep copy, because JAX arrays are immutable and
-#   an optimizer step creates new ones. `nnx.update(model, best)` is
-#   `load_state_dict`.
+#   `state_dict()`: like PyTorch's, it holds the model's own (live) Variables,
+#   so it follows every later optimizer step. Keeping it needs a copy,
+#   `nnx.clone(...)`, the `copy.deepcopy` of PyTorch (cheap: the new Variables
+#   share the immutable JAX arrays). `nnx.update(model, best)` is
+#   `load_state_dict`; given a live State instead of a copy it would restore
+#   nothing, and nnxlike warns (`nnx.StaleStateWarning`).
 #
 # The progress bar is `tqdm`; in a log file (no terminal), or in a notebook
 # without `ipywidgets`, it is replaced by a line every 100 epochs.
@@ -325,7 +328,7 @@ for epoch in bar:
     history["val_acc"].append(val_acc)
     if val_acc > best_acc:
         best_acc, best_epoch = val_acc, epoch
-        best_params = nnx.state(model, nnx.Param)  # a state_dict(), no copy needed
+        best_params = nnx.clone(nnx.state(model, nnx.Param))  # deepcopy(state_dict())
     bar.set_postfix(
         loss=f"{history['loss'][-1]:.3f}",
         train=f"{train_acc:.3f}",
@@ -352,7 +355,7 @@ print(f"{steps} steps in {jit_seconds:.1f} s (including per-epoch evaluation)")
 
 # %%
 final_val_acc = history["val_acc"][-1]
-last_params = nnx.state(model, nnx.Param)  # kept for a comparison in section 9
+last_params = nnx.clone(nnx.state(model, nnx.Param))  # for section 9
 nnx.update(model, best_params)  # load_state_dict(best)
 model.eval()
 eval_acc = float(eval_step(model, x_val, y_val))

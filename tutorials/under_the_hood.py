@@ -76,8 +76,11 @@ x = jnp.ones((2, 4))
 #   node seen a second time is recorded as a reference to its first index
 #   (`<shared #2>` below), not expanded again;
 # - a **State**: one entry per distinct Variable, keyed by the path where the
-#   walk first met it. It is a JAX pytree: `jax.tree.map`, `jax.jit`, optax and
-#   checkpointing libraries all accept it.
+#   walk first met it. Its leaves are the model's own Variables (live, as in
+#   flax.nnx and like PyTorch's `state_dict()`): a State follows later writes
+#   to the model, and `nnx.clone(state)` takes a copy to keep. It is a JAX
+#   pytree: `jax.tree.map`, `jax.jit`, optax and checkpointing libraries all
+#   accept it.
 
 # %%
 graphdef, state = nnx.split(net)
@@ -119,7 +122,7 @@ print(state)
 leaf = state["first"]["shared"]["kernel"]
 print(type(leaf).__name__, "of kind", leaf.type.__name__, "shape", leaf.value.shape)
 assert leaf.type is nnx.Param
-assert state.first.shared.kernel.value is net.first.shared.kernel.value  # no copy
+assert state.first.shared.kernel is net.first.shared.kernel  # the live Variable
 assert "shared" not in state["second"]
 
 # %% [markdown]
@@ -150,17 +153,19 @@ assert rest.flat_state().paths == (("calls",),)
 #
 # `nnx.merge(graphdef, state)` builds a **new** object graph from the GraphDef
 # and the State. The GraphDef's references are followed, so the shared layer is
-# shared in the copy too. This is why nnxlike does not treat Modules as pytrees:
-# a pytree has no notion of "the same object in two places" and would give each
-# block its own copy of the layer after a round trip.
+# shared in the copy too: a plain pytree has no notion of "the same object in
+# two places" and would give each block its own copy of the layer after a
+# round trip. As in flax.nnx, the new objects hold the State's own Variables;
+# `copy=True` gives them new Variables (`nnx.clone(net)` does both at once).
 
 # %%
-copy = nnx.merge(graphdef, state)
+copy = nnx.merge(graphdef, state, copy=True)
 print("copy is net:", copy is net)
 print("sharing kept in the copy:", copy.first.shared is copy.second.shared)
 assert copy is not net and copy.first is not net.first
 assert copy.first.shared is copy.second.shared
 assert copy.first.shared.kernel is not net.first.shared.kernel  # new Variables
+assert nnx.merge(graphdef, state).first.shared.kernel is net.first.shared.kernel
 assert jnp.array_equal(copy(x), net(x))  # same values, same function
 
 # %% [markdown]
@@ -170,6 +175,7 @@ assert jnp.array_equal(copy(x), net(x))  # same values, same function
 
 # %%
 kernel = net.first.shared.kernel
+params = nnx.clone(params)  # a copy to restore from: `params` was live
 zeros = jax.tree.map(jnp.zeros_like, nnx.state(net, nnx.Param))
 nnx.update(net, zeros)
 assert net.first.shared.kernel is kernel  # same Variable, new value

@@ -685,9 +685,9 @@ def _scan_pure(graphdef, params, bcast, rest, carry, xs, seq_lengths, unroll, bf
         _, rest_state, carry = loop_carry
         t, x = step
         if bfilter is None:
-            live = merge(graphdef, params, rest_state)
+            live = merge(graphdef, params, rest_state, copy=True)
         else:
-            live = merge(graphdef, params, bcast, rest_state)
+            live = merge(graphdef, params, bcast, rest_state, copy=True)
         new_carry, y = live(carry, x)
         if _describe(new_carry) != in_struct:
             raise ValueError(
