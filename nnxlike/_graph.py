@@ -1145,8 +1145,19 @@ def _remove_path(node: Any, path: tuple) -> None:
         del parent[key]
 
 
+def _key_order(item: tuple) -> tuple:
+    """Sort key for ``(key, child)`` pairs: flax's sorted order (ints first)."""
+    k = item[0]
+    return (0, k, "") if isinstance(k, int) else (1, 0, str(k))
+
+
 def iter_graph(
-    node: Any, /, *, graph: bool | None = None, _all_paths: bool = False
+    node: Any,
+    /,
+    *,
+    graph: bool | None = None,
+    _all_paths: bool = False,
+    _sorted: bool = False,
 ) -> Iterator[tuple[tuple, Any]]:
     """Yield ``(path, value)`` for every node, Variable and leaf, each object once.
 
@@ -1169,13 +1180,15 @@ def iter_graph(
                 return
             seen.add(id(x))
         if isinstance(x, Object):
-            for k, v in x._nnx_children():
+            items = x._nnx_children()
+            for k, v in sorted(items, key=_key_order) if _sorted else items:
                 yield from visit(v, (*path, k))
         elif isinstance(x, (list, tuple)):
             for k, v in enumerate(x):
                 yield from visit(v, (*path, k))
         elif isinstance(x, dict):
-            for k, v in x.items():
+            items = x.items()
+            for k, v in sorted(items, key=_key_order) if _sorted else items:
                 yield from visit(v, (*path, k))
         elif not isinstance(x, (Variable, *_ARRAY_TYPES)):
             kind = _KIND.get(type(x))

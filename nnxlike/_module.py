@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnxlike import _config, _errors, _graph
+from nnxlike import _config, _errors, _graph, _object
 from nnxlike._filters import to_predicate
 from nnxlike._object import Object
 from nnxlike._variables import Intermediate, Perturbation, Variable
@@ -290,8 +290,20 @@ def has_attribute(module: Any, name: str) -> bool:
 def iter_modules(
     node: Any, /, *, graph: bool | None = None
 ) -> Iterator[tuple[tuple, Module]]:
-    """Yield ``(path, module)`` for every Module reachable from ``node``."""
-    for path, value in _graph.iter_graph(node, graph=graph):
+    """Yield ``(path, module)`` for every Module reachable from ``node``.
+
+    As in flax.nnx: keys in sorted order at every level, children before their
+    parent, the root last, each Module once (States keep definition order).
+
+    >>> import nnxlike as nnx
+    >>> class Net(nnx.Module):
+    ...     def __init__(self, rngs):
+    ...         self.head = nnx.Linear(2, 1, rngs=rngs)
+    ...         self.body = nnx.Linear(2, 2, rngs=rngs)
+    >>> [path for path, _ in nnx.iter_modules(Net(nnx.Rngs(0)))]
+    [('body',), ('head',), ()]
+    """
+    for path, value in _graph.iter_graph(node, graph=graph, _sorted=True):
         if isinstance(value, Module):
             yield path, value
 
@@ -300,12 +312,15 @@ def iter_children(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple]
     """Yield ``(name, node)`` for the graph nodes held directly by ``node``.
 
     Graph nodes are Objects (Modules, containers, Rngs, ...) and Variables, as in
-    flax.nnx; static values are skipped. Children come in definition order.
+    flax.nnx; static values are skipped, and so are containers: a plain
+    ``list``/``dict`` attribute is stored as an ``nnx.List``/``nnx.Dict`` here,
+    where flax sees a pytree, not a child node (``iter_modules`` walks into
+    them). Children come in sorted key order, as in flax.
 
     >>> import nnxlike as nnx
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     >>> [(k, type(v).__name__) for k, v in nnx.iter_children(model)]
-    [('kernel', 'Param'), ('bias', 'Param')]
+    [('bias', 'Param'), ('kernel', 'Param')]
     """
     return _children(node, graph, "iter_children", (Object, Variable))
 
@@ -331,4 +346,11 @@ def _children(node: Any, graph: bool | None, fn: str, kinds: tuple) -> Iterator:
         )
     if not _config.resolve(graph, None)[0]:
         _graph.check_tree(node, fn)
-    return ((k, v) for k, v in node._nnx_children() if isinstance(v, kinds))
+    return (
+        (k, v)
+        for k, v in sorted(node._nnx_children(), key=_graph._key_order)
+        # nnx.List/nnx.Dict (what a plain list/dict attribute becomes) are not
+        # yielded: flax sees a plain list there, a pytree, not a child node.
+        if isinstance(v, kinds)
+        and not isinstance(v, (_object._LIST_TYPE, _object._DICT_TYPE))
+    )

@@ -29,6 +29,8 @@ import nnxlike as nnx
 SETTINGS = settings(
     max_examples=200,
     deadline=None,
+    derandomize=True,  # the same examples on every run: CI cannot flake
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -335,9 +337,10 @@ def test_update_writes_exactly_the_new_values(recipe):
 @given(recipes())
 def test_clone_is_independent(recipe):
     g = build(recipe)
-    snapshot = [
+    snapshot = [  # Variables and arrays (a static root value has nothing to copy)
         (x, as_numpy(x.value if isinstance(x, nnx.Variable) else x))
         for x in collect_leaves(g)
+        if isinstance(x, nnx.Variable) or is_array(x)
     ]
     c = nnx.clone(g)
     same_graph(g, c)

@@ -124,12 +124,18 @@ def test_iter_modules_visits_a_shared_module_once():
 def test_iter_children_yields_direct_graph_nodes_and_module_children_modules():
     net = Net()
     net.t = 3
+    net.z = Scale(7.0)  # defined last, yielded in sorted order (flax)
+    net.b = nnx.Param(1.0)
     names = [(k, type(v).__name__) for k, v in nnx.iter_children(net)]
-    assert names == [("a", "Scale"), ("blocks", "List"), ("heads", "Dict")]
+    # Containers (the plain list and dict attributes) are not children: flax
+    # sees pytrees there; iter_modules walks into them.
+    assert names == [("a", "Scale"), ("b", "Param"), ("z", "Scale")]
+    paths = [p for p, _ in nnx.iter_modules(net)]
+    assert paths == [("a",), ("blocks", 0), ("blocks", 1), ("heads", "x"), ("z",), ()]
     assert list(net.iter_children()) == list(nnx.iter_children(net))  # flax alias
     assert [k for k, _ in nnx.iter_children(net.a)] == ["w"]  # a Variable
     mods = [(k, type(v).__name__) for k, v in nnx.iter_module_children(net)]
-    assert mods == [("a", "Scale")]
+    assert mods == [("a", "Scale"), ("z", "Scale")]
     assert [k for k, _ in nnx.iter_module_children(net.blocks)] == [0, 1]
     with pytest.raises(ValueError, match="iter_children: expected a graph node"):
         list(nnx.iter_children([net]))
