@@ -37,7 +37,13 @@ from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, filters_to_predicates, to_predicate
 from nnxlike._object import Object
 from nnxlike._state import FlatState, State, check_value_fits
-from nnxlike._variables import Variable, fresh_indirect, is_array_ref, new_variable
+from nnxlike._variables import (
+    Variable,
+    fresh_indirect,
+    is_array_ref,
+    new_variable,
+    set_values,
+)
 
 # GraphDef node kinds (first element of every node tuple). PYTREE is any other
 # registered JAX pytree node (a NamedTuple, an optax state, a State) held in an
@@ -985,14 +991,19 @@ def update(node: Any, *states: Any) -> None:
             _errors.StaleStateWarning,
             stacklevel=3,
         )
+    targets, values = [], []
     for path, leaf, target, value in writes:
         if isinstance(target, Variable):
-            target.set_value(value)
-            if isinstance(leaf, Variable) and leaf._metadata:
-                if leaf._metadata != target._metadata:
-                    target.set_metadata(**leaf._metadata)
+            targets.append(target)
+            values.append(value)
         else:
             _set_new_path(node, path, leaf)
+    set_values(targets, values)  # the trace is read once, not per Variable
+    for _, leaf, target, _ in writes:
+        if isinstance(target, Variable) and isinstance(leaf, Variable):
+            meta = leaf._metadata
+            if meta and meta is not target._metadata and meta != target._metadata:
+                target.set_metadata(**meta)
 
 
 def _lookup(node: Any, path: tuple) -> Any:

@@ -464,14 +464,17 @@ class Variable:
 
     __slots__ = (*_SLOTS, "__weakref__")
 
-    # True for kinds that override get_value (flax's hook): reads go through it.
+    # True for kinds that override get_value / set_value (flax's hooks): reads
+    # and writes go through them.
     _nnx_custom_get = False
+    _nnx_custom_set = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # The pytree registry is keyed by exact type: register every kind.
         _register(cls)
         cls._nnx_custom_get = cls.get_value is not Variable.get_value
+        cls._nnx_custom_set = cls.set_value is not Variable.set_value
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):
@@ -1269,6 +1272,29 @@ _set_raw = Variable._raw_value.__set__  # slot descriptors: the fastest writes
 _set_meta = Variable._metadata.__set__
 _set_trace = Variable._trace_state.__set__
 _set_copy = Variable._nnx_copy.__set__
+
+
+def set_values(variables: list, values: list) -> None:
+    """``var.set_value(value)`` for each pair, with the trace read once.
+
+    ``nnx.update``'s bulk write: a plain kind holding a plain array is written
+    directly when it belongs to the current trace; anything else (a reference,
+    a kind overriding ``set_value``, a traced copy, another trace) goes through
+    ``set_value``, which also raises its errors.
+    """
+    ts = _tracking.get_trace_state()
+    setattr_ = object.__setattr__
+    for var, value in zip(variables, values):
+        if (
+            var._nnx_custom_set
+            or var._trace_state != ts
+            or isinstance(value, Variable)
+            or _is_ref(var._raw_value)
+            or getattr(var, "_nnx_copy", None) is not None
+        ):
+            var.set_value(value)
+        else:
+            setattr_(var, "_raw_value", value)
 
 
 def new_variable(

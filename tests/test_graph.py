@@ -780,3 +780,28 @@ def test_graphlib_exports_every_name_it_lists():
     for name in nnx.graphlib.__all__:
         assert getattr(nnx.graph, name) is getattr(nnx.graphlib, name), name
     assert nnx.graphlib.map is nnx.map and nnx.graphlib.IndexMap is not None
+
+
+def test_update_goes_through_a_kinds_set_value_and_refuses_another_trace():
+    class Clipped(nnx.Param):  # flax's hook: a kind overriding set_value
+        def set_value(self, value, **kwargs):
+            super().set_value(jnp.clip(value, -1.0, 1.0), **kwargs)
+
+    class Holder(nnx.Module):
+        def __init__(self):
+            self.w = Clipped(jnp.zeros(3))
+            self.b = nnx.Param(jnp.zeros(3))
+
+    h = Holder()
+    nnx.update(h, {"w": jnp.array([5.0, -5.0, 0.5]), "b": jnp.full(3, 7.0)})
+    np.testing.assert_array_equal(h.w.value, [1.0, -1.0, 0.5])
+    np.testing.assert_array_equal(h.b.value, [7.0, 7.0, 7.0])
+
+    @jax.jit
+    def write_inside(x):
+        nnx.update(h, {"b": x})  # h was created outside this trace
+        return x
+
+    with pytest.raises(nnx.TraceContextError):
+        write_inside(jnp.ones(3))
+    np.testing.assert_array_equal(h.b.value, [7.0, 7.0, 7.0])
