@@ -556,17 +556,7 @@ def check_tree(node: Any, fn: str) -> None:
             _check_shared_array_refs(value, path, first, fn)
         if not isinstance(value, (Object, Variable)):
             continue
-        seen = first.get(id(value))
-        if seen is not None:
-            raise ValueError(
-                _errors.SHARED_IN_TREE_MODE.format(
-                    fn=fn,
-                    type=type(value).__name__,
-                    first=_errors.path_str(seen) or "the root",
-                    second=_errors.path_str(path),
-                )
-            )
-        first[id(value)] = path
+        _first_time(first, value, path, fn)
 
 
 def _check_shared_array_refs(node: Any, path: tuple, first: dict, fn: str) -> None:
@@ -580,18 +570,22 @@ def _check_shared_array_refs(node: Any, path: tuple, first: dict, fn: str) -> No
     for key, v in items:
         if not is_array_ref(v):
             continue
-        here = (*path, key)
-        seen = first.get(id(v))
-        if seen is not None:
-            raise ValueError(
-                _errors.SHARED_IN_TREE_MODE.format(
-                    fn=fn,
-                    type=type(v).__name__,
-                    first=_errors.path_str(seen) or "the root",
-                    second=_errors.path_str(here),
-                )
+        _first_time(first, v, (*path, key), fn)
+
+
+def _first_time(first: dict, value: Any, path: tuple, fn: str) -> None:
+    """Tree mode: record where ``value`` is, or refuse its second place."""
+    seen = first.get(id(value))
+    if seen is not None:
+        raise ValueError(
+            _errors.SHARED_IN_TREE_MODE.format(
+                fn=fn,
+                type=type(value).__name__,
+                first=_errors.path_str(seen) or "the root",
+                second=_errors.path_str(path),
             )
-        first[id(v)] = here
+        )
+    first[id(value)] = path
 
 
 def _diagnose_unhashable(d: tuple, path: tuple) -> None:
