@@ -564,7 +564,12 @@ class Variable:
             return
         if index is not Ellipsis:
             value = _with_item(raw, index, value)
-        if self._trace_state != _tracking.get_trace_state():
+        self._store(value)
+
+    def _store(self, value: Any, check_trace: bool = True) -> None:
+        """Replace the raw value: refused from another trace (unless told not to
+        check); a traced copy's write arms its lost-write report."""
+        if check_trace and self._trace_state != _tracking.get_trace_state():
             raise _errors.TraceContextError(
                 _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
             )
@@ -943,17 +948,7 @@ class Variable:
         if _hijax.is_box(raw) and not _hijax.is_box(value):
             _hijax.set(raw, value)  # a hijax Variable keeps its box
             return
-        if (
-            not _unsafe_bypass_check
-            and self._trace_state != _tracking.get_trace_state()
-        ):
-            raise _errors.TraceContextError(
-                _errors.TRACE_CONTEXT.format(cls=type(self).__name__, where="")
-            )
-        info = getattr(self, "_nnx_copy", None)
-        if info is not None:
-            _arm(self, info)
-        object.__setattr__(self, "_raw_value", value)
+        self._store(value, check_trace=not _unsafe_bypass_check)
 
     @property
     def raw_value(self) -> Any:
