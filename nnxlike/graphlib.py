@@ -22,7 +22,7 @@ from typing import Any
 
 import jax.tree_util as jtu
 
-from nnxlike import _graph, _state
+from nnxlike import _contexts, _graph, _state
 from nnxlike._contexts import ArrayRefOutput as ArrayRefOutput
 from nnxlike._contexts import MergeContext as MergeContext
 from nnxlike._contexts import NoUpdate as NoUpdate
@@ -66,16 +66,8 @@ PathParts = tuple
 """A path: a tuple of ``Key``s."""
 
 __all__ = [
-    "ArrayRefOutput",
-    "MergeContext",
-    "NoUpdate",
+    *_contexts.__all__,
     "Repeated",
-    "SplitContext",
-    "UpdateContext",
-    "current_update_context",
-    "merge_context",
-    "split_context",
-    "update_context",
     "FlatState",
     "GraphDef",
     "GraphState",
