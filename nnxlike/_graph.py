@@ -35,7 +35,7 @@ import numpy as np
 
 from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, filters_to_predicates, to_predicate
-from nnxlike._object import Object
+from nnxlike._object import Object, key_rank, sort_key
 from nnxlike._state import FlatState, State, check_value_fits
 from nnxlike._variables import (
     Variable,
@@ -160,7 +160,7 @@ class GraphDef:
 
 def _path_key(path: tuple) -> tuple:
     # Paths mix ints and strings; order ints before strings at each step.
-    return tuple((0, k, "") if isinstance(k, int) else (1, 0, str(k)) for k in path)
+    return tuple(map(key_rank, path))
 
 
 class _Def:
@@ -1150,12 +1150,6 @@ def _remove_path(node: Any, path: tuple) -> None:
         del parent[key]
 
 
-def _key_order(item: tuple) -> tuple:
-    """Sort key for ``(key, child)`` pairs: flax's sorted order (ints first)."""
-    k = item[0]
-    return (0, k, "") if isinstance(k, int) else (1, 0, str(k))
-
-
 def iter_graph(
     node: Any,
     /,
@@ -1186,14 +1180,14 @@ def iter_graph(
             seen.add(id(x))
         if isinstance(x, Object):
             items = x._nnx_children()
-            for k, v in sorted(items, key=_key_order) if _sorted else items:
+            for k, v in sorted(items, key=sort_key) if _sorted else items:
                 yield from visit(v, (*path, k))
         elif isinstance(x, (list, tuple)):
             for k, v in enumerate(x):
                 yield from visit(v, (*path, k))
         elif isinstance(x, dict):
             items = x.items()
-            for k, v in sorted(items, key=_key_order) if _sorted else items:
+            for k, v in sorted(items, key=sort_key) if _sorted else items:
                 yield from visit(v, (*path, k))
         elif not isinstance(x, (Variable, *_ARRAY_TYPES)):
             kind = _KIND.get(type(x))

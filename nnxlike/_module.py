@@ -348,7 +348,7 @@ def _children(node: Any, graph: bool | None, fn: str, kinds: tuple) -> Iterator:
         _graph.check_tree(node, fn)
     return (
         (k, v)
-        for k, v in sorted(node._nnx_children(), key=_graph._key_order)
+        for k, v in sorted(node._nnx_children(), key=_object.sort_key)
         # nnx.List/nnx.Dict (what a plain list/dict attribute becomes) are not
         # yielded: flax sees a plain list there, a pytree, not a child node.
         if isinstance(v, kinds)

@@ -405,7 +405,7 @@ def _split_items(obj: Object):
             data_items.append((k, v))
         else:
             static_items.append((k, v))
-    data_items.sort(key=_sort_key)
+    data_items.sort(key=sort_key)
     fields = obj.__dict__.get("_nnx_fields")
     aux = (
         order,
@@ -416,9 +416,14 @@ def _split_items(obj: Object):
     return data_items, aux
 
 
-def _sort_key(item: tuple) -> tuple:
-    k = item[0]
+def key_rank(k: Any) -> tuple:
+    """Where a key sorts, as flax orders children: ints first, then by name."""
     return (0, k, "") if isinstance(k, int) else (1, 0, str(k))
+
+
+def sort_key(item: tuple) -> tuple:
+    """Sort key of a ``(key, child)`` pair (see ``key_rank``)."""
+    return key_rank(item[0])
 
 
 def _key_entry(k: Any):
