@@ -20,6 +20,7 @@ Design note: a transform sees ``(args, kwargs)`` holding objects anywhere. Phase
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax.tree_util as jtu
@@ -395,6 +396,23 @@ def _item(container: Any, key: Any) -> Any:
     if isinstance(container, Object):
         return container.__dict__[key]
     return container[key]
+
+
+def bind_static(f: Callable, args: tuple, static: tuple) -> tuple[Callable, tuple]:
+    """Split ``args`` at the ``static`` positions: ``(call, dyn)``.
+
+    ``call(*dyn)`` is ``f(*args)`` with the static values bound as constants
+    (remat's ``static_argnums``, pmap's ``static_broadcasted_argnums``).
+    """
+    static_vals = {i: args[i] for i in static}
+    dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
+    n = len(args)
+
+    def call(*dyn_args: Any) -> Any:
+        it = iter(dyn_args)
+        return f(*[static_vals[i] if i in static_vals else next(it) for i in range(n)])
+
+    return call, dyn
 
 
 def refuse_bound_method(f: Any, fn: str) -> None:

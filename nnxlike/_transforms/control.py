@@ -141,17 +141,7 @@ def remat(
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
-        static_vals = {i: args[i] for i in static}
-        dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
-
-        def call(*dyn_args):
-            it = iter(dyn_args)
-            full = [
-                static_vals[i] if i in static_vals else next(it)
-                for i in range(len(args))
-            ]
-            return f(*full)
-
+        call, dyn = _core.bind_static(f, args, static)
         lifted = _core.Lifted.from_args(
             dyn, graph=graph, graph_updates=graph_updates, fn="remat"
         )

@@ -241,20 +241,10 @@ def pmap(
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
         # Static arguments are bound as constants: one lifted map per call.
-        static_vals = {i: args[i] for i in static}
-        dyn = tuple(a for i, a in enumerate(args) if i not in static_vals)
+        call, dyn = _core.bind_static(f, args, static)
         axes = in_axes
         if isinstance(axes, (tuple, list)) and len(axes) == len(args):
-            axes = tuple(a for i, a in enumerate(axes) if i not in static_vals)
-
-        def call(*dyn_args: Any) -> Any:
-            it = iter(dyn_args)
-            full = [
-                static_vals[i] if i in static_vals else next(it)
-                for i in range(len(args))
-            ]
-            return f(*full)
-
+            axes = tuple(a for i, a in enumerate(axes) if i not in static)
         return lift(call, axes)(*dyn)
 
     return wrapper
