@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.tree_util as jtu
 
-from nnxlike import _errors, _graph
+from nnxlike import _errors, _graph, _tracking
 from nnxlike._graph import GraphDef
 from nnxlike._object import Object
 from nnxlike._state import FlatState, State
@@ -398,8 +398,10 @@ def _merge_onto(
                     "update_context it was merged in."
                 )
             object.__setattr__(obj, "_raw_value", previous[index])
+            _tracking.note_value_write()
         elif type(raw) is ArrayRefOutput:
             object.__setattr__(obj, "_raw_value", jax.new_ref(raw.value))
+            _tracking.note_value_write()
     return node
 
 

@@ -656,6 +656,7 @@ def unflatten(
                 value = value._raw_value
             if old is not None:
                 object.__setattr__(old, "_raw_value", value)
+                _tracking.note_value_write()
                 meta = dict(d[3])
                 if old._metadata != meta:
                     object.__setattr__(old, "_metadata", meta)

@@ -13,6 +13,8 @@ writes from a trace other than the one they were created in (the closure trap).
 
 from __future__ import annotations
 
+import collections
+import itertools
 from typing import Any
 
 import jax.extend.core as _jcore
@@ -23,6 +25,31 @@ STRUCTURE_VERSION = [0]
 
 def bump_structure_version() -> None:
     STRUCTURE_VERSION[0] += 1
+
+
+# -- value-write tokens ---------------------------------------------------------
+# Every store into an existing Variable's value slot appends a fresh token here
+# (after the store). ``nnx.jit`` keeps the raw arrays it last passed and wrote per
+# cached call, valid while ``VALUE_WRITES[-1]`` is the token it recorded: a call
+# with nothing written in between skips reading every Variable again. Tokens
+# come from one counter (``next`` is atomic), and ``deque.append`` is atomic, so
+# no lock is needed: ``claim_value_writes`` sees whether anyone else appended
+# between a caller's first read and its own append (the deque keeps the last two).
+_TOKENS = itertools.count(1)
+VALUE_WRITES: collections.deque = collections.deque([0], maxlen=2)
+
+
+def note_value_write() -> None:
+    """Record that some Variable's value slot was just written."""
+    VALUE_WRITES.append(next(_TOKENS))
+
+
+def claim_value_writes(before: int) -> int | None:
+    """Record the caller's own writes; the new token if nobody else wrote since
+    ``before`` (a token the caller read before reading any value), else None."""
+    token = next(_TOKENS)
+    VALUE_WRITES.append(token)
+    return token if VALUE_WRITES[0] == before else None
 
 
 get_trace_state = _jcore.get_opaque_trace_state

@@ -577,6 +577,7 @@ class Variable:
         if info is not None:
             _arm(self, info)
         object.__setattr__(self, "_raw_value", value)
+        _tracking.note_value_write()
 
     def __getitem__(self, key: Any) -> Any:
         if self._nnx_custom_get:
@@ -632,8 +633,12 @@ class Variable:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "value":
             self.set_value(value)
+        elif name == "raw_value":  # the property's setter (flax: set_raw_value)
+            self.set_raw_value(value)
         elif name in _SLOTS:
             object.__setattr__(self, name, value)
+            if name == "_raw_value":
+                _tracking.note_value_write()
         else:
             self._metadata[name] = value
             _tracking.bump_structure_version()
@@ -841,6 +846,7 @@ class Variable:
         if self is other:
             return
         object.__setattr__(self, "_raw_value", other._raw_value)
+        _tracking.note_value_write()
         object.__setattr__(self, "_metadata", dict(other._metadata))
         _tracking.bump_structure_version()
 
@@ -857,6 +863,7 @@ class Variable:
             _hijax.set(raw, _unbox(new))  # a hijax Variable keeps its box
         else:
             object.__setattr__(self, "_raw_value", new)
+            _tracking.note_value_write()
         if self._metadata != variable_state._metadata:
             meta = {
                 k: v
@@ -956,7 +963,7 @@ class Variable:
 
     @raw_value.setter
     def raw_value(self, value: Any) -> None:
-        self.set_value(value)
+        self.set_raw_value(value)
 
     # -- array-like behaviour ------------------------------------------------
     @property
@@ -1035,6 +1042,7 @@ class Variable:
 
     def __setstate__(self, state):
         object.__setattr__(self, "_raw_value", state["_raw_value"])
+        _tracking.note_value_write()
         object.__setattr__(self, "_metadata", state["_metadata"])
         object.__setattr__(self, "_trace_state", _tracking.get_trace_state())
         object.__setattr__(self, "_nnx_copy", None)
@@ -1279,17 +1287,20 @@ def set_values(variables: list, values: list) -> None:
     """
     ts = _tracking.get_trace_state()
     setattr_ = object.__setattr__
-    for var, value in zip(variables, values):
-        if (
-            var._nnx_custom_set
-            or var._trace_state != ts
-            or isinstance(value, Variable)
-            or _is_ref(var._raw_value)
-            or getattr(var, "_nnx_copy", None) is not None
-        ):
-            var.set_value(value)
-        else:
-            setattr_(var, "_raw_value", value)
+    try:
+        for var, value in zip(variables, values):
+            if (
+                var._nnx_custom_set
+                or var._trace_state != ts
+                or isinstance(value, Variable)
+                or _is_ref(var._raw_value)
+                or getattr(var, "_nnx_copy", None) is not None
+            ):
+                var.set_value(value)
+            else:
+                setattr_(var, "_raw_value", value)
+    finally:  # also when a set_value raised after some direct writes
+        _tracking.note_value_write()
 
 
 def new_variable(

@@ -26,7 +26,7 @@ from typing import Any
 import jax.tree_util as jtu
 from jax.sharding import PartitionSpec, Sharding
 
-from nnxlike import _config, _errors, _graph
+from nnxlike import _config, _errors, _graph, _tracking
 from nnxlike._containers import Dict, List
 from nnxlike._graph import Flat, flatten, is_graph_node, unflatten
 from nnxlike._object import Object
@@ -346,8 +346,11 @@ def write_back(lifted: Lifted, static: tuple, arrays: list, out_leaves: list) ->
     """Apply what ``collect`` found to the caller's objects; return the output."""
     graphdef, origins, out_treedef, out_graph_pos, unchanged = static[:5]
     if unchanged:
-        for v, a in zip(lifted.flat.leaves, arrays):
-            _set_raw(v, a)
+        try:
+            for v, a in zip(lifted.flat.leaves, arrays):
+                _set_raw(v, a)
+        finally:
+            _tracking.note_value_write()
         if lifted.slots:
             flush_slots(lifted)
         return out_treedef.unflatten(out_leaves)

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.tree_util as jtu
 
-from nnxlike import _config, _errors, _hijax
+from nnxlike import _config, _errors, _hijax, _tracking
 from nnxlike._graph import unflatten
 from nnxlike._transforms import _core
 from nnxlike._variables import Variable
@@ -266,8 +266,11 @@ def _loop_body(lifted: _core.Lifted, name: str):
 
 def _finish_loop(lifted: _core.Lifted, carry) -> Any:
     arrays, jleaves = carry
-    for v, a in zip(lifted.flat.leaves, arrays):
-        _core._set_raw(v, a)
+    try:
+        for v, a in zip(lifted.flat.leaves, arrays):
+            _core._set_raw(v, a)
+    finally:
+        _tracking.note_value_write()
     if lifted.slots:
         _core.flush_slots(lifted)
     return lifted.rebuild_with(lifted.nodes, _with_jax_leaves(lifted, jleaves))

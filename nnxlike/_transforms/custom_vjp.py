@@ -259,8 +259,11 @@ class custom_vjp:  # noqa: N801 - mirrors jax.custom_vjp
             for i, x in enumerate(xs)
         )
         out, updates = jfun(*xs)
-        for path, new in zip(updates.paths, updates.values):
-            _core._set_raw(targets[path], new._raw_value)
+        try:
+            for path, new in zip(updates.paths, updates.values):
+                _core._set_raw(targets[path], new._raw_value)
+        finally:
+            _tracking.note_value_write()
         return _from_tree(out) if graph else out
 
     # -- graph mode with graph updates ------------------------------------------

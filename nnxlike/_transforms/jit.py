@@ -60,6 +60,7 @@ _CACHE_SIZE = 16
 _set_raw = _core._set_raw
 _get_raw = Variable._raw_value.__get__
 _consume = collections.deque(maxlen=0).extend
+_WRITES = _tracking.VALUE_WRITES
 _GRAPH_TYPES = (Object, Variable)
 _LEAF_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 _tracer_type = jax.core.Tracer
@@ -164,6 +165,7 @@ class _Entry:
         "out_static",
         "written",
         "snapshot",
+        "gathered",
     )
 
     def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
@@ -177,7 +179,45 @@ class _Entry:
         # (changed, [Variables]): one attribute, so that two threads calling with
         # the same objects never pair a `changed` tuple with another's list.
         self.written: tuple = (None, [])
+        # (token, donated, kept): the raw arrays this entry last passed or wrote,
+        # valid while no Variable anywhere was written since (_tracking's
+        # value-write token is still `token`); then a call reads none of them.
+        self.gathered: tuple | None = None
 
+
+
+def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
+    """Record, in ``entry.gathered``, the arrays the Variables hold after a call.
+
+    ``token`` is the value-write token read before this call read any value.
+    With nothing written, what was passed stays valid while no one else writes;
+    after writes, the call claims a new token (others' caches go stale) and its
+    arrays are valid only if no one else wrote in between. Under an outer trace
+    nothing is kept (the values are tracers of that trace).
+    """
+    if changed is not None and not changed:
+        ok = _WRITES[-1] == token and not _tracking.under_trace()
+        entry.gathered = (token, donated, kept) if ok else None
+        return
+    mine = _tracking.claim_value_writes(token)  # always: our writes are news
+    spec = entry.spec
+    if mine is None or _tracking.under_trace():
+        entry.gathered = None
+    elif changed is None:  # every Variable written, in entry order
+        if spec.donated_idx:
+            entry.gathered = (
+                mine,
+                [new_arrays[i] for i in spec.donated_idx],
+                [new_arrays[i] for i in spec.kept_idx],
+            )
+        else:
+            entry.gathered = (mine, [], list(new_arrays))
+    elif spec.donated_idx:  # some written, some donated: gather next time
+        entry.gathered = None
+    else:
+        kept = kept.copy()
+        _consume(map(kept.__setitem__, changed, new_arrays))
+        entry.gathered = (mine, [], kept)
 
 class JitWrapped:
     """The callable ``nnx.jit`` returns; ``.lower(...)`` gives JAX's AOT API."""
@@ -536,7 +576,13 @@ class JitWrapped:
         spec = entry.spec
         variables = entry.variables
         # Gather: raw arrays of the cached Variables, plain leaves as they came.
-        if spec.donated_idx:
+        # When no Variable was written since this entry's last call, they are
+        # the arrays that call passed or stored (see _tracking's write tokens).
+        token = _WRITES[-1]
+        gathered = entry.gathered
+        if gathered is not None and gathered[0] == token:
+            donated, kept = gathered[1], gathered[2]
+        elif spec.donated_idx:
             donated = [variables[i]._raw_value for i in spec.donated_idx]
             kept = [variables[i]._raw_value for i in spec.kept_idx]
         else:
@@ -557,6 +603,7 @@ class JitWrapped:
                 spec, donated, kept, leaves_d, leaves_k
             )
         except Exception as e:
+            entry.gathered = None
             # A failure can leave Variables holding donated (deleted) buffers:
             # say which ones and why on the error itself (see _note_deleted).
             _note_deleted(self, entry, dyn_args, dyn_kwargs, static_args, e)
@@ -587,15 +634,17 @@ class JitWrapped:
             changed = out_static[6]
             if changed is None:
                 _consume(map(_set_raw, variables, new_arrays))
-            else:
+            elif changed:
                 written_key, written = entry.written
                 if written_key is not changed:
                     written = [variables[i] for i in changed]
                     entry.written = (changed, written)
                 _consume(map(_set_raw, written, new_arrays))
+            _remember(entry, token, changed, donated, kept, new_arrays)
             if entry.lifted.slots:  # raw array attributes: store them back
                 _core.flush_slots(entry.lifted)
             return out_static[2].unflatten(out_leaves)
+        entry.gathered = None
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
 
@@ -883,6 +932,7 @@ def _constrain_prefix(shardings: Any, out: Any) -> Any:
                 sh = at(path, v) if isinstance(v, Variable) else None
                 if sh is not None:
                     _set_raw(v, _constrain(v._raw_value, sh))
+                    _tracking.note_value_write()
         return out
     return jax.tree.map(
         lambda s, sub: _constrain_prefix(s, sub) if s is not None else sub,
