@@ -443,3 +443,54 @@ def test_every_store_into_a_value_slot_notes_the_write():
         "_tracking.note_value_write() (nnx.jit would pass stale arrays): "
         + ", ".join(missing)
     )
+
+
+# -- raw array attributes replaced behind __setattr__ (issue 12 point 4) -------
+
+
+class Raw(nnx.Module):
+    def __init__(self):
+        self.arr = jnp.ones(3)
+        self.pair = (jnp.ones(2), jnp.zeros(2))
+        self.items = [jnp.ones(1)]
+
+
+def _raw_sum(m: Raw) -> float:
+    return float(m.arr.sum() + m.pair[0].sum() + m.pair[1].sum() + m.items[0].sum())
+
+
+def test_raw_arrays_replaced_through_dict_are_seen():
+    m = Raw()
+    total = nnx.jit(
+        lambda m: m.arr.sum() + m.pair[0].sum() + m.pair[1].sum() + m.items[0].sum()
+    )
+    assert float(total(m)) == _raw_sum(m)
+    edits = [
+        lambda m: m.__dict__.__setitem__("arr", jnp.full(3, 5.0)),
+        lambda m: object.__setattr__(m, "pair", (jnp.full(2, 3.0), jnp.ones(2))),
+        lambda m: m.items.__setitem__(0, jnp.full(1, 10.0)),
+        lambda m: setattr(m, "arr", jnp.full(3, -1.0)),
+    ]
+    for edit in edits:
+        total(m)  # cached
+        edit(m)
+        assert float(total(m)) == _raw_sum(m)
+
+
+def test_raw_arrays_written_by_the_step_then_replaced():
+    m = Raw()
+
+    @nnx.jit
+    def step(m):
+        m.arr = m.arr + 1.0
+        m.pair = (m.pair[0] * 2.0, m.pair[1])
+
+    step(m)
+    step(m)
+    np.testing.assert_array_equal(m.arr, np.full(3, 3.0))
+    np.testing.assert_array_equal(m.pair[0], np.full(2, 4.0))
+    m.__dict__["arr"] = jnp.zeros(3)
+    m.__dict__["pair"] = (jnp.ones(2), jnp.zeros(2))
+    step(m)
+    np.testing.assert_array_equal(m.arr, np.ones(3))
+    np.testing.assert_array_equal(m.pair[0], np.full(2, 2.0))

@@ -27,7 +27,9 @@ from typing import Any
 import jax.tree_util as jtu
 
 from nnxlike import _errors
+from nnxlike._containers import Dict, List
 from nnxlike._graph import flatten, is_graph_node, iter_graph
+from nnxlike._object import Object
 from nnxlike._variables import Variable
 
 _LOAD_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
@@ -224,9 +226,12 @@ class Snapshot:
         "edge_keys",
         "edge_values",
         "statics",
+        "slot_holders",
+        "slot_keys",
+        "slot_values",
     )
 
-    def __init__(self, objects: list):
+    def __init__(self, objects: list, nodes: tuple = (), slots: tuple = ()):
         dicts: list = []
         edge_dicts: list = []
         edge_keys: list = []
@@ -252,6 +257,30 @@ class Snapshot:
         self.edge_keys = edge_keys
         self.edge_values = self._values()  # compared by identity
         self.statics = statics
+        # Raw array attributes (data, flax-style) are stored back by every call,
+        # so they are not edges above; each slot's holding entry is compared with
+        # what the last call stored there (refresh_slots), which catches an
+        # array replaced through ``__dict__``.
+        holders: list = []
+        keys: list = []
+        for slot in slots:
+            path = slot._path
+            container, holder, key = nodes[path[0]], None, None
+            for k in path[1:]:
+                if type(container) is not tuple:  # tuples are rebuilt, not edited
+                    holder, key = _holder(container), k
+                container = _holder(container)[k]
+            holders.append(holder)
+            keys.append(key)
+        self.slot_holders = holders
+        self.slot_keys = keys
+        self.slot_values = list(map(operator.getitem, holders, keys))
+
+    def refresh_slots(self) -> None:
+        """Record what the call just stored into the raw array attributes."""
+        self.slot_values = list(
+            map(operator.getitem, self.slot_holders, self.slot_keys)
+        )
 
     def _values(self) -> list:
         return list(map(_dict_get, self.edge_dicts, self.edge_keys))
@@ -260,9 +289,24 @@ class Snapshot:
         # By identity: a Variable's == compares values (elementwise), so a
         # replaced Variable holding an equal value would otherwise pass.
         # ``all(map(is_, ...))`` runs in C without building id lists.
-        return list(map(len, self.dicts)) == self.lens and all(
-            map(_is, map(_dict_get, self.edge_dicts, self.edge_keys), self.edge_values)
-        )
+        if not (
+            list(map(len, self.dicts)) == self.lens
+            and all(
+                map(
+                    _is,
+                    map(_dict_get, self.edge_dicts, self.edge_keys),
+                    self.edge_values,
+                )
+            )
+        ):
+            return False
+        if not self.slot_holders:
+            return True
+        try:
+            now = list(map(operator.getitem, self.slot_holders, self.slot_keys))
+        except (KeyError, IndexError):  # removed behind our back
+            return False
+        return all(map(_is, now, self.slot_values))
 
     def check_statics(self, roots: tuple, names: list, fn: str) -> None:
         """Raise if a static object changed in place (recompiling cannot help).
@@ -294,6 +338,15 @@ class Snapshot:
                     fn=fn, where=where, type=type(value).__name__, name=name
                 )
             )
+
+
+def _holder(container: Any) -> Any:
+    """What stores ``container``'s items (an object's ``__dict__``, a List's list)."""
+    if isinstance(container, (List, Dict)):
+        return container._nnx_items
+    if isinstance(container, Object):
+        return container.__dict__
+    return container
 
 
 def _render(root: str, path: tuple) -> str:

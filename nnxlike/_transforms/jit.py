@@ -174,7 +174,7 @@ class _Entry:
         self.version = version
         self.variables = lifted.flat.leaves
         # Attribute counts and edge identities: edits behind the version (_traps).
-        self.snapshot = _traps.Snapshot(lifted.flat.objects)
+        self.snapshot = _traps.Snapshot(lifted.flat.objects, lifted.nodes, lifted.slots)
         self.out_static = None
         # (changed, [Variables]): one attribute, so that two threads calling with
         # the same objects never pair a `changed` tuple with another's list.
@@ -183,7 +183,6 @@ class _Entry:
         # valid while no Variable anywhere was written since (_tracking's
         # value-write token is still `token`); then a call reads none of them.
         self.gathered: tuple | None = None
-
 
 
 def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
@@ -218,6 +217,7 @@ def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
         kept = kept.copy()
         _consume(map(kept.__setitem__, changed, new_arrays))
         entry.gathered = (mine, [], kept)
+
 
 class JitWrapped:
     """The callable ``nnx.jit`` returns; ``.lower(...)`` gives JAX's AOT API."""
@@ -643,6 +643,7 @@ class JitWrapped:
             _remember(entry, token, changed, donated, kept, new_arrays)
             if entry.lifted.slots:  # raw array attributes: store them back
                 _core.flush_slots(entry.lifted)
+                entry.snapshot.refresh_slots()
             return out_static[2].unflatten(out_leaves)
         entry.gathered = None
         self._cache.pop(key, None)
