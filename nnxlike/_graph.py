@@ -493,23 +493,39 @@ def flatten(
             marked = t._nnx_class_fields
             if own:
                 marked = {**marked, **own} if marked else own
+            add = children.append
+            # The hot loop of every walk: static values and Variables (most of
+            # an Object's attributes) are handled inline, without a call each.
             for key, v in d.items():
                 if key[:5] == "_nnx_":
                     continue
-                kv = kind_of(type(v))
+                tv = type(v)
+                kv = kind_of(tv)
                 if kv is None:
-                    kv = _classify(type(v), v)
+                    kv = _classify(tv, v)
                 if kv == _K_STATIC:
                     if marked and v is not None and marked.get(key) is True:
                         leaves.append(v)
                         paths.append((*path, key))
-                        children.append((key, (LEAF,)))
+                        add((key, (LEAF,)))
                     else:
-                        children.append((key, (STATIC, type(v), v)))
+                        add((key, (STATIC, tv, v)))
+                elif kv == _K_VAR:
+                    j = index_of.get(id(v))
+                    if j is not None:
+                        add((key, (REF, j)))
+                        continue
+                    j = len(objects)
+                    index_of[id(v)] = j
+                    objects.append(v if origin is None else (v, origin.get(id(v), -1)))
+                    leaves.append(v)
+                    paths.append((*path, key))
+                    meta = v._metadata
+                    add((key, (VAR, tv, j, tuple(meta.items()) if meta else ())))
                 elif marked and kv == _K_PYTREE and marked.get(key) is False:
-                    children.append((key, (STATIC, type(v), v)))
+                    add((key, (STATIC, tv, v)))
                 else:
-                    children.append((key, visit(v, (*path, key))))
+                    add((key, visit(v, (*path, key))))
             return (NODE, t, i, tuple(children))
         if k == _K_CUSTOM:
             if track and "_nnx_tracked" not in x.__dict__:
@@ -932,6 +948,7 @@ def state(node: Any, *filters: Filter, graph: bool | None = None) -> Any:
 
 
 _ARRAY_LIKE: set[type] = set()  # value types seen with .shape and .dtype
+_JAX_ARRAYS: set[type] = set()  # jax.Array types: equal avals, same shape and dtype
 
 
 @_gc_paused
@@ -944,8 +961,11 @@ def update(node: Any, *states: Any) -> None:
     itself, live) writes nothing and warns (``nnx.StaleStateWarning``).
     """
     flat = flatten(node)
-    by_path = dict(zip(flat.graphdef.paths, flat.leaves))
-    writes = []  # checked first, written after: a refused value changes nothing
+    own_paths, own_leaves = flat.graphdef.paths, flat.leaves
+    n_own = len(own_paths)
+    by_path = None  # built only when a State's paths leave the walk order
+    targets, values = [], []  # checked first, written after: a refused value
+    new_paths, metas = [], []  # changes nothing
     own, first = 0, ()  # leaves that are the very Variable they would write
     for s in states:
         if not isinstance(s, State):
@@ -954,31 +974,52 @@ def update(node: Any, *states: Any) -> None:
                 s = State.from_flat([()], [s])
             else:
                 s = State(s)
+        pos = 0  # a State from split/state lists its paths in walk order
         for path, leaf in s.flat_state():
-            target = by_path.get(path)
-            if target is None:
-                # A second path to a shared Variable (weight tying) is not in
-                # by_path: write through it rather than replace the Variable.
-                target = _lookup(node, path)
-            if leaf is target and isinstance(leaf, Variable):
-                own, first = own + 1, first if own else path
-                continue  # a live State's own Variable: nothing to write
-            value = leaf._raw_value if isinstance(leaf, Variable) else leaf
-            if isinstance(target, Variable):
-                old = target._raw_value
+            if pos < n_own and own_paths[pos] == path:
+                target = own_leaves[pos]
+                pos += 1
+            else:
+                if by_path is None:
+                    by_path = dict(zip(own_paths, own_leaves))
+                target = by_path.get(path)
+                if target is None:
+                    # A second path to a shared Variable (weight tying) is not
+                    # in by_path: write through it rather than replace it.
+                    target = _lookup(node, path)
+            if not isinstance(target, Variable):
+                new_paths.append((path, leaf))
+                continue
+            if isinstance(leaf, Variable):
+                if leaf is target:
+                    own, first = own + 1, first if own else path
+                    continue  # a live State's own Variable: nothing to write
+                value = leaf._raw_value
+                meta = leaf._metadata
+                if meta and meta is not target._metadata:
+                    metas.append((target, meta))
+            else:
+                value = leaf
+            old = target._raw_value
+            if value is not old:
                 t = type(value)
-                if not (  # the common case, checked without a call
-                    t is type(old)
-                    and t in _ARRAY_LIKE
-                    and value.shape == old.shape
-                    and value.dtype == old.dtype
+                if t is not type(old) or not (  # the common case, without a call
+                    value.aval == old.aval  # equal avals: same shape and dtype
+                    if t in _JAX_ARRAYS
+                    else (
+                        t in _ARRAY_LIKE
+                        and value.shape == old.shape
+                        and value.dtype == old.dtype
+                    )
                 ):
-                    if hasattr(value, "shape") and hasattr(value, "dtype"):
+                    check_value_fits("update", path, type(target).__name__, old, value)
+                    if isinstance(value, jax.Array) and hasattr(value, "aval"):
+                        _JAX_ARRAYS.add(t)
+                    elif hasattr(value, "shape") and hasattr(value, "dtype"):
                         _ARRAY_LIKE.add(t)
-                    kind = type(target).__name__
-                    check_value_fits("update", path, kind, old, value)
-            writes.append((path, leaf, target, value))
-    if own and not writes:
+            targets.append(target)
+            values.append(value)
+    if own and not targets and not new_paths:
         warnings.warn(
             _errors.STALE_STATE.format(
                 what=type(node).__name__, n=own, first=_errors.path_str(first)
@@ -986,19 +1027,12 @@ def update(node: Any, *states: Any) -> None:
             _errors.StaleStateWarning,
             stacklevel=3,
         )
-    targets, values = [], []
-    for path, leaf, target, value in writes:
-        if isinstance(target, Variable):
-            targets.append(target)
-            values.append(value)
-        else:
-            _set_new_path(node, path, leaf)
+    for path, leaf in new_paths:
+        _set_new_path(node, path, leaf)
     set_values(targets, values)  # the trace is read once, not per Variable
-    for _, leaf, target, _ in writes:
-        if isinstance(target, Variable) and isinstance(leaf, Variable):
-            meta = leaf._metadata
-            if meta and meta is not target._metadata and meta != target._metadata:
-                target.set_metadata(**meta)
+    for target, meta in metas:
+        if meta != target._metadata:
+            target.set_metadata(**meta)
 
 
 def _lookup(node: Any, path: tuple) -> Any:

@@ -67,19 +67,34 @@ class State(MutableMapping):
     @classmethod
     def from_flat(cls, paths: Any, leaves: Any) -> State:
         """Build a nested State from parallel sequences of paths and leaves."""
+        # Sub-States are made as their first path is seen, and paths in walk
+        # order share their parent with the previous one (a layer's kernel and
+        # bias), so the parent is looked up once per run of siblings.
+        new, set_mapping = object.__new__, _set_mapping
         root: dict = {}
+        last_prefix: Any = None
+        parent = root
         for path, leaf in zip(paths, leaves):
-            node = root
-            for key in path[:-1]:
-                child = node.get(key)
-                if child is None:
-                    child = node[key] = {}
-                node = child
-            if path:
-                node[path[-1]] = leaf
-            else:
+            if not path:
                 root[()] = leaf
-        return cls._from_raw(root)
+                continue
+            prefix = path[:-1]
+            if prefix != last_prefix:
+                parent = root
+                for key in prefix:
+                    child = parent.get(key)
+                    if child is None:
+                        child = new(cls)
+                        set_mapping(child, {})
+                        parent[key] = child
+                    parent = child._mapping
+                last_prefix = prefix
+            if type(leaf) is dict:
+                leaf = cls._from_raw(leaf)
+            parent[path[-1]] = leaf
+        s = new(cls)
+        set_mapping(s, root)
+        return s
 
     @classmethod
     def from_flat_path(cls, flat_state: Any, /) -> State:
@@ -272,6 +287,9 @@ class State(MutableMapping):
 
     def __treescope_repr__(self, path, subtree_renderer):
         return _tracking.render_treescope(self, path, subtree_renderer)
+
+
+_set_mapping = State._mapping.__set__  # type: ignore[attr-defined]
 
 
 def _raw(v: Any) -> Any:

@@ -805,3 +805,32 @@ def test_update_goes_through_a_kinds_set_value_and_refuses_another_trace():
     with pytest.raises(nnx.TraceContextError):
         write_inside(jnp.ones(3))
     np.testing.assert_array_equal(h.b.value, [7.0, 7.0, 7.0])
+
+
+def test_update_matches_paths_in_any_order_and_checks_every_value():
+    # update pairs a State's paths with the model's by walk position while they
+    # agree and by path lookup after: the result must not depend on the order.
+    def fresh():
+        return nnx.List([nnx.Linear(2, 2, rngs=nnx.Rngs(i)) for i in range(3)])
+
+    model, source = fresh(), fresh()
+    pairs = list(nnx.clone(nnx.state(source)).flat_state())
+    expected = {p: np.asarray(v.value) for p, v in pairs}
+    reordered = nnx.State.from_flat_path(pairs[::-1])
+    params, rest = pairs[1::2], pairs[0::2]  # interleaved: two States
+    nnx.update(model, reordered)
+    for path, value in nnx.state(model).flat_state():
+        np.testing.assert_array_equal(np.asarray(value.value), expected[path])
+    model = fresh()
+    nnx.update(model, nnx.State.from_flat_path(params), nnx.State.from_flat_path(rest))
+    for path, value in nnx.state(model).flat_state():
+        np.testing.assert_array_equal(np.asarray(value.value), expected[path])
+    # After writes that took the quick check, other shapes and dtype kinds of
+    # the same array type are still refused, and nothing is written.
+    before = np.asarray(model[2].kernel.value).copy()
+    with pytest.raises(nnx.StructureError, match=r"'\[2\]\.kernel' has shape \(3, 2\)"):
+        nnx.update(model, {2: {"bias": jnp.ones(2), "kernel": jnp.ones((3, 2))}})
+    with pytest.raises(nnx.StructureError, match=r"int32 \(integer\)"):
+        nnx.update(model, {2: {"kernel": jnp.ones((2, 2), jnp.int32)}})
+    np.testing.assert_array_equal(np.asarray(model[2].kernel.value), before)
+    assert not bool((np.asarray(model[2].bias.value) == 1).all())

@@ -282,3 +282,18 @@ def test_repr_has_counts_on_the_first_line(state):
     first = repr(state).splitlines()[0]
     assert first.startswith("State(")
     assert "Param: 4 (16 B)" in first and "BatchStat: 3 (12 B)" in first
+
+
+def test_from_flat_nests_paths_in_any_order():
+    paths = [("a", "x"), ("b", 0, "y"), ("a", "z"), ("b", 1), ("c",), ("d",)]
+    leaves = [1, 2, 3, 4, 5, {"e": 6}]
+    state = nnx.State.from_flat(paths, leaves)
+    assert state.to_pure_dict() == {  # written by hand
+        "a": {"x": 1, "z": 3},
+        "b": {0: {"y": 2}, 1: 4},
+        "c": 5,
+        "d": {"e": 6},
+    }
+    assert isinstance(state["a"], nnx.State) and isinstance(state["d"], nnx.State)
+    assert list(state["a"]) == ["x", "z"] and list(state) == ["a", "b", "c", "d"]
+    assert nnx.State.from_flat([()], [7])[()] == 7
