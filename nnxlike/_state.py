@@ -163,15 +163,21 @@ class State(MutableMapping):
     def flat_state(self) -> FlatState:
         """All ``(path, leaf)`` pairs, depth first, in insertion order."""
         out = FlatState()
+        add = out.append
+        is_state = _IS_STATE
 
         def walk(m: dict, prefix: tuple):
             for k, v in m.items():
-                if isinstance(v, State):
+                t = type(v)
+                sub = is_state.get(t)
+                if sub is None:  # the ABC check, once per leaf type
+                    sub = is_state[t] = issubclass(t, State)
+                if sub:
                     walk(v._mapping, (*prefix, k))
-                elif k == () and not prefix:
-                    out.append(((), v))
+                elif not prefix and k == ():
+                    add(((), v))
                 else:
-                    out.append(((*prefix, k), v))
+                    add(((*prefix, k), v))
 
         walk(self._mapping, ())
         return out
@@ -290,6 +296,7 @@ class State(MutableMapping):
 
 
 _set_mapping = State._mapping.__set__  # type: ignore[attr-defined]
+_IS_STATE: dict[type, bool] = {}  # type -> is a State (sub)class, for flat_state
 
 
 def _raw(v: Any) -> Any:

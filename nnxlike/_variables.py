@@ -1286,14 +1286,22 @@ def set_values(variables: list, values: list) -> None:
     ``set_value``, which also raises its errors.
     """
     ts = _tracking.get_trace_state()
+    # Two trace states are equal when they hold the same trace reference; the
+    # identity test skips the (Python-level) __eq__ for the usual case.
+    ref = getattr(ts, "_trace_ref", None)
+    if ref is None:
+        ref = ts  # no such attribute: no Variable's reference is this object
     setattr_ = object.__setattr__
+    not_refs = _NOT_REF_TYPES
     try:
         for var, value in zip(variables, values):
+            vts = var._trace_state
+            raw = var._raw_value
             if (
                 var._nnx_custom_set
-                or var._trace_state != ts
+                or (getattr(vts, "_trace_ref", None) is not ref and vts != ts)
                 or isinstance(value, Variable)
-                or _is_ref(var._raw_value)
+                or (type(raw) not in not_refs and _is_ref(raw))
                 or getattr(var, "_nnx_copy", None) is not None
             ):
                 var.set_value(value)

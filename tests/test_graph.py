@@ -834,3 +834,14 @@ def test_update_matches_paths_in_any_order_and_checks_every_value():
         nnx.update(model, {2: {"kernel": jnp.ones((2, 2), jnp.int32)}})
     np.testing.assert_array_equal(np.asarray(model[2].kernel.value), before)
     assert not bool((np.asarray(model[2].bias.value) == 1).all())
+
+
+def test_update_writes_through_references_and_boxes():
+    m = nnx.Module()
+    m.r = nnx.Param(jnp.zeros(2), ref=True)
+    m.h = nnx.Param(jnp.zeros(2), hijax=True)
+    ref = m.r.raw_value
+    nnx.update(m, {"r": jnp.ones(2), "h": jnp.full(2, 2.0)})
+    assert m.r.raw_value is ref  # the same jax.Ref, written through
+    np.testing.assert_array_equal(np.asarray(m.r[...]), [1.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(m.h[...]), [2.0, 2.0])
