@@ -474,7 +474,9 @@ def test_raw_arrays_replaced_through_dict_are_seen():
     for edit in edits:
         total(m)  # cached
         edit(m)
-        assert float(total(m)) == _raw_sum(m)
+        expected = _raw_sum(m)  # before the call (a stale call would store back)
+        assert float(total(m)) == expected
+        assert _raw_sum(m) == expected
 
 
 def test_raw_arrays_written_by_the_step_then_replaced():
