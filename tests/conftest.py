@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import background
 import jax
 import pytest
 
@@ -22,20 +23,56 @@ collect_ignore_glob = ["fixtures/*"]
 
 # Release checks (tests/test_packaging.py, tests/test_kaggle.py): one wheel and
 # sdist per session; tutorials (tests/test_tutorials.py, tests/test_docs.py): each
-# runs once per session as a notebook, and every test reads that one run.
-@pytest.fixture(scope="session")
-def nnxlike_dist(tmp_path_factory):
+# runs once per session as a notebook, and every test reads that one run. The
+# wheel, and the docs build that runs every tutorial, are background jobs
+# (tests/background.py): started at the first test, beside the other tests.
+@background.job("nnxlike_dist")
+def _build_dist(factory):
     import importlib.util
 
     from venvs import build_dist
 
     if importlib.util.find_spec("build") is None:
         pytest.skip("the 'build' package is not installed: pip install -e '.[test]'")
-    return build_dist(tmp_path_factory.mktemp("dist"))
+    return build_dist(factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def nnxlike_dist(tmp_path_factory):
+    return background.result("nnxlike_dist", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tutorial_runs(tmp_path_factory):
-    from notebooks import TutorialRuns
+    from notebooks import shared_runs
 
-    return TutorialRuns(tmp_path_factory.mktemp("tutorials_run") / "tutorials")
+    return shared_runs(tmp_path_factory)  # the docs build's job runs them all
+
+
+def _background_jobs_used(item) -> set[str]:
+    return set(background.names()) & set(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Test modules that use a background job, or the tutorial runs (which the
+    docs build's job makes), run last, each in its own order, so that the jobs
+    have had the other tests' time to finish."""
+    late = {
+        item.path
+        for item in items
+        if _background_jobs_used(item)
+        or "tutorial_runs" in getattr(item, "fixturenames", ())
+    }
+    items[:] = [i for i in items if i.path not in late] + [
+        i for i in items if i.path in late
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_jobs(request, tmp_path_factory):
+    wanted = set()
+    for item in request.session.items:
+        wanted |= _background_jobs_used(item)
+    background.start(wanted, tmp_path_factory)
+    yield
+    background.stop()

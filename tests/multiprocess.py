@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import background
+
 LOCAL_DEVICES = 2
 TAG = "MULTIPROCESS"
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ def launch(
     another one failed, is killed with its process group.
     """
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    env = dict(background.environ(), JAX_PLATFORMS="cpu", **(env or {}))
     env.pop("XLA_FLAGS", None)  # the worker sets its device count itself
     with tempfile.TemporaryDirectory(prefix="nnxlike-mp-") as logs:
         procs, files = [], []

@@ -6,19 +6,22 @@ warnings stay out of the test process) the first time it is asked for, and
 returns the same result every later time: the executed notebook, the folder of
 files it wrote, and what it printed. ``tests/test_tutorials.py`` checks those;
 ``tests/test_docs.py`` builds the site from the same executed notebooks
-(``NNXLIKE_DOCS_NOTEBOOKS``), so no tutorial runs twice.
+(``NNXLIKE_DOCS_NOTEBOOKS``), so no tutorial runs twice. ``shared_runs`` is the
+session's one instance: the docs build runs ``all`` in a background thread
+(tests/background.py), and a ``get`` meanwhile waits for that run of its tutorial.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import background
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +45,7 @@ def tutorial_names() -> list[str]:
 def titanic_dir() -> Path | None:
     """A local folder holding train.csv and test.csv; tests never download."""
     candidates = [
-        os.environ.get("NNXLIKE_TITANIC_DIR"),
+        background.environ().get("NNXLIKE_TITANIC_DIR"),
         ROOT.parent / "shared" / "data" / "titanic",
         "/kaggle/input/titanic",
     ]
@@ -77,10 +80,11 @@ class TutorialRun:
 class TutorialRuns:
     def __init__(self, folder: Path):
         self.folder = folder
-        self._done: dict[str, TutorialRun | str] = {}
+        self._lock = threading.Lock()
+        self._runs: dict[str, Future] = {}  # each tutorial: run once, by one thread
 
     def _execute(self, name: str) -> TutorialRun | str:
-        env = dict(os.environ, NNXLIKE_TUTORIAL_OUT="outputs")
+        env = dict(background.environ(), NNXLIKE_TUTORIAL_OUT="outputs")
         if titanic_dir() is not None:
             env["NNXLIKE_TITANIC_DIR"] = str(titanic_dir())
         proc = subprocess.run(
@@ -98,27 +102,51 @@ class TutorialRuns:
             )
         return TutorialRun.read(name, self.folder)
 
+    def _run(self, name: str) -> TutorialRun | str:
+        """Run ``name`` the first time; later, and from any thread, wait for
+        that one run."""
+        with self._lock:
+            future = self._runs.get(name)
+            mine = future is None
+            if mine:
+                future = self._runs[name] = Future()
+        if mine:
+            try:
+                future.set_result(self._execute(name))
+            except Exception as e:  # noqa: BLE001 - raised below, in every caller
+                future.set_exception(e)
+        return future.result()
+
     def get(self, name: str) -> TutorialRun:
         """The run of ``tutorials/<name>.py``; skips without the Titanic data."""
         if name == "titanic" and titanic_dir() is None:
             pytest.skip(NO_TITANIC_DATA)
-        if name not in self._done:
-            self._done[name] = self._execute(name)
-        done = self._done[name]
+        done = self._run(name)
         if isinstance(done, str):
             pytest.fail(done, pytrace=False)
         return done
 
     def all(self) -> Path:
         """Run every tutorial not run yet (two at a time); return the folder."""
-        todo = [n for n in tutorial_names() if n not in self._done]
-        if "titanic" in todo and titanic_dir() is None:
+        if titanic_dir() is None:
             pytest.skip(NO_TITANIC_DATA)
         # The longest first, so that the short ones fill the other core.
-        todo.sort(key=lambda n: n != "titanic")
+        todo = sorted(tutorial_names(), key=lambda n: n != "titanic")
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for name, done in zip(todo, pool.map(self._execute, todo)):
-                self._done[name] = done
+            list(pool.map(self._run, todo))
         for name in tutorial_names():
             self.get(name)  # fails with the first failure
         return self.folder
+
+
+_shared: list[TutorialRuns] = []
+_shared_lock = threading.Lock()
+
+
+def shared_runs(tmp_path_factory) -> TutorialRuns:
+    """The session's tutorial runs, in a folder of ``tmp_path_factory``."""
+    with _shared_lock:
+        if not _shared:
+            folder = tmp_path_factory.mktemp("tutorials_run") / "tutorials"
+            _shared.append(TutorialRuns(folder))
+        return _shared[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import background
 import pytest
+from notebooks import shared_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
@@ -48,7 +49,7 @@ def _skip_without_docs_packages() -> None:
 
 
 def _mkdocs_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, **extra}
+    env = {**background.environ(), **extra}
     env.pop("NO_MKDOCS_2_WARNING", None)  # what a user has: nothing silenced
     return env
 
@@ -59,10 +60,10 @@ class Site:
     output: str  # everything mkdocs printed
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, tutorial_runs) -> Site:
+@background.job("built")
+def _build_site(tmp_path_factory) -> Site:
     _skip_without_docs_packages()
-    notebooks = tutorial_runs.all()  # each tutorial run once, shared with its test
+    notebooks = shared_runs(tmp_path_factory).all()  # each tutorial run once
     out = tmp_path_factory.mktemp("site")
     env = _mkdocs_env(
         NNXLIKE_DOCS_EXECUTE="true", NNXLIKE_DOCS_NOTEBOOKS=str(notebooks)
@@ -77,6 +78,13 @@ def built(tmp_path_factory, tutorial_runs) -> Site:
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-6000:]}"
     return Site(out, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tutorial_runs) -> Site:
+    """The site, built in the background (tests/background.py) from the same
+    tutorial runs as tests/test_tutorials.py."""
+    return background.result("built", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

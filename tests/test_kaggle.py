@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import background
 import pytest
 from notebooks import titanic_dir
 from venvs import clean_env, fresh_venv
@@ -48,7 +50,7 @@ def _install_cell() -> str:
 
 
 def _kaggle_env(tmp_path: Path) -> dict[str, str]:
-    env = clean_env(dict(os.environ))
+    env = clean_env(background.environ())
     for name in ("NNXLIKE_TITANIC_DIR", "NNXLIKE_TUTORIAL_OUT", "MPLBACKEND"):
         env.pop(name, None)
     env.update(
@@ -117,10 +119,23 @@ def test_install_cell_uses_the_package_index_without_a_wheel(nnxlike_dist, tmp_p
     assert Path(lines[1].split(" ", 1)[1]).is_relative_to(tmp_path / "venv")
 
 
-def test_titanic_notebook_runs_on_simulated_kaggle(nnxlike_dist, tmp_path):
+@dataclass(frozen=True)
+class KaggleRun:
+    tmp_path: Path  # the simulated machine: venv, kaggle/input, kaggle/working
+    wheel: Path  # the wheel attached as a dataset
+    probe: subprocess.CompletedProcess  # `import nnxlike` before the notebook
+    proc: subprocess.CompletedProcess  # the notebook, top to bottom
+
+
+@background.job("kaggle_titanic_run")
+def _run_titanic_on_kaggle(tmp_path_factory) -> KaggleRun:
+    """The exported Titanic notebook on simulated Kaggle (a background job, see
+    tests/background.py: it is a few subprocesses, slow and mostly waiting)."""
     data = titanic_dir()
     if data is None:
         pytest.skip("Titanic data not available: set NNXLIKE_TITANIC_DIR")
+    nnxlike_dist = background.result("nnxlike_dist", tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("kaggle_titanic")
     python = fresh_venv(tmp_path)
     env = _kaggle_env(tmp_path)
     inputs = Path(env["NNXLIKE_KAGGLE_INPUT"])
@@ -143,11 +158,12 @@ def test_titanic_notebook_runs_on_simulated_kaggle(nnxlike_dist, tmp_path):
         )
     )
     probe = _run_cell(python, "import nnxlike", env, working)
-    assert "No module named 'nnxlike'" in probe.stderr  # really not installed
 
     exported = tmp_path / "exported"
     subprocess.run(
         [sys.executable, str(EXPORT), "--out", str(exported), "titanic"],
+        cwd=tmp_path,
+        env=background.environ(),
         check=True,
         capture_output=True,
         timeout=120,
@@ -172,6 +188,20 @@ def test_titanic_notebook_runs_on_simulated_kaggle(nnxlike_dist, tmp_path):
         env=env,
         timeout=900,
     )
+    wheel = inputs / "nnxlike-wheel" / nnxlike_dist.wheel.name
+    return KaggleRun(tmp_path, wheel, probe, proc)
+
+
+@pytest.fixture(scope="module")
+def kaggle_titanic_run(nnxlike_dist, tmp_path_factory) -> KaggleRun:
+    return background.result("kaggle_titanic_run", tmp_path_factory)
+
+
+def test_titanic_notebook_runs_on_simulated_kaggle(kaggle_titanic_run):
+    run = kaggle_titanic_run
+    tmp_path, proc = run.tmp_path, run.proc
+    working = tmp_path / "kaggle" / "working"
+    assert "No module named 'nnxlike'" in run.probe.stderr  # really not installed
     assert proc.returncode == 0, proc.stderr[-6000:]
     cells = json.loads((tmp_path / "executed.ipynb").read_text())["cells"]
     printed = [
@@ -181,10 +211,7 @@ def test_titanic_notebook_runs_on_simulated_kaggle(nnxlike_dist, tmp_path):
         for o in cell["outputs"]
         if o["output_type"] == "stream" and o["name"] == "stdout"
     ]
-    wheel_in_input = inputs / "nnxlike-wheel" / nnxlike_dist.wheel.name
-    assert (
-        printed[0] == f"Installed nnxlike from the attached wheel {wheel_in_input}.\n"
-    )
+    assert printed[0] == f"Installed nnxlike from the attached wheel {run.wheel}.\n"
     text = "".join(printed)
     assert "all checks passed" in text
     assert "of 40)" in text  # NNXLIKE_TUTORIAL_FAST: a short run
@@ -194,7 +221,7 @@ def test_titanic_notebook_runs_on_simulated_kaggle(nnxlike_dist, tmp_path):
     # The submission Kaggle would take from /kaggle/working.
     with open(working / "submission.csv", newline="") as f:
         rows = list(csv.reader(f))
-    with open(data / "test.csv", newline="", encoding="utf-8-sig") as f:
+    with open(titanic_dir() / "test.csv", newline="", encoding="utf-8-sig") as f:
         test_ids = [row["PassengerId"] for row in csv.DictReader(f)]
     assert rows[0] == ["PassengerId", "Survived"]
     assert [r[0] for r in rows[1:]] == test_ids

@@ -26,6 +26,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import background
 import pytest
 from multiprocess import launch
 
@@ -33,32 +34,33 @@ WORKER = Path(__file__).resolve().parent / "multiprocess_worker.py"
 TOL = 1e-6  # as the 8-device tests: float32 sums in another order
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    return tmp_path_factory.mktemp("multiprocess")
-
-
-@pytest.fixture(scope="module")
-def two(scratch):
+# The runs are background jobs (tests/background.py): they start with the session
+# and use the core that the other tests leave idle.
+@background.job("two")
+def _run_two(tmp_path_factory):
     """The 2-process run; it ends with process 1 killing itself mid-save."""
-    return launch(
+    scratch = tmp_path_factory.mktemp("multiprocess")
+    results = launch(
         WORKER,
         ["train", "save", "kill"],
         2,
         env={"NNXLIKE_MP_DIR": str(scratch)},
         check=False,
     )
+    return scratch, results
 
 
-@pytest.fixture(scope="module")
-def two_facts(two):
+def _with_facts(two):
     for r in two:
         assert {"train", "save"} <= set(r.facts), r.tail()
     return two
 
 
-@pytest.fixture(scope="module")
-def restored(two_facts, scratch):
+@background.job("restored")
+def _run_restore(tmp_path_factory):
+    """One process restoring what the killed 2-process run left."""
+    scratch, two = background.result("two", tmp_path_factory)
+    _with_facts(two)
     (result,) = launch(
         WORKER,
         ["restore"],
@@ -68,9 +70,29 @@ def restored(two_facts, scratch):
     return result.facts["restore"]
 
 
-@pytest.fixture(scope="module")
-def four():
+@background.job("four")
+def _run_four(tmp_path_factory):
     return launch(WORKER, ["train"], 4)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    return background.result("two", tmp_path_factory)[1]
+
+
+@pytest.fixture(scope="module")
+def two_facts(two):
+    return _with_facts(two)
+
+
+@pytest.fixture(scope="module")
+def restored(two_facts, tmp_path_factory):
+    return background.result("restored", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    return background.result("four", tmp_path_factory)
 
 
 # -- the harness ---------------------------------------------------------------------
@@ -262,12 +284,14 @@ def test_restore_onto_one_process(restored):
 # -- the tutorial, as 2 processes ------------------------------------------------------
 
 
-def test_sharding_tutorial_runs_as_2_processes():
-    """``python tutorials/sharding.py --processes 2``: every check in each process."""
+@background.job("sharding_tutorial_on_2_processes")
+def _run_sharding_tutorial(tmp_path_factory) -> tuple[int, str]:
+    """``python tutorials/sharding.py --processes 2``: exit status and output."""
     script = Path(__file__).resolve().parents[1] / "tutorials" / "sharding.py"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in background.environ().items() if k != "XLA_FLAGS"}
     proc = subprocess.Popen(
         [sys.executable, str(script), "--processes", "2"],
+        cwd=script.parents[1],
         env=dict(env, JAX_PLATFORMS="cpu"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -281,7 +305,18 @@ def test_sharding_tutorial_runs_as_2_processes():
         out, _ = proc.communicate()
         message = "the tutorial did not finish in 300 s:\n" + out[-5000:]
         raise AssertionError(message) from None
-    assert proc.returncode == 0, out[-5000:]
+    return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def sharding_tutorial_on_2_processes(tmp_path_factory):
+    return background.result("sharding_tutorial_on_2_processes", tmp_path_factory)
+
+
+def test_sharding_tutorial_runs_as_2_processes(sharding_tutorial_on_2_processes):
+    """Every check of the tutorial passes in each process."""
+    returncode, out = sharding_tutorial_on_2_processes
+    assert returncode == 0, out[-5000:]
     assert "===== process 0 (exit status 0) =====" in out
     assert "===== process 1 (exit status 0) =====" in out
     assert out.count("all checks passed") == 2

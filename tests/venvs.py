@@ -20,6 +20,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+import background
+
 ROOT = Path(__file__).resolve().parents[1]
 # What an sdist of nnxlike holds (MANIFEST.in); the build starts from these.
 SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "MANIFEST.in")
@@ -43,6 +45,8 @@ def build_dist(work: Path) -> Dist:
     out = work / "dist"
     proc = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "-o", str(out), str(src)],
+        cwd=work,
+        env=background.environ(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -78,6 +82,8 @@ def fresh_venv(where: Path) -> Path:
     venv = where / "venv"
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        cwd=where,
+        env=background.environ(),
         check=True,
         timeout=120,
     )
@@ -85,6 +91,8 @@ def fresh_venv(where: Path) -> Path:
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = subprocess.run(
         [str(python), "-c", code],
+        cwd=where,
+        env=background.environ(),
         check=True,
         capture_output=True,
         text=True,
