@@ -56,16 +56,20 @@ def _background_jobs_used(item) -> set[str]:
 def pytest_collection_modifyitems(session, config, items):
     """Test modules that use a background job, or the tutorial runs (which the
     docs build's job makes), run last, each in its own order, so that the jobs
-    have had the other tests' time to finish."""
-    late = {
-        item.path
-        for item in items
-        if _background_jobs_used(item)
-        or "tutorial_runs" in getattr(item, "fixturenames", ())
-    }
-    items[:] = [i for i in items if i.path not in late] + [
-        i for i in items if i.path in late
-    ]
+    have had the other tests' time to finish; they come in the order in which
+    the background thread finishes their jobs."""
+    order = {name: i for i, name in enumerate(background.names())}
+    ready_at: dict = {}  # module -> when its last job is done, in job order
+    for item in items:
+        used = _background_jobs_used(item)
+        if "tutorial_runs" in getattr(item, "fixturenames", ()):
+            used.add("built")
+        if used:
+            last = max(order[name] for name in used)
+            ready_at[item.path] = max(ready_at.get(item.path, -1), last)
+    items[:] = [i for i in items if i.path not in ready_at] + sorted(
+        (i for i in items if i.path in ready_at), key=lambda i: ready_at[i.path]
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import background
+
 DEVICES = 8
 ROOT = Path(__file__).resolve().parents[1]
 _FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
@@ -43,7 +45,7 @@ def worker_main(argv: list[str], cases: dict[str, Callable], tag: str) -> int:
 
 def run_worker(worker: Path, cases: list[str], tag: str) -> dict[str, dict]:
     """Run ``worker`` on ``cases`` in a subprocess; return ``{case: facts}``."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_FLAG)
+    env = dict(background.environ(), JAX_PLATFORMS="cpu", XLA_FLAGS=_FLAG)
     proc = subprocess.run(
         [sys.executable, str(worker), *cases],
         cwd=ROOT,

@@ -6,6 +6,9 @@ are plain ``jax.pmap`` calls on pure functions of the same arrays.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import background
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,13 +99,24 @@ def test_aliasing_errors_follow_flax():
         nnx.pmap(lambda a: a, in_axes=(nnx.Variable(0),))
 
 
-def test_ensemble_on_eight_devices_matches_jax_pmap():
-    from pathlib import Path
-
-    from multidevice import DEVICES, run_worker
+@background.job("pmap_facts")
+def _run_worker(tmp_path_factory) -> dict:
+    """The 8-device worker's facts (a background job: tests/background.py)."""
+    from multidevice import run_worker
 
     worker = Path(__file__).resolve().parent / "pmap_worker.py"
-    facts = run_worker(worker, ["pmap"], "PMAP")["pmap"]
+    return run_worker(worker, ["pmap"], "PMAP")["pmap"]
+
+
+@pytest.fixture(scope="module")
+def pmap_facts(tmp_path_factory) -> dict:
+    return background.result("pmap_facts", tmp_path_factory)
+
+
+def test_ensemble_on_eight_devices_matches_jax_pmap(pmap_facts):
+    from multidevice import DEVICES
+
+    facts = pmap_facts
     assert facts["kernel_shape"] == [DEVICES, 3, 4]
     assert facts["distinct_kernels"] == DEVICES  # split streams: one init each
     assert facts["max_abs_diff"] < 1e-5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import background
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,14 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "shard_map_worker.py"
 
 
-@pytest.fixture(scope="module")
-def worker() -> dict:
+@background.job("shard_map_facts")
+def _run_worker(tmp_path_factory) -> dict:
+    """The 8-device worker's facts (a background job: tests/background.py)."""
     return run_worker(WORKER, ["dp", "writeback"], "SHMAP")
 
 
+@pytest.fixture(scope="module")
+def shard_map_facts(tmp_path_factory) -> dict:
+    return background.result("shard_map_facts", tmp_path_factory)
+
+
 @pytest.mark.parametrize("run", ["vma_False", "vma_True"])
-def test_data_parallel_batchnorm_training_matches_one_device(worker, run):
-    dp = worker["dp"]
+def test_data_parallel_batchnorm_training_matches_one_device(shard_map_facts, run):
+    dp = shard_map_facts["dp"]
     facts = dp[run]
     np.testing.assert_allclose(facts["losses"], dp["ref_losses"], rtol=1e-5)
     assert facts["params"]["allclose"], facts["params"]
@@ -39,13 +46,13 @@ def test_data_parallel_batchnorm_training_matches_one_device(worker, run):
     assert facts["stats_moved"] and facts["step"] == 3
 
 
-def test_per_device_batchnorm_statistics_would_differ(worker):
+def test_per_device_batchnorm_statistics_would_differ(shard_map_facts):
     # The control: the comparison above does detect per-shard statistics.
-    assert not worker["dp"]["local_bn"]["batch_stats"]["allclose"]
+    assert not shard_map_facts["dp"]["local_bn"]["batch_stats"]["allclose"]
 
 
-def test_changes_are_written_back(worker):
-    wb = worker["writeback"]
+def test_changes_are_written_back(shard_map_facts):
+    wb = shard_map_facts["writeback"]
     assert wb["count"] == 3  # one eager call, two under nnx.jit
     # Sharded P("data"): each device added its x + axis_index, 3 times.
     assert wb["per_device"] == [6.0 * i for i in range(8)]

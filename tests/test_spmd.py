@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import background
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -367,17 +368,23 @@ def test_no_sharding_work_for_unannotated_variables_or_merge(monkeypatch):
 # -- 8 simulated devices, in a subprocess ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker() -> dict:
+@background.job("spmd_facts")
+def _run_worker(tmp_path_factory) -> dict:
+    """The 8-device worker's facts (a background job: tests/background.py)."""
     return run_worker(WORKER, ["dp", "tp", "placement"], "SPMD")
+
+
+@pytest.fixture(scope="module")
+def spmd_facts(tmp_path_factory) -> dict:
+    return background.result("spmd_facts", tmp_path_factory)
 
 
 def _specs(layout: dict) -> dict:
     return {k: v["spec"] for k, v in layout.items()}
 
 
-def test_data_parallel_training_matches_one_device(worker):
-    dp = worker["dp"]
+def test_data_parallel_training_matches_one_device(spmd_facts):
+    dp = spmd_facts["dp"]
     np.testing.assert_allclose(dp["losses"], dp["ref_losses"], rtol=1e-5)
     assert dp["params"]["allclose"] and dp["params"]["max_abs_diff"] < 1e-5
     assert dp["opt_state"]["allclose"]
@@ -400,8 +407,8 @@ TP_SPECS = {
 TP_SHARDS = {"l1/kernel": [4, 4], "l1/bias": [4], "l2/kernel": [4, 2], "l2/bias": [2]}
 
 
-def test_tensor_parallel_training_matches_one_device(worker):
-    tp = worker["tp"]
+def test_tensor_parallel_training_matches_one_device(spmd_facts):
+    tp = spmd_facts["tp"]
     np.testing.assert_allclose(tp["losses"], tp["ref_losses"], rtol=1e-5)
     assert tp["params"]["allclose"] and tp["params"]["max_abs_diff"] < 1e-5
     assert tp["opt_state"]["allclose"]
@@ -422,8 +429,8 @@ def test_tensor_parallel_training_matches_one_device(worker):
     assert tp["params_as_annotated"] and tp["opt_as_annotated"]
 
 
-def test_placement_variants_on_eight_devices(worker):
-    pl = worker["placement"]
+def test_placement_variants_on_eight_devices(spmd_facts):
+    pl = spmd_facts["placement"]
     for variant in ("eager_auto", "jit_auto", "eager_explicit", "jit_explicit"):
         assert _specs(pl[variant]) == TP_SPECS, variant
         assert pl[variant]["l1/kernel"]["shard_shapes"] == [[4, 4]], variant
