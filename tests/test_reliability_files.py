@@ -27,6 +27,7 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import background
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -309,18 +310,35 @@ _SAVER = textwrap.dedent(
 )
 
 
-def test_process_races_and_kill_9_loop(tmp_path):
-    """Forked processes: 5 races of 4 savers (exactly one wins each), then 20
-    trials of a saver killed at a random moment."""
-    trials = 20
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+KILL_TRIALS = 20
+
+
+@background.job("saver_processes")
+def _run_savers(tmp_path_factory):
+    """The savers' subprocess (a background job: tests/background.py)."""
+    tmp_path = tmp_path_factory.mktemp("savers")
+    env = dict(background.environ(), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-c", _SAVER, str(tmp_path), str(trials), str(SEED)],
+        [sys.executable, "-c", _SAVER, str(tmp_path), str(KILL_TRIALS), str(SEED)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
+    return tmp_path, out
+
+
+@pytest.fixture(scope="module")
+def saver_processes(tmp_path_factory):
+    return background.result("saver_processes", tmp_path_factory)
+
+
+def test_process_races_and_kill_9_loop(saver_processes):
+    """Forked processes: 5 races of 4 savers (exactly one wins each), then 20
+    trials of a saver killed at a random moment."""
+    trials = KILL_TRIALS
+    tmp_path, out = saver_processes
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.splitlines()]
     races = [row[2:] for row in rows if row[0] == "race"]
