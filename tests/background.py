@@ -1,16 +1,19 @@
 """Slow fixtures that mostly wait on other processes, started early in one thread.
 
 A few fixtures spend their time in subprocesses: the tutorial notebooks and the
-docs build, the wheel build, the simulated Kaggle run, the multi-process JAX
-runs. The test process itself keeps one core busy at most, so on a 2-core
-machine they can run beside the other tests. A fixture opts in with
+docs build, the wheel build, the simulated Kaggle run, the multi-process and
+8-device JAX runs, the checkpoint savers killed with -9. The test process keeps
+about one core busy, so on a 2-core machine they can run beside the other tests. A fixture opts in with
 ``@background.job("name")`` on a function of ``tmp_path_factory`` and calls
 ``background.result("name", tmp_path_factory)``; conftest.py then
 
 - moves every test module that uses such a fixture (by name, through any chain
   of fixtures) to the end of the run, keeping the order within it; and
 - at the first test, starts the jobs that the selected tests use, one after
-  another in the order they were declared, in one background thread.
+  another in the order they were declared, in one background thread. That
+  thread and the processes it starts run niced (``NICE``; on Linux the nice
+  value is per thread and inherited), so the tests in this process keep their
+  core and the jobs take what is left.
 
 ``result`` waits for a started job and returns its value (or raises what it
 raised, a skip included); a job that was not started (the test runs alone, or
@@ -25,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+NICE = 10  # the jobs' priority: below the tests', which wait for nothing else
 _JOBS: dict[str, Callable[[Any], Any]] = {}
 _lock = threading.Lock()
 _queue: list[str] = []  # waiting for the background thread
@@ -93,6 +97,10 @@ def start(wanted: set[str], factory: Any) -> None:
         _queue.extend(n for n in todo if n not in _queue)
 
     def work() -> None:
+        try:  # this thread and what it starts (per thread on Linux)
+            os.nice(NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             with _lock:
                 if not _queue:
