@@ -3,9 +3,10 @@
 A few fixtures spend their time in subprocesses: the tutorial notebooks and the
 docs build, the wheel build, the simulated Kaggle run, the multi-process and
 8-device JAX runs, the checkpoint savers killed with -9. The test process keeps
-about one core busy, so on a 2-core machine they can run beside the other tests. A fixture opts in with
-``@background.job("name")`` on a function of ``tmp_path_factory`` and calls
-``background.result("name", tmp_path_factory)``; conftest.py then
+about one core busy, so on a 2-core machine they can run beside the other tests.
+A fixture opts in with ``@background.job("name")`` on a function of
+``tmp_path_factory`` and calls ``background.result("name", tmp_path_factory)``;
+conftest.py then
 
 - moves every test module that uses such a fixture (by name, through any chain
   of fixtures) to the end of the run, keeping the order within it; and
