@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,8 @@ _started: dict[str, threading.Event] = {}  # set once the result is in
 _results: dict[str, tuple[bool, Any]] = {}  # name -> (ok, value or exception)
 _thread: threading.Thread | None = None
 _environ: dict[str, str] = {}  # os.environ when the jobs started
+_times: dict[str, list[float]] = {}  # name -> [start, end, waited for it]
+_ran_behind: set[str] = set()  # the jobs the background thread ran
 
 
 def job(name: str) -> Callable:
@@ -59,13 +62,25 @@ def names() -> list[str]:
 
 
 def _run(name: str, factory: Any) -> None:
+    start = time.monotonic()
     try:
         outcome = (True, _JOBS[name](factory))
     except BaseException as e:  # noqa: BLE001 - handed to the fixture, skips too
         outcome = (False, e)
     with _lock:
+        _times[name] = [start, time.monotonic(), 0.0]
         _results[name] = outcome
         _started[name].set()
+
+
+def report() -> list[str]:
+    """One line per job run: how long it took and how long a test waited."""
+    where = {True: "background", False: "in a test"}
+    return [
+        f"{name}: {end - start:.1f} s ({where[name in _ran_behind]}), "
+        f"tests waited {waited:.1f} s"
+        for name, (start, end, waited) in _times.items()
+    ]
 
 
 def _claim(name: str) -> bool:
@@ -109,6 +124,7 @@ def start(wanted: set[str], factory: Any) -> None:
                 name = _queue.pop(0)
                 if not _claim(name):
                     continue
+                _ran_behind.add(name)
             _run(name, factory)
 
     if todo and (_thread is None or not _thread.is_alive()):
@@ -132,7 +148,10 @@ def result(name: str, factory: Any) -> Any:
         event = _started[name]
     if mine:
         _run(name, factory)
-    event.wait()
+    else:
+        waited = time.monotonic()
+        event.wait()
+        _times[name][2] += time.monotonic() - waited
     ok, value = _results[name]
     if not ok:
         raise value

@@ -80,3 +80,12 @@ def _background_jobs(request, tmp_path_factory):
     background.start(wanted, tmp_path_factory)
     yield
     background.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """With --durations or -v: what each background job took."""
+    lines = background.report()
+    if lines and (config.option.durations is not None or config.option.verbose > 0):
+        terminalreporter.section("background jobs (tests/background.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
