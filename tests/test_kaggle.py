@@ -102,7 +102,12 @@ def test_install_cell_says_what_to_attach_when_there_is_nothing(tmp_path):
     assert "docs/kaggle.md" in message
 
 
-def test_install_cell_uses_the_package_index_without_a_wheel(nnxlike_dist, tmp_path):
+@background.job("install_from_the_index")
+def _install_from_the_index(tmp_path_factory):
+    """The install cell in a fresh venv with a package index holding the wheel
+    (a background job: tests/background.py)."""
+    nnxlike_dist = background.result("nnxlike_dist", tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("kaggle_index")
     python = fresh_venv(tmp_path)
     env = _kaggle_env(tmp_path)
     index = tmp_path / "index"  # a local stand-in for the package index
@@ -110,7 +115,16 @@ def test_install_cell_uses_the_package_index_without_a_wheel(nnxlike_dist, tmp_p
     shutil.copy2(nnxlike_dist.wheel, index)
     env["PIP_FIND_LINKS"] = str(index)
     code = _install_cell() + "\nimport nnxlike; print('FILE', nnxlike.__file__)"
-    proc = _run_cell(python, code, env, tmp_path / "kaggle" / "working")
+    return tmp_path, _run_cell(python, code, env, tmp_path / "kaggle" / "working")
+
+
+@pytest.fixture(scope="module")
+def install_from_the_index(nnxlike_dist, tmp_path_factory):
+    return background.result("install_from_the_index", tmp_path_factory)
+
+
+def test_install_cell_uses_the_package_index_without_a_wheel(install_from_the_index):
+    tmp_path, proc = install_from_the_index
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == (

@@ -9,7 +9,6 @@ from a temporary folder, and checks that nnxlike was imported from that venv.
 from __future__ import annotations
 
 import email
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import background
 import pytest
 from venvs import clean_env, fresh_venv
 
@@ -129,11 +129,14 @@ def _readme_example() -> str:
     return next(b for b in re.findall(r"```python\n(.*?)```", text, re.DOTALL))
 
 
-def test_wheel_installs_in_a_fresh_venv_and_runs_the_readme_example(
-    nnxlike_dist, tmp_path
-):
+@background.job("readme_example_in_a_fresh_venv")
+def _install_and_run_the_readme_example(tmp_path_factory):
+    """The wheel installed in a fresh venv, then the README's example run there
+    (a background job: tests/background.py); the subprocesses' results."""
+    nnxlike_dist = background.result("nnxlike_dist", tmp_path_factory)
+    tmp_path = tmp_path_factory.mktemp("readme_venv")
     python = fresh_venv(tmp_path)
-    env = clean_env(dict(os.environ))
+    env = clean_env(background.environ())
     probe = "import importlib.util; print(importlib.util.find_spec('nnxlike'))"
     before = subprocess.run(
         [str(python), "-c", probe],
@@ -142,16 +145,17 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_readme_example(
         env=env,
         cwd=tmp_path,  # not the clone: -c puts the working folder on sys.path
     )
-    assert before.stdout.strip() == "None", before.stdout + before.stderr
     # No index: every dependency must already be there (from the site view).
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-index", str(nnxlike_dist.wheel)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,
         timeout=300,
     )
-    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    if install.returncode != 0:
+        return tmp_path, before, install, None
     script = tmp_path / "run" / "example.py"
     script.parent.mkdir()
     script.write_text(
@@ -170,6 +174,20 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_readme_example(
         cwd=script.parent,
         timeout=300,
     )
+    return tmp_path, before, install, run
+
+
+@pytest.fixture(scope="module")
+def readme_example_in_a_fresh_venv(nnxlike_dist, tmp_path_factory):
+    return background.result("readme_example_in_a_fresh_venv", tmp_path_factory)
+
+
+def test_wheel_installs_in_a_fresh_venv_and_runs_the_readme_example(
+    readme_example_in_a_fresh_venv,
+):
+    tmp_path, before, install, run = readme_example_in_a_fresh_venv
+    assert before.stdout.strip() == "None", before.stdout + before.stderr
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = run.stdout.splitlines()
     loss = float(lines[0])
