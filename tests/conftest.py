@@ -77,6 +77,7 @@ def _background_jobs(request, tmp_path_factory):
     wanted = set()
     for item in request.session.items:
         wanted |= _background_jobs_used(item)
+    tmp_path_factory.getbasetemp()  # made here, not raced for by two threads
     background.start(wanted, tmp_path_factory)
     yield
     background.stop()
