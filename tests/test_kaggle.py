@@ -137,6 +137,7 @@ def test_install_cell_uses_the_package_index_without_a_wheel(install_from_the_in
 class KaggleRun:
     tmp_path: Path  # the simulated machine: venv, kaggle/input, kaggle/working
     wheel: Path  # the wheel attached as a dataset
+    data: Path  # the competition data it was given
     probe: subprocess.CompletedProcess  # `import nnxlike` before the notebook
     proc: subprocess.CompletedProcess  # the notebook, top to bottom
 
@@ -203,7 +204,7 @@ def _run_titanic_on_kaggle(tmp_path_factory) -> KaggleRun:
         timeout=900,
     )
     wheel = inputs / "nnxlike-wheel" / nnxlike_dist.wheel.name
-    return KaggleRun(tmp_path, wheel, probe, proc)
+    return KaggleRun(tmp_path, wheel, data, probe, proc)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_titanic_notebook_runs_on_simulated_kaggle(kaggle_titanic_run):
     # The submission Kaggle would take from /kaggle/working.
     with open(working / "submission.csv", newline="") as f:
         rows = list(csv.reader(f))
-    with open(titanic_dir() / "test.csv", newline="", encoding="utf-8-sig") as f:
+    with open(run.data / "test.csv", newline="", encoding="utf-8-sig") as f:
         test_ids = [row["PassengerId"] for row in csv.DictReader(f)]
     assert rows[0] == ["PassengerId", "Survived"]
     assert [r[0] for r in rows[1:]] == test_ids
