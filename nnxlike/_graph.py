@@ -365,6 +365,15 @@ _K_STATIC, _K_VAR, _K_OBJ, _K_CUSTOM, _K_LIST, _K_DICT, _K_TUPLE, _K_ARRAY = ran
 _K_PYTREE = 8
 _K_AREF = 9  # a bare array reference (jax.new_ref): a leaf shared by identity
 _KIND: dict[type, int] = {}
+_PLAIN_KINDS = frozenset({_K_LIST, _K_DICT, _K_TUPLE, _K_PYTREE})
+
+
+def _holds_data(x: Any) -> bool:
+    """Whether a container holds an array, a Variable or an Object (flax's data)."""
+    for leaf in jtu.tree_leaves(x, is_leaf=lambda y: isinstance(y, (Variable, Object))):
+        if isinstance(leaf, (Variable, Object)) or hasattr(leaf, "shape"):
+            return True
+    return False
 
 
 def _is_pytree_node(x: Any) -> bool:
@@ -437,6 +446,34 @@ def flatten(
     paths: list = []
     kind_of = _KIND.get
 
+    # Tree mode follows flax: a plain container (tuple, list, dict, pytree) is
+    # flattened by JAX's rule, every item but None a leaf (ints included), when
+    # it is the root, an item of such a container, or an Object's attribute
+    # holding data; an Object's own attributes keep the data/static rule.
+    plain = [False]  # set for the container visited next, by its parent
+
+    def kind(x: Any) -> int:
+        t = type(x)
+        k = kind_of(t)
+        return _classify(t, x) if k is None else k
+
+    def visit_item(x: Any, path: tuple):
+        plain[0] = kind(x) in _PLAIN_KINDS
+        d = visit(x, path)
+        plain[0] = False
+        if d[0] == STATIC and x is not None:
+            leaves.append(x)
+            paths.append(path)
+            return (LEAF,)
+        return d
+
+    def items_by(x: Any):
+        """How the items of the plain container ``x`` are visited."""
+        if tree_mode is None:
+            return visit
+        from_plain, plain[0] = plain[0], False
+        return visit_item if from_plain or _holds_data(x) else visit
+
     def visit(x: Any, path: tuple):
         t = type(x)
         k = kind_of(t)
@@ -447,19 +484,19 @@ def flatten(
         if k == _K_PYTREE:
             keyed, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
             keys = [_key_of(p[0]) for p, _ in keyed]
+            sub = items_by(x)
             return (
                 PYTREE,
                 treedef,
-                tuple(
-                    (key, visit(v, (*path, key))) for key, (_, v) in zip(keys, keyed)
-                ),
+                tuple((key, sub(v, (*path, key))) for key, (_, v) in zip(keys, keyed)),
             )
         if k == _K_TUPLE:
+            sub = items_by(x)
             return (
                 NODE,
                 tuple,
                 -1,
-                tuple([visit(v, (*path, j)) for j, v in enumerate(x)]),
+                tuple([sub(v, (*path, j)) for j, v in enumerate(x)]),
             )
         if k == _K_ARRAY:
             leaves.append(x)
@@ -532,17 +569,26 @@ def flatten(
                 x.__dict__["_nnx_tracked"] = True
             items = x._nnx_children()
         elif k == _K_DICT:
-            items = x.items()
+            sub = items_by(x)
+            return (
+                NODE,
+                t,
+                i,
+                tuple([(key, sub(v, (*path, key))) for key, v in x.items()]),
+            )
         else:  # list
+            sub = items_by(x)
             return (
                 NODE,
                 list,
                 i,
-                tuple([visit(v, (*path, j)) for j, v in enumerate(x)]),
+                tuple([sub(v, (*path, j)) for j, v in enumerate(x)]),
             )
         return (NODE, t, i, tuple([(key, visit(v, (*path, key))) for key, v in items]))
 
+    plain[0] = tree_mode is not None and kind(node) in _PLAIN_KINDS
     tree = visit(node, ())
+    plain[0] = False
     if tree[0] == STATIC and node is not None:  # a root value is its own leaf
         leaves.append(node)
         paths.append(())

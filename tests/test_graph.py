@@ -845,3 +845,36 @@ def test_update_writes_through_references_and_boxes():
     assert m.r.raw_value is ref  # the same jax.Ref, written through
     np.testing.assert_array_equal(np.asarray(m.r[...]), [1.0, 1.0])
     np.testing.assert_array_equal(np.asarray(m.h[...]), [2.0, 2.0])
+
+
+def test_tree_mode_flattens_plain_containers_by_jax_rule():
+    """graph=False: a plain container's items are leaves as JAX has them (ints
+    too), at the root, nested, or as an Object attribute holding data; a
+    data-free tuple attribute stays static, and graph mode keeps ints static.
+    (Expected paths as flax.nnx 0.12.8 gives them.)"""
+
+    class B(nnx.Module):
+        def __init__(self):
+            self.shape = (2, 3)
+            self.mix = (nnx.Param(jnp.ones(1)), 4)
+            self.n = 5
+
+    def flat(g, graph):
+        _, fs = nnx.graphlib.flatten(g, graph=graph)
+        return [(p, v) for p, v in fs]
+
+    assert flat({"a": 1}, False) == [(("a",), 1)]
+    assert flat((1, (2, 3)), False) == [((0,), 1), ((1, 0), 2), ((1, 1), 3)]
+    assert [p for p, _ in flat(B(), False)] == [("mix", 0), ("mix", 1)]
+    assert [p for p, _ in flat(B(), True)] == [("mix", 0)]
+    g = {
+        "b": [nnx.Param(jnp.array(1)), jnp.array(2)],
+        "a": (nnx.Param(jnp.array(3)), 4),
+    }
+    graphdef, fs = nnx.graphlib.flatten(g, graph=False)
+    assert [p for p, _ in fs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    g2 = nnx.graphlib.unflatten(graphdef, fs)
+    assert g2["a"][1] == 4 and int(g2["a"][0][...]) == 3 and int(g2["b"][1]) == 2
+    # the int is a leaf: two dicts differing only in it share one GraphDef
+    assert nnx.graphdef({"k": 1}, graph=False) == nnx.graphdef({"k": 2}, graph=False)
+    assert nnx.graphdef({"k": 1}, graph=True) != nnx.graphdef({"k": 2}, graph=True)
