@@ -153,8 +153,12 @@ def test_tutorial_pages_offer_the_kaggle_notebook(site):
     assert '<a href="../../kaggle/">running it on Kaggle</a>' in html
 
 
-def test_build_without_titanic_data_stops_at_once_with_the_loaders_message(tmp_path):
+@background.job("build_without_titanic_data")
+def _build_without_titanic_data(tmp_path_factory):
+    """``mkdocs build`` with no Titanic data to be found (a background job:
+    tests/background.py); its folder and the finished process."""
     _skip_without_docs_packages()
+    tmp_path = tmp_path_factory.mktemp("no_titanic")
     (tmp_path / "empty").mkdir()
     env = _mkdocs_env(
         NNXLIKE_DOCS_EXECUTE="true",
@@ -172,6 +176,18 @@ def test_build_without_titanic_data_stops_at_once_with_the_loaders_message(tmp_p
         timeout=300,
         env=env,
     )
+    return tmp_path, proc
+
+
+@pytest.fixture(scope="module")
+def build_without_titanic_data(tmp_path_factory):
+    return background.result("build_without_titanic_data", tmp_path_factory)
+
+
+def test_build_without_titanic_data_stops_at_once_with_the_loaders_message(
+    build_without_titanic_data,
+):
+    tmp_path, proc = build_without_titanic_data
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert "needs Kaggle's Titanic data" in output
@@ -224,14 +240,19 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_page_loads_in_headless_chromium(site, tmp_path):
+@background.job("chromium_dom")
+def _load_in_chromium(tmp_path_factory) -> subprocess.CompletedProcess:
+    """The built Titanic page in headless Chromium, its DOM dumped (a background
+    job: tests/background.py)."""
     browser = _chromium()
     if browser is None:
         pytest.skip(
             "chromium is not on PATH; to enable this check: apt-get install chromium"
         )
+    site = background.result("built", tmp_path_factory).folder
+    tmp_path = tmp_path_factory.mktemp("chromium")
     page = site / "tutorials" / "titanic" / "index.html"
-    proc = subprocess.run(
+    return subprocess.run(
         [
             browser,
             "--headless",
@@ -246,10 +267,21 @@ def test_page_loads_in_headless_chromium(site, tmp_path):
             "--dump-dom",
             page.as_uri(),
         ],
+        cwd=tmp_path,
+        env=background.environ(),
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+@pytest.fixture(scope="module")
+def chromium_dom(site, tmp_path_factory) -> subprocess.CompletedProcess:
+    return background.result("chromium_dom", tmp_path_factory)
+
+
+def test_page_loads_in_headless_chromium(chromium_dom):
+    proc = chromium_dom
     assert proc.returncode == 0, proc.stderr[-3000:]
     dom = proc.stdout
     title = re.search(r"<title>(.*?)</title>", dom, re.DOTALL)
