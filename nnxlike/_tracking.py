@@ -35,13 +35,17 @@ def bump_structure_version() -> None:
 # come from one counter (``next`` is atomic), and ``deque.append`` is atomic, so
 # no lock is needed: ``claim_value_writes`` sees whether anyone else appended
 # between a caller's first read and its own append (the deque keeps the last two).
+# The kept arrays live in KEPT, which every write empties: a cache never holds an
+# array that its Variable no longer holds (no memory beyond the model's own).
 _TOKENS = itertools.count(1)
 VALUE_WRITES: collections.deque = collections.deque([0], maxlen=2)
+KEPT: dict = {}  # cache entry -> (token, arrays...), valid for that token only
 
 
 def note_value_write() -> None:
     """Record that some Variable's value slot was just written."""
     VALUE_WRITES.append(next(_TOKENS))
+    KEPT.clear()
 
 
 def claim_value_writes(before: int) -> int | None:
@@ -49,6 +53,7 @@ def claim_value_writes(before: int) -> int | None:
     ``before`` (a token the caller read before reading any value), else None."""
     token = next(_TOKENS)
     VALUE_WRITES.append(token)
+    KEPT.clear()
     return token if VALUE_WRITES[0] == before else None
 
 

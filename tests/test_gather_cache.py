@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import gc
 import pickle
 import threading
+import weakref
 from pathlib import Path
 
 import jax
@@ -63,12 +65,12 @@ def test_read_only_calls_reuse_the_arrays_and_stay_right():
     net = Net()
     np.testing.assert_array_equal(read(net), eager_read(net))
     entry = _entry(read, net)
-    gathered = entry.gathered
+    gathered = _tracking.KEPT.get(entry)
     assert gathered is not None and gathered[0] == _tracking.VALUE_WRITES[-1]
     for _ in range(3):
         np.testing.assert_array_equal(read(net), eager_read(net))
     # Nothing was written: the same list was passed again.
-    assert entry.gathered[2] is gathered[2]
+    assert _tracking.KEPT[entry][2] is gathered[2]
 
 
 def _writes():
@@ -268,12 +270,35 @@ def test_a_failing_call_drops_the_kept_arrays():
     check(net, False)
     check(net, False)
     entry = _entry(check, net, False)
-    assert entry.gathered is not None
+    assert entry in _tracking.KEPT
     with pytest.raises(Exception, match="boom"):
         jax.block_until_ready(check(net, True))
-    assert entry.gathered is None
+    assert entry not in _tracking.KEPT
     net.lin.bias.value = jnp.full(3, 2.0)
     np.testing.assert_allclose(check(net, False), 6.0)
+
+
+def test_kept_arrays_are_released_by_any_write():
+    """The cache holds no array its Variable no longer holds: after training,
+    restoring other values frees the old ones (no second copy of the model)."""
+    net = Net()
+
+    @nnx.jit
+    def step(net):
+        net.lin.kernel.value = net.lin.kernel.value * 2.0
+
+    step(net)
+    step(net)
+    old = weakref.ref(net.lin.kernel.value)
+    assert old() is not None
+    fresh = nnx.clone(nnx.state(net))
+    fresh["lin"]["kernel"].set_value(jnp.zeros((2, 3)))
+    nnx.update(net, fresh)
+    del fresh
+    gc.collect()
+    assert old() is None, "a cached call still holds the replaced kernel"
+    step(net)
+    np.testing.assert_array_equal(net.lin.kernel.value, np.zeros((2, 3)))
 
 
 def test_copies_are_new_variables_and_do_not_confuse_the_cache():

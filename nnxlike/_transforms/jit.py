@@ -61,6 +61,7 @@ _set_raw = _core._set_raw
 _get_raw = Variable._raw_value.__get__
 _consume = collections.deque(maxlen=0).extend
 _WRITES = _tracking.VALUE_WRITES
+_KEPT = _tracking.KEPT
 _GRAPH_TYPES = (Object, Variable)
 _LEAF_TYPES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 _tracer_type = jax.core.Tracer
@@ -165,7 +166,6 @@ class _Entry:
         "out_static",
         "written",
         "snapshot",
-        "gathered",
     )
 
     def __init__(self, lifted: _core.Lifted, spec: _Spec, version: int):
@@ -179,14 +179,14 @@ class _Entry:
         # (changed, [Variables]): one attribute, so that two threads calling with
         # the same objects never pair a `changed` tuple with another's list.
         self.written: tuple = (None, [])
-        # (token, donated, kept): the raw arrays this entry last passed or wrote,
-        # valid while no Variable anywhere was written since (_tracking's
-        # value-write token is still `token`); then a call reads none of them.
-        self.gathered: tuple | None = None
+        # _KEPT[entry] = (token, donated, kept): the raw arrays this entry last
+        # passed or wrote, valid while no Variable anywhere was written since
+        # (_tracking's value-write token is still `token`, and any write empties
+        # _KEPT); then a call reads none of them.
 
 
 def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
-    """Record, in ``entry.gathered``, the arrays the Variables hold after a call.
+    """Keep, in ``_KEPT[entry]``, the arrays the Variables hold after a call.
 
     ``token`` is the value-write token read before this call read any value.
     With nothing written, what was passed stays valid while no one else writes;
@@ -195,28 +195,26 @@ def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
     nothing is kept (the values are tracers of that trace).
     """
     if changed is not None and not changed:
-        ok = _WRITES[-1] == token and not _tracking.under_trace()
-        entry.gathered = (token, donated, kept) if ok else None
+        if _WRITES[-1] == token and not _tracking.under_trace():
+            _KEPT[entry] = (token, donated, kept)
         return
     mine = _tracking.claim_value_writes(token)  # always: our writes are news
     spec = entry.spec
     if mine is None or _tracking.under_trace():
-        entry.gathered = None
-    elif changed is None:  # every Variable written, in entry order
+        return
+    if changed is None:  # every Variable written, in entry order
         if spec.donated_idx:
-            entry.gathered = (
+            _KEPT[entry] = (
                 mine,
                 [new_arrays[i] for i in spec.donated_idx],
                 [new_arrays[i] for i in spec.kept_idx],
             )
         else:
-            entry.gathered = (mine, [], list(new_arrays))
-    elif spec.donated_idx:  # some written, some donated: gather next time
-        entry.gathered = None
-    else:
+            _KEPT[entry] = (mine, [], list(new_arrays))
+    elif not spec.donated_idx:  # (some written, some donated: gather next time)
         kept = kept.copy()
         _consume(map(kept.__setitem__, changed, new_arrays))
-        entry.gathered = (mine, [], kept)
+        _KEPT[entry] = (mine, [], kept)
 
 
 class JitWrapped:
@@ -579,7 +577,7 @@ class JitWrapped:
         # When no Variable was written since this entry's last call, they are
         # the arrays that call passed or stored (see _tracking's write tokens).
         token = _WRITES[-1]
-        gathered = entry.gathered
+        gathered = _KEPT.get(entry)
         if gathered is not None and gathered[0] == token:
             donated, kept = gathered[1], gathered[2]
         elif spec.donated_idx:
@@ -603,7 +601,7 @@ class JitWrapped:
                 spec, donated, kept, leaves_d, leaves_k
             )
         except Exception as e:
-            entry.gathered = None
+            _KEPT.pop(entry, None)
             # A failure can leave Variables holding donated (deleted) buffers:
             # say which ones and why on the error itself (see _note_deleted).
             _note_deleted(self, entry, dyn_args, dyn_kwargs, static_args, e)
@@ -645,7 +643,7 @@ class JitWrapped:
                 _core.flush_slots(entry.lifted)
                 entry.snapshot.refresh_slots()
             return out_static[2].unflatten(out_leaves)
-        entry.gathered = None
+        _KEPT.pop(entry, None)
         self._cache.pop(key, None)
         return _core.write_back(entry.lifted, out_static, new_arrays, out_leaves)
 
