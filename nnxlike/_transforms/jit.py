@@ -211,10 +211,22 @@ def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
             )
         else:
             _KEPT[entry] = (mine, [], list(new_arrays))
-    elif not spec.donated_idx:  # (some written, some donated: gather next time)
+    elif spec.donated_idx or 3 * len(changed) > 2 * len(kept):
+        _KEPT[entry] = (mine, *_gather(spec, entry.variables))  # cheaper than a patch
+    else:  # a few written: patch what was passed
         kept = kept.copy()
         _consume(map(kept.__setitem__, changed, new_arrays))
         _KEPT[entry] = (mine, [], kept)
+
+
+def _gather(spec: _Spec, variables: list) -> tuple[list, list]:
+    """The raw arrays of the Variables: (donated, kept) as the call passes them."""
+    if spec.donated_idx:
+        return (
+            [variables[i]._raw_value for i in spec.donated_idx],
+            [variables[i]._raw_value for i in spec.kept_idx],
+        )
+    return [], list(map(_get_raw, variables))
 
 
 class JitWrapped:
@@ -580,12 +592,8 @@ class JitWrapped:
         gathered = _KEPT.get(entry)
         if gathered is not None and gathered[0] == token:
             donated, kept = gathered[1], gathered[2]
-        elif spec.donated_idx:
-            donated = [variables[i]._raw_value for i in spec.donated_idx]
-            kept = [variables[i]._raw_value for i in spec.kept_idx]
         else:
-            donated = []
-            kept = list(map(_get_raw, variables))
+            donated, kept = _gather(spec, variables)
         if self._donates:
             jl = [leaves[i] for i in spec.jax_leaf_pos]
             leaves_d = [x for x, f in zip(jl, spec.leaf_donated) if f]
