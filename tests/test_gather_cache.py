@@ -235,6 +235,31 @@ def test_partial_writes_keep_the_unwritten_arrays_right():
     np.testing.assert_allclose(net.stat.value, s + k.sum(0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("donate", [False, True])
+def test_most_written_then_an_eager_write_to_the_rest(donate):
+    """3 of 4 Variables written per call (kept by reading them again), with and
+    without donation; then the unwritten one is changed eagerly."""
+    net = Net()
+    net.extra = nnx.BatchStat(jnp.ones(2))
+
+    def step(net):
+        net.lin.kernel.value = net.lin.kernel.value + net.extra.value.sum()
+        net.lin.bias.value = net.lin.bias.value - 1.0
+        net.stat.value = net.stat.value + 2.0
+
+    jstep = nnx.jit(step, donate_argnums=0 if donate else None)
+    eager = Net()
+    eager.extra = nnx.BatchStat(jnp.ones(2))
+    for i in range(4):
+        jstep(net)
+        step(eager)
+        if i == 1:
+            net.extra.value = jnp.full(2, 5.0)
+            eager.extra.value = jnp.full(2, 5.0)
+        np.testing.assert_allclose(eager_read(net), eager_read(eager), rtol=1e-6)
+        np.testing.assert_array_equal(net.extra.value, eager.extra.value)
+
+
 def test_donated_steps_reuse_the_new_arrays():
     net = Net()
 
