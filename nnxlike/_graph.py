@@ -35,7 +35,7 @@ import numpy as np
 
 from nnxlike import _config, _errors, _tracking
 from nnxlike._filters import Filter, filters_to_predicates, to_predicate
-from nnxlike._object import Object, key_rank, sort_key
+from nnxlike._object import Object, holds_data, key_rank, sort_key
 from nnxlike._state import FlatState, State, check_value_fits
 from nnxlike._variables import (
     Variable,
@@ -368,14 +368,6 @@ _KIND: dict[type, int] = {}
 _PLAIN_KINDS = frozenset({_K_LIST, _K_DICT, _K_TUPLE, _K_PYTREE})
 
 
-def _holds_data(x: Any) -> bool:
-    """Whether a container holds an array, a Variable or an Object (flax's data)."""
-    for leaf in jtu.tree_leaves(x, is_leaf=lambda y: isinstance(y, (Variable, Object))):
-        if isinstance(leaf, (Variable, Object)) or hasattr(leaf, "shape"):
-            return True
-    return False
-
-
 def _is_pytree_node(x: Any) -> bool:
     """A registered JAX pytree node with children (not a leaf, not None)."""
     try:
@@ -472,7 +464,7 @@ def flatten(
         if tree_mode is None:
             return visit
         from_plain, plain[0] = plain[0], False
-        return visit_item if from_plain or _holds_data(x) else visit
+        return visit_item if from_plain or holds_data(x) else visit
 
     def visit(x: Any, path: tuple):
         t = type(x)

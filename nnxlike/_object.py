@@ -175,7 +175,7 @@ def _is_array_ref(x: Any) -> bool:
     return t in ("ArrayRef", "Ref", "MutableArray")
 
 
-def _holds_data(value: Any) -> bool:
+def holds_data(value: Any) -> bool:
     """``is_data`` for the value or any leaf of it (a tuple of Modules is data)."""
     if is_data(value):
         return True
@@ -388,7 +388,7 @@ def attribute_is_data(obj: Object, name: str, value: Any) -> bool:
     sticky = obj.__dict__.get("_nnx_sticky")
     if sticky is not None and name in sticky:
         return True
-    return _holds_data(value)
+    return holds_data(value)
 
 
 # -- pytree protocol -----------------------------------------------------------------
@@ -510,7 +510,7 @@ def check_attribute(
         return _LIST_TYPE(value)  # type: ignore[misc]
     if t is dict and explicit is not False:
         return _DICT_TYPE(value)  # type: ignore[misc]
-    if explicit is False and _holds_data(value):
+    if explicit is False and holds_data(value):
         # flax's three phrases: nnx.static(...) around data ("in value"), data
         # into an attribute made static earlier ("on value"), data into an
         # attribute the class declares static ("unexpected data").
