@@ -394,11 +394,16 @@ def _set_at(container: Any, path: tuple, value: Any) -> Any:
 
 
 def _item(container: Any, key: Any) -> Any:
+    return holder(container)[key]
+
+
+def holder(container: Any) -> Any:
+    """What stores ``container``'s items (an object's ``__dict__``, a List's list)."""
     if isinstance(container, (List, Dict)):
-        return container._nnx_items[key]
+        return container._nnx_items
     if isinstance(container, Object):
-        return container.__dict__[key]
-    return container[key]
+        return container.__dict__
+    return container
 
 
 def bind_static(f: Callable, args: tuple, static: tuple) -> tuple[Callable, tuple]:

@@ -27,9 +27,8 @@ from typing import Any
 import jax.tree_util as jtu
 
 from nnxlike import _errors
-from nnxlike._containers import Dict, List
 from nnxlike._graph import flatten, is_graph_node, iter_graph
-from nnxlike._object import Object
+from nnxlike._transforms._core import holder
 from nnxlike._variables import Variable
 
 _LOAD_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
@@ -265,22 +264,23 @@ class Snapshot:
         keys: list = []
         for slot in slots:
             path = slot._path
-            container, holder, key = nodes[path[0]], None, None
+            container, where, key = nodes[path[0]], None, None
             for k in path[1:]:
                 if type(container) is not tuple:  # tuples are rebuilt, not edited
-                    holder, key = _holder(container), k
-                container = _holder(container)[k]
-            holders.append(holder)
+                    where, key = holder(container), k
+                container = holder(container)[k]
+            holders.append(where)
             keys.append(key)
         self.slot_holders = holders
         self.slot_keys = keys
-        self.slot_values = list(map(operator.getitem, holders, keys))
+        self.refresh_slots()
+
+    def _slots_now(self) -> list:
+        return list(map(operator.getitem, self.slot_holders, self.slot_keys))
 
     def refresh_slots(self) -> None:
         """Record what the call just stored into the raw array attributes."""
-        self.slot_values = list(
-            map(operator.getitem, self.slot_holders, self.slot_keys)
-        )
+        self.slot_values = self._slots_now()
 
     def _values(self) -> list:
         return list(map(_dict_get, self.edge_dicts, self.edge_keys))
@@ -303,7 +303,7 @@ class Snapshot:
         if not self.slot_holders:
             return True
         try:
-            now = list(map(operator.getitem, self.slot_holders, self.slot_keys))
+            now = self._slots_now()
         except (KeyError, IndexError):  # removed behind our back
             return False
         return all(map(_is, now, self.slot_values))
@@ -338,15 +338,6 @@ class Snapshot:
                     fn=fn, where=where, type=type(value).__name__, name=name
                 )
             )
-
-
-def _holder(container: Any) -> Any:
-    """What stores ``container``'s items (an object's ``__dict__``, a List's list)."""
-    if isinstance(container, (List, Dict)):
-        return container._nnx_items
-    if isinstance(container, Object):
-        return container.__dict__
-    return container
 
 
 def _render(root: str, path: tuple) -> str:
