@@ -202,15 +202,8 @@ def _remember(entry: _Entry, token, changed, donated, kept, new_arrays) -> None:
     spec = entry.spec
     if mine is None or _tracking.under_trace():
         return
-    if changed is None:  # every Variable written, in entry order
-        if spec.donated_idx:
-            _KEPT[entry] = (
-                mine,
-                [new_arrays[i] for i in spec.donated_idx],
-                [new_arrays[i] for i in spec.kept_idx],
-            )
-        else:
-            _KEPT[entry] = (mine, [], list(new_arrays))
+    if changed is None and not spec.donated_idx:  # all written, in entry order
+        _KEPT[entry] = (mine, [], list(new_arrays))
     elif spec.donated_idx or 3 * len(changed) > 2 * len(kept):
         _KEPT[entry] = (mine, *_gather(spec, entry.variables))  # cheaper than a patch
     else:  # a few written: patch what was passed
